@@ -1,0 +1,158 @@
+"""Flow-time grids and the per-step noise level ψ(t) (MATH.md §1-§2).
+
+Notation map (code → paper):
+    tau[k]     τ(t) with t = T - k: grid order, tau[0] = 1 (noise) … tau[T] = 0 (clean)
+    psi[k]     ψ(t) for the step t = T - k, i.e. the step tau[k] → tau[k+1]
+    sigmas[k]  σ_t, the SDE noise scale of that step
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+PSI_FORMAT = "densegrpo.psi/1"
+FLOW_GRPO_NOISE_LEVEL = 0.7  # Flow-GRPO's default `a`
+
+
+def shifted_flow_grid(steps: int, shift: float = 3.0) -> torch.Tensor:
+    """SD3-style shifted grid τ = shift·s / (1 + (shift-1)·s) on uniform s from 1 to 0 (MATH.md §1).
+
+    Returns a float32 tensor of T+1 flow times, τ(T) = 1 … τ(0) = 0.
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if not shift > 0:
+        raise ValueError(f"shift must be > 0, got {shift!r}")
+    s = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    tau = shift * s / (1.0 + (shift - 1.0) * s)
+    return tau.to(torch.float32)
+
+
+def validate_grid(tau: torch.Tensor, name: str = "tau") -> torch.Tensor:
+    """Check a grid of flow times: 1-D, T+1 >= 2 finite values in (0, 1], strictly decreasing, ending at 0."""
+    tau = torch.as_tensor(tau, dtype=torch.float32)
+    if tau.ndim != 1 or tau.numel() < 2:
+        raise ValueError(f"{name} must be a 1-D grid of at least 2 flow times, got shape {tuple(tau.shape)}")
+    if not torch.isfinite(tau).all():
+        raise ValueError(f"{name} must be finite, got {tau.tolist()}")
+    if tau[-1].item() != 0.0:
+        raise ValueError(f"{name} must end at 0 (clean image), got last value {tau[-1].item()}")
+    if tau[0].item() > 1.0:
+        raise ValueError(f"{name} must start at a flow time <= 1, got {tau[0].item()}")
+    if not (tau[1:] < tau[:-1]).all():
+        raise ValueError(f"{name} must be strictly decreasing, got {tau.tolist()}")
+    return tau
+
+
+def sde_noise_scales(psi: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """σ_t = ψ(t)·sqrt(τ(t) / (1 - τ'(t))), τ' = τ except τ(T-1) where τ(t) = 1 (MATH.md §2).
+
+    psi: (T,), tau: (T+1,) → sigmas (T,) float32.
+    """
+    tau = validate_grid(tau)
+    psi = torch.as_tensor(psi, dtype=torch.float32)
+    if psi.shape != (tau.numel() - 1,):
+        raise ValueError(f"psi has {psi.numel()} entries but the grid has {tau.numel() - 1} steps")
+    t = tau[:-1].double()                                  # (T,) start time of each step
+    t_safe = torch.where(t >= 1.0, tau[1].double(), t)     # avoid 1/(1-1)
+    return (psi.double() * torch.sqrt(t / (1.0 - t_safe))).to(torch.float32)
+
+
+@dataclass
+class Psi:
+    """A per-step noise-level vector ψ(t), grid order (entry 0 is the first step, t = T). MATH.md §2."""
+
+    values: list[float]                      # ψ for each of the T steps, non-negative
+    tau: list[float] | None = None           # the grid it was made for (T+1 values), if known
+    meta: dict[str, Any] = field(default_factory=dict)  # provenance: calibration settings, source
+
+    def __post_init__(self):
+        vals = [float(v) for v in self.values]
+        if len(vals) == 0:
+            raise ValueError("psi must have at least one value")
+        bad = [i for i, v in enumerate(vals) if not math.isfinite(v) or v < 0]
+        if bad:
+            raise ValueError(f"psi values must be finite and >= 0; bad entries at steps {bad}: "
+                             f"{[vals[i] for i in bad]}")
+        self.values = vals
+        if self.tau is not None:
+            validate_grid(torch.tensor(self.tau), "psi.tau")
+            if len(self.tau) != len(vals) + 1:
+                raise ValueError(f"psi has {len(vals)} values but its grid tau has {len(self.tau)} points "
+                                 f"(expected {len(vals) + 1})")
+            self.tau = [float(t) for t in self.tau]
+
+    @property
+    def steps(self) -> int:
+        return len(self.values)
+
+    @classmethod
+    def uniform(cls, a: float = FLOW_GRPO_NOISE_LEVEL, steps: int = 10, tau=None) -> "Psi":
+        """Flow-GRPO's setting ψ(t) = a for every step (MATH.md §2)."""
+        return cls([float(a)] * steps, tau=None if tau is None else [float(t) for t in tau],
+                   meta={"source": "uniform", "a": float(a)})
+
+    def tensor(self, steps: int | None = None) -> torch.Tensor:
+        """ψ as a float32 (T,) tensor, checking it matches a grid of `steps` steps."""
+        if steps is not None and steps != self.steps:
+            raise ValueError(f"psi has {self.steps} values but the sampling grid has {steps} steps; "
+                             f"calibrate psi for this step count or use a uniform psi")
+        return torch.tensor(self.values, dtype=torch.float32)
+
+    def to_dict(self) -> dict:
+        return {"format": PSI_FORMAT, "tau": self.tau, "psi": self.values, **self.meta}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Psi":
+        if not isinstance(d, dict) or d.get("format") != PSI_FORMAT:
+            raise ValueError(f"not a psi file: expected format {PSI_FORMAT!r}, "
+                             f"got {d.get('format') if isinstance(d, dict) else type(d).__name__!r}")
+        if "psi" not in d:
+            raise ValueError("psi file has no 'psi' list")
+        meta = {k: v for k, v in d.items() if k not in ("format", "tau", "psi")}
+        return cls(list(d["psi"]), tau=d.get("tau"), meta=meta)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the JSON atomically (temporary file, then rename)."""
+        path = os.fspath(path)
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Psi":
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"psi file not found: {path}") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"psi file {path} is not valid JSON: {e}") from None
+        return cls.from_dict(d)
+
+    @classmethod
+    def parse(cls, text: str) -> "Psi":
+        """A comma-separated list of values, e.g. '0.7, 0.6, 0.5'."""
+        try:
+            vals = [float(s) for s in text.replace(";", ",").split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"psi list must be comma-separated numbers, got {text!r}") from None
+        return cls(vals, meta={"source": "list"})
+
+
+def as_psi(psi: "Psi | Sequence[float] | float | torch.Tensor", steps: int) -> Psi:
+    """Accept a Psi, a number (uniform) or a sequence, validated against `steps`."""
+    if isinstance(psi, Psi):
+        out = psi
+    elif isinstance(psi, (int, float)):
+        out = Psi.uniform(float(psi), steps)
+    else:
+        out = Psi(torch.as_tensor(psi, dtype=torch.float64).flatten().tolist())
+    out.tensor(steps)
+    return out

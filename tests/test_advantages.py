@@ -1,0 +1,91 @@
+"""Dense rewards and the four advantage modes on a hand-made R matrix (MATH.md §5-§6)."""
+import math
+
+import pytest
+import torch
+
+from densegrpo_core.advantages import dense_rewards, group_advantages, group_normalize
+
+# grid order: column 0 = R_T (pure ODE), column T = R_0 (the SDE sample); T = 2
+R = torch.tensor([[0.0, 0.2, 0.5],
+                  [0.0, 0.4, 0.3],
+                  [1.0, 1.0, 1.0],
+                  [1.0, 1.0, 1.0]])
+GROUPS = torch.tensor([0, 0, 1, 1])
+ONE = 0.1 / (0.1 + 1e-4)     # a group of two values 0.1 apart from their mean, std 0.1
+
+
+def test_dense_rewards_are_gains_between_steps():
+    torch.testing.assert_close(dense_rewards(R)[:2], torch.tensor([[0.2, 0.3], [0.4, -0.1]]))
+
+
+def test_dense_rewards_telescope():
+    Rr = torch.randn(7, 11, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(dense_rewards(Rr).sum(1), Rr[:, -1] - Rr[:, 0], atol=1e-6, rtol=0)
+
+
+def test_flow_grpo_gives_final_reward_advantage_at_every_step():
+    A = group_advantages(R, GROUPS, "flow_grpo")
+    torch.testing.assert_close(A, torch.tensor([[ONE, ONE], [-ONE, -ONE], [0.0, 0.0], [0.0, 0.0]]))
+
+
+def test_dense_grpo_normalizes_each_step_gain():
+    A = group_advantages(R, GROUPS, "dense_grpo")
+    s1 = 0.2 / (0.2 + 1e-4)
+    torch.testing.assert_close(A, torch.tensor([[-ONE, s1], [ONE, -s1], [0.0, 0.0], [0.0, 0.0]]))
+
+
+def test_dense_baseline_normalizes_next_latent_reward():
+    A = group_advantages(R, GROUPS, "dense_baseline")
+    torch.testing.assert_close(A, torch.tensor([[-ONE, ONE], [ONE, -ONE], [0.0, 0.0], [0.0, 0.0]]))
+
+
+def test_coca_splits_final_reward_by_cosine_gain():
+    lat = torch.zeros(4, 3, 2)
+    lat[0] = torch.tensor([[0.0, 1.0], [1.0, 1.0], [1.0, 0.0]])   # s = 0, 1/√2, 1 → w = (.7071, .2929)
+    lat[1] = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])   # s = 0, 1, 1   → w = (1, 0)
+    lat[2] = lat[3] = lat[0]
+    A = group_advantages(R, GROUPS, "coca", latents=lat)
+    a0 = torch.tensor([2 * 0.5 / math.sqrt(2), 2 * 0.3])              # T·w_0·R_0 of samples 0, 1
+    a1 = torch.tensor([2 * 0.5 * (1 - 1 / math.sqrt(2)), 0.0])       # T·w_1·R_0 of samples 0, 1
+    d0, d1 = (a0[0] - a0[1]).abs() / 2, (a1[0] - a1[1]).abs() / 2
+    e0, e1 = d0 / (d0 + 1e-4), d1 / (d1 + 1e-4)
+    torch.testing.assert_close(A, torch.tensor([[e0, e1], [-e0, -e1], [0.0, 0.0], [0.0, 0.0]]))
+
+
+def test_zero_variance_group_gives_zero_not_nan():
+    Rc = torch.full((3, 4), 0.1)
+    for mode in ("flow_grpo", "dense_grpo", "dense_baseline"):
+        A = group_advantages(Rc, torch.tensor([0, 0, 0]), mode)
+        assert torch.equal(A, torch.zeros(3, 3))
+
+
+def test_global_std_divides_by_batch_std():
+    A = group_advantages(R, GROUPS, "flow_grpo", global_std=True)
+    sd = torch.tensor([0.5, 0.3, 1.0, 1.0]).std(unbiased=False).item()
+    expected = 0.1 / (sd + 1e-4)
+    torch.testing.assert_close(A[:, 0], torch.tensor([expected, -expected, 0.0, 0.0]))
+
+
+def test_advantages_are_clipped():
+    Rg = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
+    A = group_advantages(Rg, torch.tensor([0, 0, 0]), "flow_grpo", clip=1.0)
+    assert A.max().item() == 1.0 and A.min().item() > -1.0
+
+
+def test_unknown_advantage_mode_is_rejected():
+    with pytest.raises(ValueError, match="unknown advantage mode 'sparse'"):
+        group_advantages(R, GROUPS, "sparse")
+
+
+def test_group_of_one_is_rejected():
+    with pytest.raises(ValueError, match="group size >= 2"):
+        group_normalize(torch.randn(3), torch.tensor([0, 0, 1]))
+
+
+def test_non_finite_rewards_name_the_samples():
+    Rn = R.clone()
+    Rn[2, 1] = float("nan")
+    Rn[3, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"not finite for samples \[2, 3\]"):
+        group_advantages(Rn, GROUPS, "dense_grpo")
