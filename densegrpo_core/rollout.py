@@ -23,7 +23,7 @@ class Rollout:
     latents: torch.Tensor        # (B, T+1, ...) x_T … x_0 of the SDE chain
     log_probs: torch.Tensor      # (B, T) float32 log p(x_{k+1} | x_k); 0 where the step has std 0
     trainable: torch.Tensor      # (T,) bool, True where the step has a density (std > 0)
-    ode_endpoints: torch.Tensor  # (B, T, ...) ODE_n(x_k): the clean latent reached deterministically from x_k
+    ode_endpoints: torch.Tensor | None  # (B, T, ...) ODE_n(x_k), the clean latent reached from x_k; None for SDE only
     tau: torch.Tensor            # (T+1,) grid
     sigmas: torch.Tensor         # (T,) σ_t of each step
     nfe: int                     # guided velocities evaluated, all trajectories together
@@ -43,6 +43,8 @@ class Rollout:
 
     def reward_latents(self) -> torch.Tensor:
         """The T+1 clean latents whose rewards are R_T … R_1, R_0 (MATH.md §5): (B, T+1, ...)."""
+        if self.ode_endpoints is None:
+            raise ValueError("this rollout has no ODE endpoints (sampled with sde_chain); use fused_rollout")
         return torch.cat([self.ode_endpoints, self.latents[:, -1:]], dim=1)
 
 
@@ -58,9 +60,11 @@ def _check(x_T, tau, sigmas):
     return tau, sigmas
 
 
-def sde_chain(guide: GuidedVelocity, x_T: torch.Tensor, tau, sigmas, generator=None):
-    """Plain SDE sampling, T NFE per trajectory: returns latents (B, T+1, ...), log_probs (B, T), trainable (T,)."""
+@torch.no_grad()
+def sde_chain(guide: GuidedVelocity, x_T: torch.Tensor, tau, sigmas, generator=None) -> Rollout:
+    """Plain SDE sampling, T NFE per trajectory, no ODE branches (what sparse-reward GRPO needs)."""
     tau, sigmas = _check(x_T, tau, sigmas)
+    nfe0, calls0 = guide.nfe, guide.forward_calls
     B, T = x_T.shape[0], tau.numel() - 1
     rows = torch.arange(B, device=x_T.device)
     latents, log_probs, trainable = [x_T], torch.zeros(B, T), torch.zeros(T, dtype=torch.bool)
@@ -72,7 +76,8 @@ def sde_chain(guide: GuidedVelocity, x_T: torch.Tensor, tau, sigmas, generator=N
             log_probs[:, k], trainable[k] = step.log_prob.cpu(), True
         x = step.x_next
         latents.append(x)
-    return torch.stack(latents, dim=1), log_probs, trainable
+    return Rollout(torch.stack(latents, dim=1), log_probs, trainable, None, tau, sigmas,
+                   guide.nfe - nfe0, guide.forward_calls - calls0)
 
 
 def ode_sub_grid(T: int, k: int, n: int) -> list[int]:
@@ -134,11 +139,11 @@ def naive_rollout(guide: GuidedVelocity, x_T: torch.Tensor, tau, sigmas,
     tau, sigmas = _check(x_T, tau, sigmas)
     nfe0, calls0 = guide.nfe, guide.forward_calls
     B, T = x_T.shape[0], tau.numel() - 1
-    latents, log_probs, trainable = sde_chain(guide, x_T, tau, sigmas, generator)
+    chain = sde_chain(guide, x_T, tau, sigmas, generator)
     rows = torch.arange(B, device=x_T.device)
-    ends = [ode_complete(guide, latents[:, k], rows, tau, k, None if ode_steps is None else min(ode_steps, T - k))
-            for k in range(T)]
-    return Rollout(latents, log_probs, trainable, torch.stack(ends, dim=1), tau, sigmas,
+    ends = [ode_complete(guide, chain.latents[:, k], rows, tau, k,
+                         None if ode_steps is None else min(ode_steps, T - k)) for k in range(T)]
+    return Rollout(chain.latents, chain.log_probs, chain.trainable, torch.stack(ends, dim=1), tau, sigmas,
                    guide.nfe - nfe0, guide.forward_calls - calls0)
 
 

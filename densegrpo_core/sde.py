@@ -59,6 +59,9 @@ def sde_step(x: torch.Tensor, v: torch.Tensor, tau: float, tau_next: float, sigm
     if std == 0.0:
         return SDEStep(mean.to(x.dtype), mean, 0.0, None)
     if noise is None:
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=torch.float32)
+        # noise is drawn where the generator lives (CPU generators keep runs reproducible across devices)
+        gen_device = generator.device if generator is not None else mean.device
+        noise = torch.randn(mean.shape, generator=generator, device=gen_device, dtype=torch.float32)
+        noise = noise.to(mean.device)
     x_next = mean + std * noise.float()
     return SDEStep(x_next.to(x.dtype), mean, std, gaussian_log_prob(x_next, mean, std))

@@ -37,10 +37,10 @@ def test_fused_endpoints_equal_separate_ode_rollouts(tiny_velocity, cfg):
 def test_fused_trajectory_equals_plain_sde_chain(tiny_velocity):
     tau, sigmas, x_T = setup()
     ro = fused_rollout(make_guide(tiny_velocity), x_T, tau, sigmas, generator=torch.Generator().manual_seed(1))
-    lat, lp, trainable = sde_chain(make_guide(tiny_velocity), x_T, tau, sigmas, torch.Generator().manual_seed(1))
-    torch.testing.assert_close(ro.latents, lat, atol=1e-5, rtol=0)
-    torch.testing.assert_close(ro.log_probs, lp, atol=1e-4, rtol=0)
-    assert trainable.all()
+    chain = sde_chain(make_guide(tiny_velocity), x_T, tau, sigmas, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(ro.latents, chain.latents, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ro.log_probs, chain.log_probs, atol=1e-4, rtol=0)
+    assert chain.trainable.all() and chain.nfe_per_trajectory == T
 
 
 def test_fused_nfe_is_exactly_triangular(tiny_velocity):

@@ -1,0 +1,300 @@
+"""`python -m densegrpo_core <command>`: demo, sample, calibrate, visualize, train, bench.
+
+Exit codes: 0 success, 2 bad arguments or inputs (one-line reason on stderr), 1 failure during work.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+
+
+class InputError(Exception):
+    """Bad arguments or input files: exit code 2."""
+
+
+def _psi_arg(text: str | None, steps: int):
+    """ψ from a number (uniform, Flow-GRPO's form), a comma-separated list, or a psi.json path."""
+    from .schedule import Psi, as_psi
+    if text is None:
+        return Psi.uniform(0.7, steps)
+    if os.path.exists(text) or text.endswith(".json"):
+        return as_psi(Psi.load(text), steps)
+    psi = Psi.parse(text)
+    return as_psi(psi.values[0] if psi.steps == 1 else psi, steps)
+
+
+def _reward(spec: str, path: str | None = None):
+    from .rewards import get_reward
+    return get_reward(spec, path)
+
+
+def _save_images(images, path: str, scale: int = 8, ncol: int | None = None) -> None:
+    """Save (N, H, W, 3) images in [0, 1] as one PNG grid, upscaled for viewing."""
+    import numpy as np
+    from PIL import Image
+    n, h, w, _ = images.shape
+    ncol = ncol or min(n, 8)
+    nrow = (n + ncol - 1) // ncol
+    grid = np.ones((nrow * (h + 1) - 1, ncol * (w + 1) - 1, 3), dtype=np.float32)
+    for i, img in enumerate(images.cpu().float().numpy()):
+        r, c = divmod(i, ncol)
+        grid[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = img
+    im = Image.fromarray((grid * 255).round().astype("uint8"))
+    im.resize((im.width * scale, im.height * scale), Image.NEAREST).save(path)
+
+
+def _stop_flag() -> threading.Event:
+    """SIGINT/SIGTERM ask the trainer to finish its iteration, save and exit."""
+    flag = threading.Event()
+
+    def handler(signum, frame):
+        if flag.is_set():
+            raise KeyboardInterrupt
+        print(f"\n[densegrpo] signal {signum}: finishing this iteration, then saving (again to abort)",
+              file=sys.stderr)
+        flag.set()
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return flag
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_sample(args) -> int:
+    import torch
+    from .pipeline import load_pipeline, score_latents
+    from .rollout import fused_rollout, ode_sample
+    from .schedule import sde_noise_scales, shifted_flow_grid
+    pipe, _, _ = load_pipeline(args.model, args.device)
+    if args.lora:
+        from .lora import inject_lora, load_lora, read_lora_metadata
+        meta = read_lora_metadata(args.lora)
+        inject_lora(pipe.model, meta.get("base_arch", pipe.arch), rank=int(meta["rank"]), alpha=float(meta["alpha"]))
+        load_lora(args.lora, pipe.model)
+    prompts = [p for p in args.prompt for _ in range(args.num)]
+    tau = shifted_flow_grid(args.steps, args.shift or pipe.default_shift)
+    gen = torch.Generator().manual_seed(args.seed)
+    x_T = torch.randn((len(prompts), *pipe.latent_shape), generator=gen).to(args.device)
+    guide = pipe.guide(prompts, pipe.default_cfg if args.cfg is None else args.cfg, device=args.device)
+    if args.psi is None:
+        x0 = ode_sample(guide, x_T, tau)
+    else:
+        x0 = fused_rollout(guide, x_T, tau, sde_noise_scales(_psi_arg(args.psi, args.steps).tensor(), tau),
+                           generator=gen).latents[:, -1]
+    images = pipe.decode(x0)
+    _save_images(images, args.out, ncol=args.num)
+    scores = score_latents(x0, prompts, pipe.decode, _reward(args.reward))
+    for p in args.prompt:
+        s = scores[[i for i, q in enumerate(prompts) if q == p]]
+        print(f"{p!r}: reward {s.mean():.3f} ± {s.std(unbiased=False):.3f} over {len(s)} samples")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from .calibrate import CalibrationConfig, calibrate
+    from .pipeline import dense_reward_sampler, load_pipeline
+    from .plots import plot_psi_history
+    from .schedule import shifted_flow_grid
+    os.makedirs(args.out, exist_ok=True)
+    pipe, train_prompts, _ = load_pipeline(args.model, args.device)
+    tau = shifted_flow_grid(args.steps, args.shift or pipe.default_shift)
+    psi0 = _psi_arg(args.psi0, args.steps)
+    psi0.tau = tau.tolist()
+    cal = CalibrationConfig(iterations=args.iterations, eps1=args.eps1, eps2=args.eps2, criterion=args.criterion,
+                            delta=args.delta, average_last=args.average_last)
+    sampler = dense_reward_sampler(pipe, _reward(args.reward), train_prompts, tau,
+                                   prompts_per_iteration=args.prompts, group_size=args.group_size,
+                                   cfg_scale=pipe.default_cfg if args.cfg is None else args.cfg,
+                                   seed=args.seed, device=args.device)
+
+    def report(h):
+        print(f"[calibrate] iter {h['iteration']:3d}  psi {' '.join(f'{v:.2f}' for v in h['psi'])}  "
+              f"pos-neg {' '.join(str(p - n) for p, n in zip(h['pos'], h['neg']))}", flush=True)
+    res = calibrate(sampler, psi0, cal, on_iteration=report)
+    res.psi.meta.update({"reward": args.reward, "model": args.model, "history": res.history})
+    res.psi.save(os.path.join(args.out, "psi.json"))
+    plot_psi_history(res.history, os.path.join(args.out, "psi.png"))
+    print(f"psi = {[round(v, 3) for v in res.psi.values]}\nwrote {args.out}/psi.json and psi.png")
+    return 0
+
+
+def cmd_visualize(args) -> int:
+    import torch
+    from .advantages import dense_rewards
+    from .calibrate import sign_counts
+    from .pipeline import latent_rewards, load_pipeline
+    from .plots import plot_dense_rewards
+    from .rollout import fused_rollout
+    from .schedule import sde_noise_scales, shifted_flow_grid
+    os.makedirs(args.out, exist_ok=True)
+    pipe, train_prompts, _ = load_pipeline(args.model, args.device)
+    tau = shifted_flow_grid(args.steps, args.shift or pipe.default_shift)
+    psi = _psi_arg(args.psi, args.steps)
+    prompts = [args.prompt or train_prompts[0]] * args.group_size
+    gen = torch.Generator().manual_seed(args.seed)
+    x_T = torch.randn((len(prompts), *pipe.latent_shape), generator=gen).to(args.device)
+    ro = fused_rollout(pipe.guide(prompts, pipe.default_cfg if args.cfg is None else args.cfg, device=args.device),
+                       x_T, tau, sde_noise_scales(psi.tensor(), tau), generator=gen)
+    R = latent_rewards(ro, prompts, pipe.decode, _reward(args.reward))
+    pos, neg = sign_counts(dense_rewards(R))
+    plot_dense_rewards(R, os.path.join(args.out, "dense_rewards.png"), title=f"{prompts[0]!r}, psi={psi.values[0]:.2f}…")
+    _save_images(pipe.decode(ro.reward_latents().flatten(0, 1)), os.path.join(args.out, "ode_endpoints.png"),
+                 ncol=args.steps + 1)
+    with open(os.path.join(args.out, "dense_rewards.json"), "w") as f:
+        json.dump({"prompt": prompts[0], "tau": tau.tolist(), "psi": psi.values, "R": R.tolist(),
+                   "dR_pos": pos.tolist(), "dR_neg": neg.tolist(), "nfe_per_trajectory": ro.nfe_per_trajectory},
+                  f, indent=1)
+    print(f"R_0 mean {R[:, -1].mean():.3f}; #pos/#neg per step {list(zip(pos.tolist(), neg.tolist()))}")
+    print(f"wrote {args.out}/dense_rewards.png, ode_endpoints.png, dense_rewards.json")
+    return 0
+
+
+def _load_toml(path: str) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise InputError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def cmd_train(args) -> int:
+    import torch
+    from .pipeline import load_pipeline
+    from .trainer import TrainConfig, Trainer
+    raw = _load_toml(args.config) if args.config else {}
+    model = raw.pop("model", "toy")
+    if args.resume and not args.out:
+        raw["out_dir"] = os.path.dirname(os.path.abspath(args.resume.rstrip("/")))
+    for key in ("out", "reward", "device", "iterations"):
+        val = getattr(args, key)
+        if val is not None:
+            raw["out_dir" if key == "out" else key] = val
+    cfg = TrainConfig.from_dict(raw)
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        backend = "nccl" if cfg.device.startswith("cuda") else "gloo"
+        torch.distributed.init_process_group(backend)
+        if cfg.device.startswith("cuda"):
+            cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(cfg.device)
+    pipe, train_prompts, eval_prompts = load_pipeline(model, cfg.device)
+    stop = _stop_flag()
+    trainer = Trainer(cfg, pipe, _reward(cfg.reward), train_prompts, eval_prompts, should_stop=stop.is_set)
+    if args.resume:
+        trainer.load_checkpoint(args.resume)
+    res = trainer.run(progress=not args.no_progress)
+    if trainer.rank == 0:
+        print(json.dumps({"out_dir": res.out_dir, "iterations": trainer.iteration_done, "stopped": res.stopped,
+                          "final_eval": res.evals[-1] if res.evals else None, "lora": res.lora_path}))
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    run_demo(args.out, quick=args.quick, device=args.device, seeds=args.seeds)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+    run_bench(args.out, steps=args.steps, group_size=args.group_size, iterations=args.iterations, device=args.device)
+    return 0
+
+
+# ------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m densegrpo_core",
+                                description="DenseGRPO: dense-reward GRPO for flow-matching text-to-image models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, steps=10):
+        sp.add_argument("--model", default="toy", help="model to use (built in: toy)")
+        sp.add_argument("--device", default="cpu", help="cpu or cuda")
+        sp.add_argument("--steps", type=int, default=steps, help="sampling steps T")
+        sp.add_argument("--shift", type=float, default=None, help="grid shift (default: the model's)")
+        sp.add_argument("--cfg", type=float, default=None, help="CFG scale (default: the model's)")
+        sp.add_argument("--seed", type=int, default=0, help="random seed")
+        sp.add_argument("--reward", default="toy", help="reward name or module:function")
+
+    sp = sub.add_parser("demo", help="calibrate ψ, train DenseGRPO and Flow-GRPO on the toy task, compare")
+    sp.add_argument("--out", default="demo_out", help="output folder")
+    sp.add_argument("--quick", action="store_true", help="small budget, one seed (a few minutes on 2 CPU cores)")
+    sp.add_argument("--device", default="cpu", help="cpu or cuda")
+    sp.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default: 0 quick, 0 1 2 full)")
+    sp.set_defaults(fn=cmd_demo)
+
+    sp = sub.add_parser("sample", help="generate images with the toy model (ODE, or SDE with --psi)")
+    common(sp)
+    sp.add_argument("--prompt", action="append", required=True, help="prompt (repeat for several)")
+    sp.add_argument("--num", type=int, default=4, help="images per prompt")
+    sp.add_argument("--psi", default=None, help="sample with the SDE: ψ as number, list or psi.json")
+    sp.add_argument("--lora", default=None, help="a LoRA .safetensors written by train/demo")
+    sp.add_argument("--out", default="samples.png", help="output PNG")
+    sp.set_defaults(fn=cmd_sample)
+
+    sp = sub.add_parser("calibrate", help="Algorithm 1: calibrate ψ(t); writes psi.json and psi.png")
+    common(sp)
+    sp.add_argument("--out", default="calibration", help="output folder")
+    sp.add_argument("--psi0", default="0.7", help="initial ψ: number, list or psi.json")
+    sp.add_argument("--iterations", type=int, default=20, help="calibration iterations")
+    sp.add_argument("--prompts", type=int, default=4, help="prompts per iteration")
+    sp.add_argument("--group-size", type=int, default=6, help="samples per prompt (N = prompts × group size)")
+    sp.add_argument("--eps1", type=float, default=2.0, help="literal balance threshold ε1")
+    sp.add_argument("--eps2", type=float, default=0.01, help="ψ increment ε2")
+    sp.add_argument("--criterion", choices=["literal", "relative"], default="literal", help="balance criterion")
+    sp.add_argument("--delta", type=float, default=0.1, help="relative criterion threshold δ")
+    sp.add_argument("--average-last", type=int, default=5, help="result = mean ψ of the last N iterations")
+    sp.set_defaults(fn=cmd_calibrate)
+
+    sp = sub.add_parser("visualize", help="R_t and ΔR_t per trajectory (paper Fig. 3) for one prompt group")
+    common(sp)
+    sp.add_argument("--prompt", default=None, help="prompt (default: the first training prompt)")
+    sp.add_argument("--psi", default=None, help="ψ: number, list or psi.json (default 0.7)")
+    sp.add_argument("--group-size", type=int, default=8, help="trajectories")
+    sp.add_argument("--out", default="visualize", help="output folder")
+    sp.set_defaults(fn=cmd_visualize)
+
+    sp = sub.add_parser("train", help="GRPO-train a LoRA (config in TOML; keys = TrainConfig fields + model)")
+    sp.add_argument("--config", default=None, help="TOML file with TrainConfig fields")
+    sp.add_argument("--resume", default=None, help="checkpoint folder to continue from")
+    sp.add_argument("--out", default=None, help="output folder (overrides out_dir)")
+    sp.add_argument("--reward", default=None, help="reward name or module:function (overrides config)")
+    sp.add_argument("--device", default=None, help="cpu or cuda (overrides config)")
+    sp.add_argument("--iterations", type=int, default=None, help="total iterations (overrides config)")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.set_defaults(fn=cmd_train)
+
+    sp = sub.add_parser("bench", help="NFE per trajectory (fused vs naive) and time per iteration per mode")
+    sp.add_argument("--out", default="bench_out", help="output folder (bench.json, bench.md)")
+    sp.add_argument("--steps", type=int, default=10, help="sampling steps T")
+    sp.add_argument("--group-size", type=int, default=8, help="G")
+    sp.add_argument("--iterations", type=int, default=3, help="timed iterations per mode (after one warm-up)")
+    sp.add_argument("--device", default="cpu", help="cpu or cuda")
+    sp.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (InputError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - the CLI reports any failure as exit code 1
+        print(f"failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1

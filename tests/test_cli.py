@@ -1,0 +1,69 @@
+"""The command line: outputs, exit codes and one-line errors."""
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "densegrpo_core", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_every_command_has_help():
+    for cmd in ("demo", "sample", "calibrate", "visualize", "train", "bench"):
+        r = cli(cmd, "--help")
+        assert r.returncode == 0 and "usage:" in r.stdout, cmd
+
+
+def test_sample_writes_png(tmp_path):
+    out = tmp_path / "x.png"
+    r = cli("sample", "--prompt", "a red circle on a white background", "--num", "2", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert Image.open(out).size[0] > 16 and "reward" in r.stdout
+
+
+def test_calibrate_writes_psi_json_and_plot(tmp_path):
+    r = cli("calibrate", "--out", str(tmp_path), "--iterations", "2", "--steps", "4", "--prompts", "2",
+            "--group-size", "3")
+    assert r.returncode == 0, r.stderr
+    psi = json.loads((tmp_path / "psi.json").read_text())
+    assert psi["format"] == "densegrpo.psi/1" and len(psi["psi"]) == 4 and len(psi["history"]) == 2
+    assert Image.open(tmp_path / "psi.png").size[0] > 100
+
+
+def test_visualize_writes_plot_and_numbers(tmp_path):
+    r = cli("visualize", "--out", str(tmp_path), "--steps", "4", "--group-size", "3")
+    assert r.returncode == 0, r.stderr
+    data = json.loads((tmp_path / "dense_rewards.json").read_text())
+    assert len(data["R"]) == 3 and len(data["R"][0]) == 5 and data["nfe_per_trajectory"] == 10
+    assert (tmp_path / "dense_rewards.png").is_file() and (tmp_path / "ode_endpoints.png").is_file()
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["sample", "--prompt", "a red circle", "--psi", "0.5,0.5", "--steps", "4"], "psi has 2 values"),
+    (["sample", "--prompt", "a red circle", "--psi", "-0.5"], "psi values must be finite and >= 0"),
+    (["sample", "--prompt", "a purple elephant", "--out", "/dev/null"], "elephant"),
+    (["train", "--config", "does_not_exist.toml"], "config file not found"),
+    (["visualize", "--reward", "no_such_module:fn"], "cannot import reward module"),
+])
+def test_bad_inputs_exit_2_with_reason(args, msg, tmp_path):
+    r = cli(*args, cwd=tmp_path)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_train_from_toml_with_custom_reward(tmp_path):
+    (tmp_path / "my_reward.py").write_text(
+        "import torch\ndef brightness(images, prompts):\n    return images.mean(dim=(1, 2, 3))\n")
+    (tmp_path / "cfg.toml").write_text(
+        'steps = 3\niterations = 1\nprompts_per_iteration = 2\ngroup_size = 2\nlora_rank = 2\n'
+        'lora_alpha = 4\neval_every = 0\neval_seeds = [0]\neval_steps = 3\n')
+    r = cli("train", "--config", "cfg.toml", "--out", "run", "--reward", "my_reward:brightness", "--no-progress",
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["iterations"] == 1 and (tmp_path / "run" / "lora.safetensors").is_file()
+    assert (tmp_path / "run" / "checkpoint" / "state.pt").is_file()
