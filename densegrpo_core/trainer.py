@@ -71,6 +71,7 @@ class TrainConfig:
     lora_rank: int = 32                 # r
     lora_alpha: float = 64.0            # α (scale α/r)
     lora_targets: str = "auto"          # preset name (toy | mmdit | flux) or a module-name regex
+    init_lora: str | None = None        # start from this LoRA file (same rank/targets) instead of zero
     # --- reward, evaluation, saving ---
     reward: str = "toy"                 # reward name or "module:function"
     eval_every: int = 10                # evaluate every N iterations (and at the end); 0 = only at the end
@@ -179,6 +180,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.targets = cfg.lora_targets if cfg.lora_targets != "auto" else self.pipe.arch
         lora.inject_lora(model, self.targets, rank=cfg.lora_rank, alpha=cfg.lora_alpha, seed=cfg.seed)
+        if cfg.init_lora:
+            lora.load_lora(cfg.init_lora, model)
         self.model = model
         self.params = lora.lora_parameters(model)
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.adam_betas,

@@ -1,5 +1,6 @@
 """The GRPO trainer on the shipped toy model: iteration contents, KL reference, resume, stop, export."""
 import json
+import math
 import os
 
 import pytest
@@ -118,3 +119,16 @@ def test_unknown_config_key_is_named():
 def test_psi_of_wrong_length_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="psi has 2 values but the sampling grid has 4 steps"):
         make_trainer(tmp_path, psi=[0.5, 0.5])
+
+
+def test_training_continues_from_an_exported_lora(tmp_path):
+    first = make_trainer(tmp_path, "first", iterations=1)
+    first.run()
+    second = make_trainer(tmp_path, "second", iterations=1, init_lora=first.lora_path)
+    torch.testing.assert_close(lora_vector(second), lora_vector(first))
+
+
+def test_bf16_autocast_iteration_trains_with_finite_stats(tmp_path):
+    m = make_trainer(tmp_path, dtype="bfloat16").iteration()
+    assert m["optimizer_steps"] >= 1
+    assert all(math.isfinite(m[k]) for k in ("loss", "kl", "ratio_mean", "grad_norm"))
