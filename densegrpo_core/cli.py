@@ -62,23 +62,31 @@ def _stop_flag() -> threading.Event:
     return flag
 
 
+def _model_and_grid(args):
+    """The pipeline named by --model, its training prompts, the grid (--steps, --shift) and the CFG scale."""
+    from .pipeline import load_pipeline
+    from .schedule import shifted_flow_grid
+    pipe, train_prompts, _ = load_pipeline(args.model, args.device)
+    tau = shifted_flow_grid(args.steps, pipe.default_shift if args.shift is None else args.shift)
+    return pipe, train_prompts, tau, pipe.default_cfg if args.cfg is None else args.cfg
+
+
 # ----------------------------------------------------------------------------- commands
 def cmd_sample(args) -> int:
     import torch
-    from .pipeline import load_pipeline, score_latents
+    from .pipeline import score_latents
     from .rollout import fused_rollout, ode_sample
-    from .schedule import sde_noise_scales, shifted_flow_grid
-    pipe, _, _ = load_pipeline(args.model, args.device)
+    from .schedule import sde_noise_scales
+    pipe, _, tau, cfg_scale = _model_and_grid(args)
     if args.lora:
         from .lora import inject_lora, load_lora, read_lora_metadata
         meta = read_lora_metadata(args.lora)
         inject_lora(pipe.model, meta.get("base_arch", pipe.arch), rank=int(meta["rank"]), alpha=float(meta["alpha"]))
         load_lora(args.lora, pipe.model)
     prompts = [p for p in args.prompt for _ in range(args.num)]
-    tau = shifted_flow_grid(args.steps, args.shift or pipe.default_shift)
     gen = torch.Generator().manual_seed(args.seed)
     x_T = torch.randn((len(prompts), *pipe.latent_shape), generator=gen).to(args.device)
-    guide = pipe.guide(prompts, pipe.default_cfg if args.cfg is None else args.cfg, device=args.device)
+    guide = pipe.guide(prompts, cfg_scale, device=args.device)
     if args.psi is None:
         x0 = ode_sample(guide, x_T, tau)
     else:
@@ -96,20 +104,17 @@ def cmd_sample(args) -> int:
 
 def cmd_calibrate(args) -> int:
     from .calibrate import CalibrationConfig, calibrate
-    from .pipeline import dense_reward_sampler, load_pipeline
+    from .pipeline import dense_reward_sampler
     from .plots import plot_psi_history
-    from .schedule import shifted_flow_grid
     os.makedirs(args.out, exist_ok=True)
-    pipe, train_prompts, _ = load_pipeline(args.model, args.device)
-    tau = shifted_flow_grid(args.steps, args.shift or pipe.default_shift)
+    pipe, train_prompts, tau, cfg_scale = _model_and_grid(args)
     psi0 = _psi_arg(args.psi0, args.steps)
     psi0.tau = tau.tolist()
     cal = CalibrationConfig(iterations=args.iterations, eps1=args.eps1, eps2=args.eps2, criterion=args.criterion,
                             delta=args.delta, average_last=args.average_last)
     sampler = dense_reward_sampler(pipe, _reward(args.reward), train_prompts, tau,
                                    prompts_per_iteration=args.prompts, group_size=args.group_size,
-                                   cfg_scale=pipe.default_cfg if args.cfg is None else args.cfg,
-                                   seed=args.seed, device=args.device)
+                                   cfg_scale=cfg_scale, seed=args.seed, device=args.device)
 
     def report(h):
         print(f"[calibrate] iter {h['iteration']:3d}  psi {' '.join(f'{v:.2f}' for v in h['psi'])}  "
@@ -126,18 +131,17 @@ def cmd_visualize(args) -> int:
     import torch
     from .advantages import dense_rewards
     from .calibrate import sign_counts
-    from .pipeline import latent_rewards, load_pipeline
+    from .pipeline import latent_rewards
     from .plots import plot_dense_rewards
     from .rollout import fused_rollout
-    from .schedule import sde_noise_scales, shifted_flow_grid
+    from .schedule import sde_noise_scales
     os.makedirs(args.out, exist_ok=True)
-    pipe, train_prompts, _ = load_pipeline(args.model, args.device)
-    tau = shifted_flow_grid(args.steps, args.shift or pipe.default_shift)
+    pipe, train_prompts, tau, cfg_scale = _model_and_grid(args)
     psi = _psi_arg(args.psi, args.steps)
     prompts = [args.prompt or train_prompts[0]] * args.group_size
     gen = torch.Generator().manual_seed(args.seed)
     x_T = torch.randn((len(prompts), *pipe.latent_shape), generator=gen).to(args.device)
-    ro = fused_rollout(pipe.guide(prompts, pipe.default_cfg if args.cfg is None else args.cfg, device=args.device),
+    ro = fused_rollout(pipe.guide(prompts, cfg_scale, device=args.device),
                        x_T, tau, sde_noise_scales(psi.tensor(), tau), generator=gen)
     R = latent_rewards(ro, prompts, pipe.decode, _reward(args.reward))
     pos, neg = sign_counts(dense_rewards(R))

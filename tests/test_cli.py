@@ -67,3 +67,16 @@ def test_train_from_toml_with_custom_reward(tmp_path):
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["iterations"] == 1 and (tmp_path / "run" / "lora.safetensors").is_file()
     assert (tmp_path / "run" / "checkpoint" / "state.pt").is_file()
+
+
+def test_shipped_train_configs_are_valid():
+    from pathlib import Path
+
+    from densegrpo_core.cli import _load_toml
+    from densegrpo_core.trainer import TrainConfig
+    configs = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
+    assert configs
+    for path in configs:
+        raw = _load_toml(str(path))
+        assert raw.pop("model") == "toy"
+        TrainConfig.from_dict(raw)
