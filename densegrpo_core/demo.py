@@ -51,12 +51,6 @@ def iterations_to_reach(iterations: list[int], curve: list[float], target: float
     return None
 
 
-def moving_average(values: list[float], window: int) -> list[float]:
-    """Trailing mean over the last `window` values (the training reward of one iteration is noisy)."""
-    return [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
-            for i in range(len(values))]
-
-
 def run_demo(out: str, quick: bool = False, device: str = "cpu", seeds=None) -> dict:
     from .calibrate import CalibrationConfig, calibrate
     from .pipeline import dense_reward_sampler, evaluate, load_pipeline
@@ -135,11 +129,6 @@ def run_demo(out: str, quick: bool = False, device: str = "cpu", seeds=None) -> 
     target = summary["methods"]["flow_grpo"]["eval_reward"]
     reach = {m: iterations_to_reach(s["iterations"], s["reward_mean"], target) for m, s in summary["methods"].items()}
     summary["iterations_to_reach_flow_grpo_final"] = reach
-    # the same question on the training reward (SDE samples, training prompts), smoothed over 5 iterations
-    smooth = {m: moving_average(s["train_reward_mean"], 5) for m, s in summary["methods"].items()}
-    its = list(range(1, budget.iterations + 1))
-    summary["train_iterations_to_reach_flow_grpo_final"] = {
-        m: iterations_to_reach(its, c, smooth["flow_grpo"][-1]) for m, c in smooth.items()}
     summary["wall_s"] = time.perf_counter() - t_start
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
