@@ -177,7 +177,6 @@ class Trainer:
         model = self.pipe.model.to(self.device)
         for p in model.parameters():
             p.requires_grad_(False)
-        torch.manual_seed(cfg.seed)
         self.targets = cfg.lora_targets if cfg.lora_targets != "auto" else self.pipe.arch
         lora.inject_lora(model, self.targets, rank=cfg.lora_rank, alpha=cfg.lora_alpha, seed=cfg.seed)
         if cfg.init_lora:
