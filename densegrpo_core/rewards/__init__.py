@@ -9,21 +9,26 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
+IMAGE_VALUE_TOLERANCE = 1e-3  # images may leave [0, 1] by this much (rounding)
+
 
 class RewardModel(Protocol):
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor: ...
 
 
 def check_reward_inputs(images: torch.Tensor, prompts: Sequence[str]) -> None:
-    """Clear errors for images that are not (B, H, W, 3) in [0, 1] and prompt lists of the wrong length."""
+    """ValueError naming `images` or `prompts` unless images is (B, H, W, 3) finite in [0, 1] with B prompts."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] != 3:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must be a (B, H, W, 3) tensor, got {shape}")
-    if not torch.isfinite(images).all() or images.min() < -1e-3 or images.max() > 1 + 1e-3:
-        raise ValueError("images must be finite floats in [0, 1]")
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a (B, H, W, 3) tensor, got {got}")
+    if not images.is_floating_point() or not torch.isfinite(images).all():
+        raise ValueError("images must be finite floating-point values in [0, 1]")
+    lo, hi = images.min().item(), images.max().item()
+    if lo < -IMAGE_VALUE_TOLERANCE or hi > 1 + IMAGE_VALUE_TOLERANCE:
+        raise ValueError(f"images must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
     if isinstance(prompts, str) or len(prompts) != images.shape[0]:
-        n = "a string" if isinstance(prompts, str) else len(prompts)
-        raise ValueError(f"prompts must be a list with one prompt per image ({images.shape[0]}), got {n}")
+        got = "a single string" if isinstance(prompts, str) else f"{len(prompts)} prompts"
+        raise ValueError(f"prompts must be a list of one prompt per image ({images.shape[0]}), got {got}")
 
 
 def check_reward_output(scores, batch: int, name: str) -> torch.Tensor:

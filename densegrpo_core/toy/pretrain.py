@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from safetensors.torch import save_file
 
+from ..guidance import GuidedVelocity
+from ..rollout import ode_sample
 from ..schedule import shifted_flow_grid
 from .model import WEIGHTS_FORMAT, ToyDiT, ToyDiTConfig, encode_prompts, null_cond
 from .reward import toy_reward
@@ -54,16 +56,11 @@ def rectified_flow_loss(model: ToyDiT, x_clean: torch.Tensor, cond: torch.Tensor
 
 
 @torch.no_grad()
-def euler_sample(model: ToyDiT, noise: torch.Tensor, cond: torch.Tensor, tau: torch.Tensor,
-                 cfg_scale: float) -> torch.Tensor:
-    """Evaluation-only guided Euler ODE from τ(T) = 1 to τ(0) = 0: x ← x + v·Δτ (MATH.md §4). → (B, C, H, W)."""
-    x, tau = noise, tau.to(noise.device)
-    uncond = null_cond(x.shape[0], device=x.device)
-    for k in range(tau.numel() - 1):
-        t = tau[k].expand(2 * x.shape[0])                                       # (2B,)
-        v_u, v_c = model(torch.cat([x, x]), t, torch.cat([uncond, cond])).chunk(2)
-        x = x + (v_u + cfg_scale * (v_c - v_u)) * (tau[k + 1] - tau[k])         # (B, C, H, W)
-    return x
+def guided_ode_sample(model: ToyDiT, noise: torch.Tensor, cond: torch.Tensor, tau: torch.Tensor,
+                      cfg_scale: float) -> torch.Tensor:
+    """The core's guided Euler ODE sampler (MATH.md §4) on the toy model: → (B, C, H, W)."""
+    guide = GuidedVelocity(model, cond, null_cond(noise.shape[0], device=noise.device), cfg_scale)
+    return ode_sample(guide, noise, tau)
 
 
 @torch.no_grad()
@@ -72,7 +69,7 @@ def sample_reward(model: ToyDiT, prompts: list[str], seeds: int, shift: float, c
     """Mean toy reward of ODE samples, `seeds` fixed noises per prompt."""
     batch = [p for p in prompts for _ in range(seeds)]
     noise = torch.randn(len(batch), *LATENT_SHAPE, generator=torch.Generator().manual_seed(noise_seed))
-    x = euler_sample(model, noise, encode_prompts(batch), shifted_flow_grid(SAMPLING_STEPS, shift), cfg_scale)
+    x = guided_ode_sample(model, noise, encode_prompts(batch), shifted_flow_grid(SAMPLING_STEPS, shift), cfg_scale)
     return toy_reward(decode(x), batch).mean().item()
 
 

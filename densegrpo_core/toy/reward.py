@@ -22,6 +22,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..rewards import check_reward_inputs
+
 from .task import IMAGE_SIZE, JITTER_OFFSET, JITTER_SCALE, SHAPES, parse_prompt, prompt_colours, shape_coverage
 
 COLOUR_WIDTH = 0.4          # w: colour distance at which a pixel counts exp(-1) ≈ 0.37 as matching
@@ -29,7 +31,6 @@ SHAPE_WEIGHT = 0.65         # weight of the shape term; the background term gets
 WRONG_SHAPE_PENALTY = 2.0   # cost per unit by which another shape kind fits better (circle vs square IoU is ~0.8)
 TEMPLATE_OFFSETS = 5        # template centre offsets per axis, evenly over the render jitter
 TEMPLATE_SCALES = 3         # template sizes, evenly over the render jitter
-VALUE_TOLERANCE = 1e-3      # images may leave [0, 1] by this much (rounding)
 CHUNK = 128                 # images per batch of template comparisons (bounds memory)
 
 
@@ -42,21 +43,6 @@ def shape_templates() -> torch.Tensor:
     return torch.stack([shape_coverage(kind, dx.flatten(), dy.flatten(), sc.flatten()) for kind in SHAPES])
 
 
-def check_images(images: torch.Tensor, prompts: Sequence[str]) -> None:
-    """ValueError naming `images` or `prompts` unless images is (B, H, W, 3) finite in [0, 1] with B prompts."""
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] != 3:
-        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must be a (B, H, W, 3) tensor, got {got}")
-    if not images.is_floating_point() or not torch.isfinite(images).all():
-        raise ValueError("images must be finite floating-point values in [0, 1]")
-    lo, hi = images.min().item(), images.max().item()
-    if lo < -VALUE_TOLERANCE or hi > 1 + VALUE_TOLERANCE:
-        raise ValueError(f"images must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
-    if isinstance(prompts, str) or len(prompts) != images.shape[0]:
-        got = "a single string" if isinstance(prompts, str) else f"{len(prompts)} prompts"
-        raise ValueError(f"prompts must be a list of one prompt per image ({images.shape[0]}), got {got}")
-
-
 def soft_iou(mask: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
     """Σ min / Σ max of masks (B, P) against templates (K, P): → (B, K)."""
     l1 = (mask.unsqueeze(1) - templates.unsqueeze(0)).abs().sum(-1)             # (B, K)
@@ -67,7 +53,7 @@ def soft_iou(mask: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
 
 def toy_reward(images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
     """Prompt fidelity of decoded images (B, H, W, 3) in [0, 1]: → (B,) float32 in [0, 1], deterministic."""
-    check_images(images, prompts)
+    check_reward_inputs(images, prompts)
     x = images.float().permute(0, 3, 1, 2)                                      # (B, 3, H, W)
     if x.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
         x = F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="area")
