@@ -46,6 +46,33 @@ def cond_len(cond: Cond) -> int:
     raise TypeError(f"cond must be a tensor or a dict of tensors, got {type(cond).__name__}")
 
 
+def velocity_from_denoised(x: torch.Tensor, denoised: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """v = (x - x̂0) / τ for a flow model x = (1-τ)·x0 + τ·ε (MATH.md §1; ComfyUI's `to_d`).
+
+    x, denoised: (N, ...); tau: (N,) or scalar, > 0.
+    """
+    tau = torch.as_tensor(tau, dtype=x.dtype, device=x.device)
+    return (x - denoised) / tau.reshape(tau.shape + (1,) * (x.ndim - tau.ndim))
+
+
+def denoised_from_velocity(x: torch.Tensor, v: torch.Tensor, tau: torch.Tensor | float) -> torch.Tensor:
+    """x̂0 = x - τ·v, the clean-image prediction of a velocity (MATH.md §1)."""
+    tau = torch.as_tensor(tau, dtype=x.dtype, device=x.device)
+    return x - v * tau.reshape(tau.shape + (1,) * (x.ndim - tau.ndim))
+
+
+@dataclass
+class DenoiserVelocity:
+    """A VelocityModel from a denoiser `denoise(x (N, ...), tau (N,), **kwargs) -> x̂0` (e.g. ComfyUI's
+    CFG-wrapped model inside a sampler, which already applies guidance and conditioning; `cond` is ignored)."""
+
+    denoise: Callable
+    kwargs: dict
+
+    def __call__(self, x: torch.Tensor, tau: torch.Tensor, cond: Cond = None) -> torch.Tensor:
+        return velocity_from_denoised(x, self.denoise(x, tau, **self.kwargs), tau)
+
+
 @dataclass
 class GuidedVelocity:
     """Classifier-free-guided velocity for a set of B trajectories, chunked under a batch budget.

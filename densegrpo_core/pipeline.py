@@ -59,6 +59,14 @@ def score_latents(latents: torch.Tensor, prompts: Sequence[str], decode, reward,
 
 
 @torch.no_grad()
+def score_images(images: torch.Tensor, prompts: Sequence[str], reward, max_batch: int = 64) -> torch.Tensor:
+    """r(image, c) for images (N, H, W, 3) in [0, 1] with one prompt each, batched: → (N,) float32."""
+    if len(prompts) != images.shape[0]:
+        raise ValueError(f"prompts must give one prompt per image ({images.shape[0]}), got {len(prompts)}")
+    return score_latents(images, prompts, lambda x: x, reward, max_batch)
+
+
+@torch.no_grad()
 def latent_rewards(ro: Rollout, prompts: Sequence[str], decode, reward, max_batch: int = 64) -> torch.Tensor:
     """R_t = r(decode(ODE_t(x_t)), c) for t = T … 1 and R_0 = r(decode(x_0), c) (MATH.md §5).
 

@@ -243,3 +243,25 @@ def plot_reward_curves(curves: Mapping[str, Mapping[str, Any]], out_path: str | 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return _finish(fig, out_path)
+
+
+def image_grid(images, pad: int = 2):
+    """Tile images (R, C, H, W, 3) in [0, 1] into one (R·(H+pad)-pad, C·(W+pad)-pad, 3) tensor, row-major
+    (e.g. rows = trajectories, columns = the ODE-completed image of every step). Padding is white."""
+    import torch
+    images = torch.as_tensor(images)
+    if images.ndim != 5 or images.shape[-1] != 3:
+        raise ValueError(f"images must be (rows, columns, H, W, 3), got shape {tuple(images.shape)}")
+    R, C, H, W, _ = images.shape
+    out = images.new_ones((R * (H + pad) - pad, C * (W + pad) - pad, 3))
+    for r in range(R):
+        for c in range(C):
+            out[r * (H + pad):r * (H + pad) + H, c * (W + pad):c * (W + pad) + W] = images[r, c]
+    return out
+
+
+def pil_to_tensor(image):
+    """A PIL RGB image → (H, W, 3) float32 tensor in [0, 1]."""
+    import torch
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
+

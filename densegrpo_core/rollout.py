@@ -8,12 +8,16 @@ Batch grows B, 2B, …, T·B; per trajectory NFE = Σ_{k=0}^{T-1} (k+1) = T(T+1)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from .guidance import GuidedVelocity
 from .schedule import validate_grid
 from .sde import ode_step, sde_step
+
+
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]  # (grid index k, x_k, v_k)
 
 
 @dataclass
@@ -61,8 +65,12 @@ def _check(x_T, tau, sigmas):
 
 
 @torch.no_grad()
-def sde_chain(guide: GuidedVelocity, x_T: torch.Tensor, tau, sigmas, generator=None) -> Rollout:
-    """Plain SDE sampling, T NFE per trajectory, no ODE branches (what sparse-reward GRPO needs)."""
+def sde_chain(guide: GuidedVelocity, x_T: torch.Tensor, tau, sigmas, generator=None,
+              on_step: StepCallback | None = None) -> Rollout:
+    """Plain SDE sampling, T NFE per trajectory, no ODE branches (what sparse-reward GRPO needs).
+
+    `on_step(k, x_k, v_k)` is called after each step's velocity (progress bars, previews, interrupts).
+    """
     tau, sigmas = _check(x_T, tau, sigmas)
     nfe0, calls0 = guide.nfe, guide.forward_calls
     B, T = x_T.shape[0], tau.numel() - 1
@@ -71,6 +79,8 @@ def sde_chain(guide: GuidedVelocity, x_T: torch.Tensor, tau, sigmas, generator=N
     x = x_T
     for k in range(T):
         v = guide.velocity(x, tau[k].item(), rows)
+        if on_step is not None:
+            on_step(k, x, v)
         step = sde_step(x, v, tau[k].item(), tau[k + 1].item(), sigmas[k].item(), generator=generator)
         if step.log_prob is not None:
             log_probs[:, k], trainable[k] = step.log_prob.cpu(), True
@@ -101,8 +111,11 @@ def ode_complete(guide: GuidedVelocity, x: torch.Tensor, rows: torch.Tensor, tau
 
 @torch.no_grad()
 def fused_rollout(guide: GuidedVelocity, x_T: torch.Tensor, tau, sigmas,
-                  generator: torch.Generator | None = None) -> Rollout:
-    """SDE trajectory + ODE_t(x_t) for every t in one sweep of T batched forwards (MATH.md §9)."""
+                  generator: torch.Generator | None = None, on_step: StepCallback | None = None) -> Rollout:
+    """SDE trajectory + ODE_t(x_t) for every t in one sweep of T batched forwards (MATH.md §9).
+
+    `on_step(k, x_k, v_k)` is called with the chain's latent and velocity after each batched forward.
+    """
     tau, sigmas = _check(x_T, tau, sigmas)
     B, T = x_T.shape[0], tau.numel() - 1
     nfe0, calls0 = guide.nfe, guide.forward_calls
@@ -115,6 +128,8 @@ def fused_rollout(guide: GuidedVelocity, x_T: torch.Tensor, tau, sigmas,
         t, t_next = tau[k].item(), tau[k + 1].item()
         v = guide.velocity(torch.cat([x, branches]), t, torch.cat([chain_rows, branch_rows]))
         v_chain, v_branches = v[:B], v[B:]                   # (B, ...), (k·B, ...)
+        if on_step is not None:
+            on_step(k, x, v_chain)
         spawned = ode_step(x, v_chain, t, t_next)            # first Euler step of ODE_t(x_k)
         branches = torch.cat([ode_step(branches, v_branches, t, t_next), spawned])
         branch_rows = torch.cat([branch_rows, chain_rows])
@@ -131,7 +146,8 @@ def fused_rollout(guide: GuidedVelocity, x_T: torch.Tensor, tau, sigmas,
 
 @torch.no_grad()
 def naive_rollout(guide: GuidedVelocity, x_T: torch.Tensor, tau, sigmas,
-                  generator: torch.Generator | None = None, ode_steps: int | None = None) -> Rollout:
+                  generator: torch.Generator | None = None, ode_steps: int | None = None,
+                  on_step: StepCallback | None = None) -> Rollout:
     """SDE chain, then a separate ODE_n(x_t) from every x_t: T + Σ n_t NFE per trajectory.
 
     `ode_steps` = n caps each rollout at n steps (ODE_min(n, t)); None uses n = t (MATH.md §4).
@@ -139,7 +155,7 @@ def naive_rollout(guide: GuidedVelocity, x_T: torch.Tensor, tau, sigmas,
     tau, sigmas = _check(x_T, tau, sigmas)
     nfe0, calls0 = guide.nfe, guide.forward_calls
     B, T = x_T.shape[0], tau.numel() - 1
-    chain = sde_chain(guide, x_T, tau, sigmas, generator)
+    chain = sde_chain(guide, x_T, tau, sigmas, generator, on_step)
     rows = torch.arange(B, device=x_T.device)
     ends = [ode_complete(guide, chain.latents[:, k], rows, tau, k,
                          None if ode_steps is None else min(ode_steps, T - k)) for k in range(T)]
@@ -148,12 +164,12 @@ def naive_rollout(guide: GuidedVelocity, x_T: torch.Tensor, tau, sigmas,
 
 
 def rollout(guide: GuidedVelocity, x_T: torch.Tensor, tau, sigmas, generator=None,
-            ode_steps: int | None = None) -> Rollout:
+            ode_steps: int | None = None, on_step: StepCallback | None = None) -> Rollout:
     """The rollout to use: the fused sweep for n = t (default), the naive path for ODE_n with n < t."""
     T = len(tau) - 1
     if ode_steps is None or ode_steps >= T:
-        return fused_rollout(guide, x_T, tau, sigmas, generator)
-    return naive_rollout(guide, x_T, tau, sigmas, generator, ode_steps)
+        return fused_rollout(guide, x_T, tau, sigmas, generator, on_step)
+    return naive_rollout(guide, x_T, tau, sigmas, generator, ode_steps, on_step)
 
 
 def nfe_per_trajectory(steps: int, fused: bool = True) -> int:

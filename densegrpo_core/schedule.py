@@ -104,6 +104,14 @@ class Psi:
                              f"calibrate psi for this step count or use a uniform psi")
         return torch.tensor(self.values, dtype=torch.float32)
 
+    def resolve(self, steps: int) -> "Psi":
+        """This ψ for a grid of `steps` steps: a uniform ψ (Flow-GRPO's `a`) stretches to any step count,
+        any other ψ must already have `steps` values (ValueError otherwise)."""
+        if self.meta.get("source") == "uniform" and steps != self.steps:
+            return Psi.uniform(self.meta.get("a", self.values[0]), steps)
+        self.tensor(steps)
+        return self
+
     def to_dict(self) -> dict:
         return {"format": PSI_FORMAT, "tau": self.tau, "psi": self.values, **self.meta}
 

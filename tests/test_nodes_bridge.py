@@ -1,0 +1,153 @@
+"""The ComfyUI skin without ComfyUI: input checks, ψ nodes and files, and the SDE sampler function.
+
+What needs ComfyUI objects (MODEL, VAE, CFGGuider) is covered by tests/comfyui/ against a real ComfyUI.
+"""
+import json
+
+import pytest
+import torch
+
+from densegrpo_core.guidance import DenoiserVelocity, denoised_from_velocity, velocity_from_denoised
+from densegrpo_core.plots import image_grid
+from densegrpo_core.schedule import Psi, shifted_flow_grid
+from nodes import comfy_bridge as bridge
+from nodes.psi_nodes import PsiFromList, PsiUniform, find_psi_file, list_psi_files
+from nodes.sampler_nodes import sde_sampler_function
+
+
+class TinyDenoiser:
+    """A flow model's denoiser x̂0(x, σ) as ComfyUI's wrapped model returns it (x - σ·v)."""
+
+    def __init__(self, model, cond):
+        self.model, self.cond = model, cond
+
+    def __call__(self, x, sigma, **extra_args):
+        v = self.model(x, sigma, self.cond.expand(x.shape[0], -1))
+        return x - v * sigma.reshape(-1, 1, 1, 1)
+
+
+def stock_euler(model, x, sigmas, extra_args=None):
+    """k-diffusion's / ComfyUI's `sample_euler` without churn, written out as ComfyUI does it."""
+    extra_args = extra_args or {}
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(len(sigmas) - 1):
+        sigma_hat = sigmas[i]
+        denoised = model(x, sigma_hat * s_in, **extra_args)
+        d = (x - denoised) / sigma_hat.reshape(1, 1, 1, 1)
+        dt = sigmas[i + 1] - sigma_hat
+        x = x + d * dt
+    return x
+
+
+@pytest.fixture
+def denoiser(tiny_velocity):
+    return TinyDenoiser(tiny_velocity, torch.randn(1, 4, generator=torch.Generator().manual_seed(1)))
+
+
+def test_sde_sampler_with_psi_zero_is_bit_identical_to_stock_euler(denoiser):
+    sigmas = shifted_flow_grid(8, 3.0)
+    x = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    ours = sde_sampler_function(denoiser, x.clone(), sigmas, {}, psi=Psi.uniform(0.0, 1), seed=5)
+    assert torch.equal(ours, stock_euler(denoiser, x.clone(), sigmas))
+
+
+def test_sde_sampler_with_psi_adds_seeded_noise(denoiser):
+    sigmas = shifted_flow_grid(6, 3.0)
+    x = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    a = sde_sampler_function(denoiser, x.clone(), sigmas, {}, psi=Psi.uniform(0.7, 1), seed=1)
+    b = sde_sampler_function(denoiser, x.clone(), sigmas, {}, psi=Psi.uniform(0.7, 1), seed=1)
+    c = sde_sampler_function(denoiser, x.clone(), sigmas, {}, psi=Psi.uniform(0.7, 1), seed=2)
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    assert not torch.allclose(a, stock_euler(denoiser, x.clone(), sigmas))
+
+
+def test_sde_sampler_records_the_trajectory_and_calls_back_every_step(denoiser):
+    sigmas = shifted_flow_grid(5, 3.0)
+    recorder, seen = {}, []
+    x = torch.randn(2, 2, 8, 8)
+    out = sde_sampler_function(denoiser, x, sigmas, {}, callback=lambda d: seen.append(d["i"]),
+                               psi=Psi.uniform(0.7, 1), recorder=recorder)
+    ro = recorder["rollout"]
+    assert ro.latents.shape == (2, 6, 2, 8, 8) and torch.equal(ro.latents[:, -1], out)
+    assert ro.log_probs.shape == (2, 5) and seen == [0, 1, 2, 3, 4]
+
+
+def test_sde_sampler_refuses_non_flow_sigmas(denoiser):
+    sigmas = torch.tensor([14.6, 7.0, 2.0, 0.0])       # an eps-prediction (SD1.5-like) schedule
+    with pytest.raises(ValueError, match="sigmas.*flow-matching"):
+        sde_sampler_function(denoiser, torch.randn(1, 2, 8, 8), sigmas, {}, psi=Psi.uniform(0.7, 1))
+
+
+def test_sde_sampler_refuses_psi_of_the_wrong_length(denoiser):
+    with pytest.raises(ValueError, match="input 'psi'.*3 values.*5 steps"):
+        sde_sampler_function(denoiser, torch.randn(1, 2, 8, 8), shifted_flow_grid(5, 3.0), {},
+                             psi=Psi([0.7, 0.6, 0.5]))
+
+
+def test_denoiser_velocity_recovers_the_model_velocity(tiny_velocity, denoiser):
+    x, tau = torch.randn(4, 2, 8, 8), torch.full((4,), 0.6)
+    v = DenoiserVelocity(denoiser, {})(x, tau)
+    assert torch.allclose(v, tiny_velocity(x, tau, denoiser.cond.expand(4, -1)), atol=1e-5)
+    assert torch.allclose(velocity_from_denoised(x, denoised_from_velocity(x, v, tau), tau), v, atol=1e-5)
+
+
+def test_uniform_psi_node_stretches_to_any_step_count():
+    (psi,) = PsiUniform().execute(0.5)
+    assert psi.resolve(7).values == [0.5] * 7
+
+
+def test_psi_list_node_keeps_its_length_and_names_the_input_on_bad_text():
+    (psi,) = PsiFromList().execute("0.9, 0.8,0.7")
+    assert psi.values == [0.9, 0.8, 0.7]
+    with pytest.raises(ValueError, match="steps"):
+        psi.resolve(10)
+    with pytest.raises(ValueError, match="input 'values'"):
+        PsiFromList().execute("0.9, lots")
+
+
+def test_psi_files_are_listed_from_every_folder_and_found_by_name(tmp_path):
+    a, b = tmp_path / "models", tmp_path / "output"
+    (a / "sd35").mkdir(parents=True)
+    b.mkdir()
+    Psi([0.5, 0.4]).save(a / "sd35" / "psi.json")
+    Psi([0.3]).save(b / "mine.json")
+    (b / "notes.txt").write_text("x")
+    assert list_psi_files([str(a), str(b)]) == ["mine.json", "sd35/psi.json"]
+    assert Psi.load(find_psi_file("sd35/psi.json", [str(a), str(b)], "n")).values == [0.5, 0.4]
+
+
+def test_psi_file_lookup_refuses_paths_outside_its_folders(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "secret.json").write_text(json.dumps({"format": "x"}))
+    with pytest.raises(ValueError, match="input 'psi_file'.*not found"):
+        find_psi_file("../secret.json", [str(tmp_path / "models")], "DenseGRPO Load ψ")
+
+
+@pytest.mark.parametrize("name, expected", [("my lora", "my_lora"), ("../../x", "x"), ("..", "densegrpo"),
+                                            ("a/b\\c", "c"), (".hidden", "hidden"), ("", "densegrpo")])
+def test_sanitize_name_keeps_files_inside_one_folder(name, expected):
+    assert bridge.sanitize_name(name) == expected
+
+
+def test_parse_prompts_takes_one_prompt_per_line_and_refuses_empty_text():
+    assert bridge.parse_prompts("a cat\n\n# comment\n  a dog  ", "n") == ["a cat", "a dog"]
+    with pytest.raises(ValueError, match="input 'prompts' is empty"):
+        bridge.parse_prompts(" \n# only a comment", "DenseGRPO Calibrate ψ")
+
+
+def test_group_size_below_two_is_refused():
+    with pytest.raises(ValueError, match="input 'group_size' must be >= 2"):
+        bridge.check_group_size(1, "node")
+
+
+def test_latent_with_the_wrong_channel_count_is_refused():
+    bridge.check_latent_channels(torch.zeros(1, 16, 8, 8), 16, "node")
+    with pytest.raises(ValueError, match="input 'latent_image' has 4 channels but this model's latents have 16"):
+        bridge.check_latent_channels(torch.zeros(1, 4, 8, 8), 16, "node")
+
+
+def test_image_grid_tiles_rows_and_columns():
+    images = torch.rand(2, 3, 4, 5, 3)
+    grid = image_grid(images, pad=1)
+    assert grid.shape == (2 * 5 - 1, 3 * 6 - 1, 3)
+    assert torch.equal(grid[5:9, 6:11], images[1, 1])
