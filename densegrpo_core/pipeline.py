@@ -28,6 +28,8 @@ class FlowPipeline:
     default_shift: float = 3.0                          # grid shift the model was trained for
     default_cfg: float = 4.5                            # CFG scale that suits it
     info: dict = field(default_factory=dict)            # provenance shown in logs and LoRA metadata
+    lora_module: torch.nn.Module | None = None          # the diffusion network inside `model` that gets the
+                                                        # LoRA (its module names are the file's keys); None = model
 
     def guide(self, prompts: Sequence[str], cfg_scale: float, max_batch: int = 256,
               device: torch.device | str = "cpu") -> GuidedVelocity:

@@ -174,8 +174,10 @@ class Trainer:
         psi = Psi.load(cfg.psi) if isinstance(cfg.psi, str) else as_psi(cfg.psi, cfg.steps)
         self.psi = as_psi(psi, cfg.steps)
         self.sigmas = sde_noise_scales(self.psi.tensor(cfg.steps), self.tau)      # (T,)
-        model = self.pipe.model.to(self.device)
-        for p in model.parameters():
+        self.pipe.model.to(self.device)
+        # the LoRA lives in the diffusion network; its module names are the LoRA file's keys
+        model = self.pipe.model if self.pipe.lora_module is None else self.pipe.lora_module
+        for p in self.pipe.model.parameters():
             p.requires_grad_(False)
         self.targets = cfg.lora_targets if cfg.lora_targets != "auto" else self.pipe.arch
         lora.inject_lora(model, self.targets, rank=cfg.lora_rank, alpha=cfg.lora_alpha, seed=cfg.seed)

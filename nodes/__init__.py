@@ -1,9 +1,9 @@
 """ComfyUI nodes of DenseGRPO: a thin skin over `densegrpo_core` (V1 registration, stable node ids)."""
 from __future__ import annotations
 
-from . import dense_reward_nodes, psi_nodes, sampler_nodes
+from . import dense_reward_nodes, psi_nodes, routes, sampler_nodes, train_nodes
 
-_MODULES = (psi_nodes, sampler_nodes, dense_reward_nodes)
+_MODULES = (psi_nodes, sampler_nodes, dense_reward_nodes, train_nodes)
 
 
 def _collect():
@@ -15,3 +15,4 @@ def _collect():
 
 
 NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = _collect()
+routes.register_with_comfyui()

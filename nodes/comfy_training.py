@@ -1,0 +1,150 @@
+"""Private copies of a ComfyUI MODEL and VAE for a background training job (ARCHITECTURE.md, "ComfyUI
+background training"; COMFYUI.md pitfalls).
+
+Everything here that touches ComfyUI's model management runs on the executor thread, inside the Train
+node's execute: the model is loaded with its patches (LoRAs the workflow applied) and then copied. The
+copy is built under `torch.inference_mode(False)` with every parameter and buffer cloned, so the job
+thread can backpropagate through it and never shares a tensor with the MODEL other prompts use. The job
+thread then only calls plain torch modules: no model management, no progress bar, no interrupt flag.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections import OrderedDict
+
+import torch
+
+from densegrpo_core.guidance import velocity_from_denoised
+from densegrpo_core.pipeline import FlowPipeline
+
+from . import comfy_bridge as bridge
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def clone_module(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy whose parameters and buffers are fresh, normal (non-inference) tensors, frozen."""
+    with torch.inference_mode(False), torch.no_grad():
+        out = copy.deepcopy(module)
+        for m in out.modules():
+            for name, p in list(m._parameters.items()):
+                if p is not None:
+                    m._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
+            for name, b in list(m._buffers.items()):
+                if b is not None:
+                    m._buffers[name] = b.detach().clone()
+    return out
+
+
+def clone_tensors(obj):
+    """Conds and latents made by nodes are inference tensors: clone them for the job thread."""
+    with torch.inference_mode(False):
+        if isinstance(obj, torch.Tensor):
+            return obj.detach().clone()
+        if isinstance(obj, dict):
+            return {k: clone_tensors(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(clone_tensors(v) for v in obj)
+        return obj
+
+
+def private_base_model(model_patcher, node: str):
+    """A copy of the MODEL's BaseModel with its own diffusion network (patched weights) and model sampling."""
+    import comfy.model_management
+    bridge.require_flow_model(model_patcher, node)
+    comfy.model_management.load_models_gpu([model_patcher], force_full_load=True)  # applies the patches
+    base = model_patcher.model
+    dtype = next(base.diffusion_model.parameters()).dtype
+    if dtype not in FLOAT_DTYPES:
+        raise bridge.input_error(node, "model", f"has {dtype} weights; LoRA training needs float32, float16 or "
+                                                f"bfloat16 weights (load the model with weight_dtype 'default')")
+    private = copy.copy(base)                                   # shallow: config, methods, flags
+    private.__dict__ = dict(base.__dict__)
+    for attr in ("_modules", "_parameters", "_buffers"):
+        private.__dict__[attr] = OrderedDict(base.__dict__[attr])
+    private.diffusion_model = clone_module(base.diffusion_model)
+    private.model_sampling = clone_module(base.model_sampling)
+    for name in list(private._modules):
+        if name not in ("diffusion_model", "model_sampling"):
+            private._modules[name] = clone_module(private._modules[name])
+    return private
+
+
+def conditioning_kwargs(base, conditioning, latent: torch.Tensor, node: str, name: str) -> dict:
+    """CONDITIONING → the keyword tensors the model's apply_model takes (c_crossattn, y, guidance, …), (1, ...)."""
+    import comfy.sampler_helpers
+    if not conditioning:
+        raise bridge.input_error(node, name, "is empty")
+    entry = comfy.sampler_helpers.convert_cond(conditioning)[0]
+    params = {**entry, "device": latent.device, "noise": latent, "width": latent.shape[-1] * 8,
+              "height": latent.shape[-2] * 8, "prompt_type": "positive"}
+    out = base.extra_conds(**params)
+    return clone_tensors({k: v.cond for k, v in out.items() if isinstance(getattr(v, "cond", None), torch.Tensor)})
+
+
+def stack_kwargs(items: list[dict]) -> dict:
+    """Concatenate per-prompt conds along the batch; token sequences of different lengths are repeated to
+    their least common multiple, as ComfyUI's CONDCrossAttn does."""
+    out = {}
+    for key in items[0]:
+        tensors = [d[key] for d in items]
+        if tensors[0].ndim == 3 and len({t.shape[1] for t in tensors}) > 1:
+            L = math.lcm(*[t.shape[1] for t in tensors])
+            tensors = [t.repeat(1, L // t.shape[1], 1) for t in tensors]
+        out[key] = torch.cat(tensors)
+    return out
+
+
+class ComfyVelocity(torch.nn.Module):
+    """The core's VelocityModel over a private BaseModel: v = (x - apply_model(x, τ, **cond)) / τ."""
+
+    def __init__(self, base):
+        super().__init__()
+        self.base = base
+
+    def forward(self, x: torch.Tensor, tau: torch.Tensor, cond: dict) -> torch.Tensor:
+        return velocity_from_denoised(x, self.base.apply_model(x, tau, transformer_options={}, **cond), tau)
+
+
+class PrivateDecoder:
+    """The core's Decoder over a private copy of the VAE's network: model-space latents → images in [0, 1]."""
+
+    def __init__(self, vae, latent_format):
+        self.net = clone_module(vae.first_stage_model)
+        self.dtype = vae.vae_dtype
+        self.process_output = vae.process_output
+        self.latent_format = latent_format
+
+    def to(self, device):
+        self.net.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        device = next(self.net.parameters()).device
+        z = self.latent_format.process_out(latents.float()).to(device, self.dtype)
+        images = self.process_output(self.net.decode(z).float())               # (N, 3, H, W)
+        return images.movedim(1, -1)[..., :3].float()
+
+
+def private_pipeline(model_patcher, vae, prompt_conds: dict[str, list], negative, latent: torch.Tensor,
+                     node: str) -> FlowPipeline:
+    """A FlowPipeline the job thread may train: private model, private VAE, prompts pre-encoded."""
+    base = private_base_model(model_patcher, node)
+    kwargs = {p: conditioning_kwargs(base, c, latent, node, "prompts") for p, c in prompt_conds.items()}
+    null = conditioning_kwargs(base, negative, latent, node, "negative_prompt")
+    ms = base.model_sampling
+    latent_format = model_patcher.get_model_object("latent_format")
+
+    def encode(prompts):
+        return stack_kwargs([kwargs[p] for p in prompts])
+
+    def null_cond(n):
+        return stack_kwargs([null] * n)
+
+    arch = "flux" if type(base).__name__.lower().startswith("flux") else "mmdit"
+    return FlowPipeline(model=ComfyVelocity(base), encode=encode, null_cond=null_cond,
+                        decode=PrivateDecoder(vae, latent_format), latent_shape=tuple(latent.shape[1:]),
+                        arch=arch, default_shift=float(getattr(ms, "shift", 3.0)), default_cfg=4.5,
+                        info={"name": type(base).__name__}, lora_module=base.diffusion_model)

@@ -1,0 +1,300 @@
+"""Background GRPO-LoRA training from a workflow: Train (starts a job, returns at once), Status, Stop.
+
+The Train node validates, encodes the prompts, takes private copies of the patched MODEL and the VAE on
+the executor thread and hands them to a background job (densegrpo_core.jobs). LoRAs land in
+models/loras/densegrpo/ so LoraLoaderModelOnly lists them; job folders live in output/densegrpo/jobs/.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+
+from densegrpo_core.advantages import ADVANTAGE_MODES
+from densegrpo_core.trainer import TrainConfig
+
+from . import comfy_bridge as bridge
+from .dense_reward_nodes import CFG, GROUP, REWARD_TYPE, SEED, STEPS
+from .psi_nodes import PSI_TOOLTIP, PSI_TYPE
+
+JOB_TYPE = "DENSEGRPO_JOB"
+EVENT = "densegrpo.job"              # websocket event name of job updates
+TRAIN_NODE = "DenseGRPO Train LoRA"
+_manager = None
+_manager_lock = threading.Lock()
+
+
+def lora_dir() -> str:
+    import folder_paths
+    return os.path.join(folder_paths.get_folder_paths("loras")[0], "densegrpo")
+
+
+def jobs_root() -> str:
+    import folder_paths
+    return os.path.join(folder_paths.get_output_directory(), "densegrpo", "jobs")
+
+
+def _send(job_id: str, event: dict) -> None:
+    """Forward a job event to the browser (thread safe); large payloads stay on the server."""
+    try:
+        from server import PromptServer
+    except ImportError:
+        return
+    if PromptServer.instance is not None:
+        small = {k: v for k, v in event.items() if k not in ("rewards", "job")}
+        if "job" in event:
+            small["job"] = event["job"]
+        PromptServer.instance.send_sync(EVENT, {"job_id": job_id, **small})
+
+
+def get_manager():
+    """The process-wide job manager (created on first use; stops its jobs when ComfyUI exits)."""
+    global _manager
+    with _manager_lock:
+        if _manager is None:
+            from densegrpo_core.jobs import JobManager
+            _manager = JobManager(jobs_root(), on_event=_send)
+            atexit.register(_manager.shutdown)
+        return _manager
+
+
+def read_prompts(text: str, prompts_file: str, node: str) -> list[str]:
+    """Prompts from the multiline text, or from a .txt file in ComfyUI's input folder (one per line)."""
+    if prompts_file and prompts_file != "(none)":
+        import folder_paths
+        path = folder_paths.get_annotated_filepath(prompts_file)
+        if not os.path.isfile(path):
+            raise bridge.input_error(node, "prompts_file", f"{prompts_file!r} not found in the input folder")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    return bridge.parse_prompts(text, node)
+
+
+def input_txt_files() -> list[str]:
+    import folder_paths
+    folder = folder_paths.get_input_directory()
+    names = [f for f in os.listdir(folder) if f.lower().endswith(".txt")] if os.path.isdir(folder) else []
+    return ["(none)"] + sorted(names)
+
+
+class TrainLoRA:
+    DESCRIPTION = ("Start DenseGRPO (or Flow-GRPO) LoRA training of this MODEL on your prompts and reward, in the "
+                   "background: the prompt finishes at once and ComfyUI stays usable. LoRAs are saved to "
+                   "models/loras/densegrpo/<name>_<iteration>.safetensors and <name>_latest.safetensors.")
+    CATEGORY = "DenseGRPO/training"
+    FUNCTION = "execute"
+    OUTPUT_NODE = True
+    RETURN_TYPES = (JOB_TYPE, "STRING")
+    RETURN_NAMES = ("job", "status")
+    OUTPUT_TOOLTIPS = ("handle of the started job, for DenseGRPO Training Status / Stop", "what was started")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "the flow model to train a LoRA for (with any LoRAs already applied)"}),
+            "clip": ("CLIP", {"tooltip": "encodes the training prompts"}),
+            "vae": ("VAE", {"tooltip": "decodes samples for the reward"}),
+            "reward_model": (REWARD_TYPE, {"tooltip": "the reward to maximise"}),
+            "psi": (PSI_TYPE, {"tooltip": PSI_TOOLTIP}),
+            "prompts": ("STRING", {"multiline": True, "default": "",
+                                   "tooltip": "training prompts, one per line (or choose prompts_file)"}),
+            "negative_prompt": ("STRING", {"default": "", "tooltip": "negative prompt for CFG"}),
+            "latent_image": ("LATENT", {"tooltip": "an empty latent of the training resolution (batch ignored)"}),
+            "lora_name": ("STRING", {"default": "densegrpo_lora",
+                                     "tooltip": "file name stem under models/loras/densegrpo/ (sanitised)"}),
+            "iterations": ("INT", {"default": 100, "min": 1, "max": 100000, "tooltip": "GRPO iterations"}),
+            "group_size": GROUP, "steps": STEPS, "cfg": CFG,
+            "advantage_mode": (list(ADVANTAGE_MODES), {"default": "dense_grpo",
+                                                       "tooltip": "dense_grpo = DenseGRPO; flow_grpo = baseline"}),
+            "learning_rate": ("FLOAT", {"default": 3e-4, "min": 1e-7, "max": 1e-1, "step": 1e-5,
+                                        "tooltip": "AdamW learning rate of the LoRA"}),
+            "beta": ("FLOAT", {"default": 0.04, "min": 0.0, "max": 10.0, "step": 0.001,
+                               "tooltip": "KL weight β to the base model (paper: 0.04 for text rewards)"}),
+            "save_every": ("INT", {"default": 10, "min": 1, "max": 100000,
+                                   "tooltip": "save the LoRA and a checkpoint every N iterations (and at the end)"}),
+            "seed": SEED,
+        }, "optional": {
+            "prompts_file": (input_txt_files(), {"tooltip": "a .txt file in ComfyUI's input folder, one prompt "
+                                                            "per line (overrides the prompts text)"}),
+            "prompts_per_iteration": ("INT", {"default": 2, "min": 1, "max": 256, "tooltip": "prompts per iteration"}),
+            "lora_rank": ("INT", {"default": 32, "min": 1, "max": 512, "tooltip": "LoRA rank r"}),
+            "lora_alpha": ("FLOAT", {"default": 64.0, "min": 0.1, "max": 4096.0, "tooltip": "LoRA alpha α"}),
+            "clip_range": ("FLOAT", {"default": 1e-4, "min": 1e-6, "max": 1.0, "step": 1e-5,
+                                     "tooltip": "PPO clip range ε (paper: 1e-4)"}),
+            "train_batch": ("INT", {"default": 8, "min": 1, "max": 1024, "tooltip": "trajectories per optimizer step"}),
+            "max_batch": ("INT", {"default": 32, "min": 1, "max": 4096, "tooltip": "most latents per model call"}),
+            "resume_job": ("STRING", {"default": "", "tooltip": "id of a stopped/failed job to continue (same "
+                                                                 "settings); empty = a new job"}),
+            "allow_over_memory": ("BOOLEAN", {"default": False, "tooltip": "start even if the memory estimate "
+                                                                           "exceeds the free memory"}),
+        }}
+
+    def execute(self, model, clip, vae, reward_model, psi, prompts, negative_prompt, latent_image, lora_name,
+                iterations, group_size, steps, cfg, advantage_mode, learning_rate, beta, save_every, seed,
+                prompts_file="(none)", prompts_per_iteration=2, lora_rank=32, lora_alpha=64.0, clip_range=1e-4,
+                train_batch=8, max_batch=32, resume_job="", allow_over_memory=False):
+        from densegrpo_core.train_job import training_work
+
+        from .comfy_training import clone_tensors, private_pipeline
+        node = TRAIN_NODE
+        prompt_list = read_prompts(prompts, prompts_file, node)
+        bridge.check_group_size(group_size, node)
+        ms = bridge.require_flow_model(model, node)
+        name = bridge.sanitize_name(lora_name, "densegrpo_lora")
+        manager = get_manager()
+        resume_ckpt = None
+        if resume_job.strip():
+            try:
+                resume_ckpt = manager.resumable(resume_job.strip())
+            except (KeyError, ValueError) as e:
+                raise bridge.input_error(node, "resume_job", str(e).strip("'\"")) from None
+        try:
+            psi_values = psi.resolve(int(steps)).values
+            config = TrainConfig(
+                out_dir="(job folder)", seed=int(seed), device=str(model.load_device), iterations=int(iterations),
+                steps=int(steps), shift=float(getattr(ms, "shift", 3.0)), cfg_scale=float(cfg), psi=psi_values,
+                max_batch=int(max_batch), advantage_mode=advantage_mode,
+                prompts_per_iteration=int(prompts_per_iteration), group_size=int(group_size),
+                clip_range=float(clip_range), beta=float(beta), lr=float(learning_rate),
+                train_batch=int(train_batch), lora_rank=int(lora_rank), lora_alpha=float(lora_alpha),
+                reward=getattr(reward_model, "name", type(reward_model).__name__), eval_every=0,
+                save_every=int(save_every))
+        except ValueError as e:
+            raise bridge.NodeInputError(f"{node}: {e}") from None
+        samples = latent_image["samples"]
+        bridge.check_latent_channels(samples, bridge.latent_channels(model), node)
+        self.check_memory(model, config, samples, allow_over_memory)
+        conds = {p: c for p, c in zip(prompt_list, bridge.encode_prompts(clip, prompt_list, node))}
+        negative = bridge.encode_prompts(clip, [negative_prompt], node)[0]
+        latent = clone_tensors(samples[:1].float().to(model.load_device))
+        pipe = private_pipeline(model, vae, conds, negative, latent, node)
+        pipe.decode.to(model.load_device)
+        work = training_work(config, pipe, reward_model, prompt_list, lora_dir=lora_dir(), lora_name=name,
+                             resume_checkpoint=resume_ckpt, sample_prompts=prompt_list[:4])
+        job = manager.submit(name, work, device=config.device, total=int(iterations),
+                             resume_of=resume_job.strip() or None,
+                             meta={"advantage_mode": advantage_mode, "lora_dir": lora_dir()})
+        status = (f"job {job.id} {job.state.value}: {advantage_mode} LoRA '{name}', {iterations} iterations, "
+                  f"{len(prompt_list)} prompts, G={group_size}, T={steps}"
+                  + (f", resuming {resume_job.strip()}" if resume_ckpt else ""))
+        return {"ui": {"text": [status]}, "result": (job.id, status)}
+
+    @staticmethod
+    def check_memory(model, config, samples, allow: bool) -> None:
+        """Refuse, before anything is copied, a run whose estimated peak memory exceeds the free memory."""
+        import comfy.model_management
+        try:
+            from densegrpo_core.estimate import estimate_comfy_training
+        except ImportError:
+            return
+        device = model.load_device
+        free = comfy.model_management.get_free_memory(device)
+        est = estimate_comfy_training(model.model.diffusion_model, config, tuple(samples.shape[1:]), str(device))
+        if est.peak_bytes > free and not allow:
+            raise bridge.input_error(
+                TRAIN_NODE, "allow_over_memory",
+                f"is off and the estimated peak memory {est.peak_bytes / 2**30:.1f} GiB exceeds the free "
+                f"{free / 2**30:.1f} GiB on {device}: lower group_size, max_batch, steps or lora_rank, free "
+                f"ComfyUI's cached models, or allow it")
+
+
+def _job(job_id: str, node: str):
+    try:
+        return get_manager().get(str(job_id).strip())
+    except (KeyError, ValueError):
+        raise bridge.input_error(node, "job", f"{job_id!r} is not a known DenseGRPO job id") from None
+
+
+class TrainingStatus:
+    DESCRIPTION = ("Show a DenseGRPO training job: state, iteration, reward curve, the latest R_t/ΔR_t plot and "
+                   "sample images. Queue it again to refresh (it never caches).")
+    CATEGORY = "DenseGRPO/training"
+    FUNCTION = "execute"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING", "IMAGE")
+    RETURN_NAMES = ("status", "plots")
+    OUTPUT_TOOLTIPS = ("the job's state as text", "reward curve, dense-reward plot and samples (when available)")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}, "optional": {
+            "job": (JOB_TYPE, {"tooltip": "the job handle from DenseGRPO Train LoRA"}),
+            "job_id": ("STRING", {"default": "", "tooltip": "or a job id (see /densegrpo/jobs)"})}}
+
+    @classmethod
+    def IS_CHANGED(cls, **_):
+        return float("nan")
+
+    def execute(self, job=None, job_id=""):
+        import torch
+        from PIL import Image
+
+        from densegrpo_core.plots import pil_to_tensor
+        node = "DenseGRPO Training Status"
+        if not job and not job_id.strip():
+            raise bridge.input_error(node, "job", "is missing: connect a job from DenseGRPO Train LoRA or type a job id")
+        j = _job(job or job_id, node)
+        d = j.to_dict()
+        last = j.metrics[-1] if j.metrics else {}
+        text = (f"job {j.id} [{d['state']}] {j.name}: iteration {j.iteration}/{j.total}"
+                + (f", reward {last['reward_mean']:.4f}" if "reward_mean" in last else "")
+                + (f"\nlatest LoRA: {os.path.basename(j.loras[-1])}" if j.loras else "")
+                + (f"\nerror: {j.error}" if j.error else ""))
+        images, ui = [], []
+        for name in ("reward_curve.png", "dense_rewards.png", "samples.png"):
+            path = os.path.join(j.folder, name)
+            if os.path.isfile(path):
+                with Image.open(path) as im:
+                    images.append(pil_to_tensor(im))
+                ui.append(self.preview(path, f"{j.id}_{name}"))
+        plots = torch.zeros(1, 64, 64, 3)
+        if images:
+            h = max(i.shape[0] for i in images)
+            plots = torch.cat([torch.nn.functional.pad(i, (0, 0, 0, 0, 0, h - i.shape[0]), value=1.0)
+                               for i in images], dim=1)[None]
+        return {"ui": {"text": [text], "images": ui}, "result": (text, plots)}
+
+    @staticmethod
+    def preview(path: str, name: str) -> dict:
+        """Copy a plot into ComfyUI's temp folder and describe it for the node's image preview."""
+        import shutil
+
+        import folder_paths
+        folder = folder_paths.get_temp_directory()
+        os.makedirs(folder, exist_ok=True)
+        shutil.copyfile(path, os.path.join(folder, name))
+        return {"filename": name, "subfolder": "", "type": "temp"}
+
+
+class StopTraining:
+    DESCRIPTION = "Ask a DenseGRPO training job to stop: it finishes the current iteration, saves the LoRA and exits."
+    CATEGORY = "DenseGRPO/training"
+    FUNCTION = "execute"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("status",)
+    OUTPUT_TOOLTIPS = ("the job's state after the request",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}, "optional": {
+            "job": (JOB_TYPE, {"tooltip": "the job handle from DenseGRPO Train LoRA"}),
+            "job_id": ("STRING", {"default": "", "tooltip": "or a job id"})}}
+
+    @classmethod
+    def IS_CHANGED(cls, **_):
+        return float("nan")
+
+    def execute(self, job=None, job_id=""):
+        node = "DenseGRPO Stop Training"
+        if not job and not job_id.strip():
+            raise bridge.input_error(node, "job", "is missing: connect a job or type a job id")
+        j = _job(job or job_id, node)
+        j = get_manager().stop(j.id)
+        text = f"job {j.id}: {j.state.value}"
+        return {"ui": {"text": [text]}, "result": (text,)}
+
+
+NODES = {"DenseGRPO_TrainLoRA": (TrainLoRA, "DenseGRPO Train LoRA (background)"),
+         "DenseGRPO_TrainingStatus": (TrainingStatus, "DenseGRPO Training Status"),
+         "DenseGRPO_StopTraining": (StopTraining, "DenseGRPO Stop Training")}
