@@ -19,9 +19,9 @@ from densegrpo_core.schedule import Psi, sde_noise_scales
 
 from . import comfy_bridge as bridge
 from .psi_nodes import PSI_TOOLTIP, PSI_TYPE
+from .reward_nodes import REWARD_TYPE
 from .sampler_nodes import MAX_BATCH_INPUT, flow_grid
 
-REWARD_TYPE = "REWARD_MODEL"
 SEED = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                 "tooltip": "seed of the start noise and of the SDE noise"})
 STEPS = ("INT", {"default": 10, "min": 1, "max": 100, "tooltip": "sampling steps T (the paper trains with 10)"})
