@@ -27,9 +27,16 @@ def _psi_arg(text: str | None, steps: int):
     return as_psi(psi.values[0] if psi.steps == 1 else psi, steps)
 
 
-def _reward(spec: str, path: str | None = None):
-    from .rewards import get_reward
-    return get_reward(spec, path)
+def _reward(spec, path=None, device: str | None = None):
+    """The reward named by --reward / TrainConfig.reward with its model files (--reward-path / reward_path)."""
+    from .rewards import get_reward, parse_reward_paths
+    return get_reward(spec, parse_reward_paths(path) if isinstance(path, str) else path, device=device)
+
+
+def _reward_path_arg(text: str):
+    """--reward-path: one file/folder, or name=PATH,name=PATH for the terms of a weighted reward."""
+    from .rewards import parse_reward_paths
+    return parse_reward_paths(text)
 
 
 def _save_images(images, path: str, scale: int = 8, ncol: int | None = None) -> None:
@@ -94,7 +101,7 @@ def cmd_sample(args) -> int:
                            generator=gen).latents[:, -1]
     images = pipe.decode(x0)
     _save_images(images, args.out, ncol=args.num)
-    scores = score_latents(x0, prompts, pipe.decode, _reward(args.reward))
+    scores = score_latents(x0, prompts, pipe.decode, _reward(args.reward, args.reward_path, args.device))
     for p in args.prompt:
         s = scores[[i for i, q in enumerate(prompts) if q == p]]
         print(f"{p!r}: reward {s.mean():.3f} ± {s.std(unbiased=False):.3f} over {len(s)} samples")
@@ -112,7 +119,7 @@ def cmd_calibrate(args) -> int:
     psi0.tau = tau.tolist()
     cal = CalibrationConfig(iterations=args.iterations, eps1=args.eps1, eps2=args.eps2, criterion=args.criterion,
                             delta=args.delta, average_last=args.average_last)
-    sampler = dense_reward_sampler(pipe, _reward(args.reward), train_prompts, tau,
+    sampler = dense_reward_sampler(pipe, _reward(args.reward, args.reward_path, args.device), train_prompts, tau,
                                    prompts_per_iteration=args.prompts, group_size=args.group_size,
                                    cfg_scale=cfg_scale, seed=args.seed, device=args.device)
 
@@ -143,7 +150,7 @@ def cmd_visualize(args) -> int:
     x_T = torch.randn((len(prompts), *pipe.latent_shape), generator=gen).to(args.device)
     ro = fused_rollout(pipe.guide(prompts, cfg_scale, device=args.device),
                        x_T, tau, sde_noise_scales(psi.tensor(), tau), generator=gen)
-    R = latent_rewards(ro, prompts, pipe.decode, _reward(args.reward))
+    R = latent_rewards(ro, prompts, pipe.decode, _reward(args.reward, args.reward_path, args.device))
     pos, neg = sign_counts(dense_rewards(R))
     plot_dense_rewards(R, os.path.join(args.out, "dense_rewards.png"), title=f"{prompts[0]!r}, psi={psi.values[0]:.2f}…")
     _save_images(pipe.decode(ro.reward_latents().flatten(0, 1)), os.path.join(args.out, "ode_endpoints.png"),
@@ -179,7 +186,7 @@ def cmd_train(args) -> int:
     model = raw.pop("model", "toy")
     if args.resume and not args.out:
         raw["out_dir"] = os.path.dirname(os.path.abspath(args.resume.rstrip("/")))
-    for key in ("out", "reward", "device", "iterations"):
+    for key in ("out", "reward", "reward_path", "device", "iterations"):
         val = getattr(args, key)
         if val is not None:
             raw["out_dir" if key == "out" else key] = val
@@ -192,7 +199,8 @@ def cmd_train(args) -> int:
             torch.cuda.set_device(cfg.device)
     pipe, train_prompts, eval_prompts = load_pipeline(model, cfg.device)
     stop = _stop_flag()
-    trainer = Trainer(cfg, pipe, _reward(cfg.reward), train_prompts, eval_prompts, should_stop=stop.is_set)
+    trainer = Trainer(cfg, pipe, _reward(cfg.reward, cfg.reward_path, cfg.device), train_prompts, eval_prompts,
+                      should_stop=stop.is_set)
     if args.resume:
         trainer.load_checkpoint(args.resume)
     res = trainer.run(progress=not args.no_progress)
@@ -217,6 +225,12 @@ def cmd_bench(args) -> int:
 
 
 # ------------------------------------------------------------------------------ parser
+REWARD_HELP = ("reward: toy, pickscore, pickscore_flowgrpo, hpsv2, aesthetic, clipscore, jpeg_compressibility, "
+               "jpeg_incompressibility, a module:function, or a weighted sum 'pickscore=1.0,aesthetic=0.5'")
+REWARD_PATH_HELP = ("the reward model's local file or folder (e.g. ComfyUI/models/reward_models/pickscore), or "
+                    "name=PATH,name=PATH for a weighted sum; nothing is downloaded")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m densegrpo_core",
                                 description="DenseGRPO: dense-reward GRPO for flow-matching text-to-image models.")
@@ -229,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--shift", type=float, default=None, help="grid shift (default: the model's)")
         sp.add_argument("--cfg", type=float, default=None, help="CFG scale (default: the model's)")
         sp.add_argument("--seed", type=int, default=0, help="random seed")
-        sp.add_argument("--reward", default="toy", help="reward name or module:function")
+        sp.add_argument("--reward", default="toy", help=REWARD_HELP)
+        sp.add_argument("--reward-path", type=_reward_path_arg, default=None, help=REWARD_PATH_HELP)
 
     sp = sub.add_parser("demo", help="calibrate ψ, train DenseGRPO and Flow-GRPO on the toy task, compare")
     sp.add_argument("--out", default="demo_out", help="output folder")
@@ -273,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", default=None, help="TOML file with TrainConfig fields")
     sp.add_argument("--resume", default=None, help="checkpoint folder to continue from")
     sp.add_argument("--out", default=None, help="output folder (overrides out_dir)")
-    sp.add_argument("--reward", default=None, help="reward name or module:function (overrides config)")
+    sp.add_argument("--reward", default=None, help=REWARD_HELP + " (overrides config)")
+    sp.add_argument("--reward-path", type=_reward_path_arg, default=None, help=REWARD_PATH_HELP + " (overrides config)")
     sp.add_argument("--device", default=None, help="cpu or cuda (overrides config)")
     sp.add_argument("--iterations", type=int, default=None, help="total iterations (overrides config)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -73,7 +73,8 @@ class TrainConfig:
     lora_targets: str = "auto"          # preset name (toy | mmdit | flux) or a module-name regex
     init_lora: str | None = None        # start from this LoRA file (same rank/targets) instead of zero
     # --- reward, evaluation, saving ---
-    reward: str = "toy"                 # reward name or "module:function"
+    reward: str | dict = "toy"          # reward name, "module:function", or weighted {name: weight} / "a=1,b=0.5"
+    reward_path: str | dict | None = None  # file/folder of the reward model (or {name: path} for weighted sums)
     eval_every: int = 10                # evaluate every N iterations (and at the end); 0 = only at the end
     eval_steps: int = 10                # ODE steps for evaluation (paper: 40)
     eval_seeds: tuple[int, ...] = (0, 1)  # initial-noise seeds per evaluation prompt
@@ -110,7 +111,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        d = {k: v for k, v in self.to_dict().items() if k not in ("out_dir", "iterations", "device")}
+        d = {k: v for k, v in self.to_dict().items() if k not in ("out_dir", "iterations", "device", "reward_path")}
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -1,0 +1,114 @@
+"""The reward protocol and what every reward shares: input checks, batching, device and dtype choice.
+
+A reward maps images (B, H, W, 3) float in [0, 1] and B prompts to scores (B,) float32 on the images' device.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Protocol, Sequence
+
+import torch
+
+IMAGE_VALUE_TOLERANCE = 1e-3  # images may leave [0, 1] by this much (rounding)
+DEFAULT_BATCH_SIZE = 32       # images per forward pass of a reward model
+
+
+class RewardModel(Protocol):
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor: ...
+
+
+def check_reward_inputs(images: torch.Tensor, prompts: Sequence[str]) -> None:
+    """ValueError naming `images` or `prompts` unless images is (B, H, W, 3) finite in [0, 1] with B prompts."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] != 3:
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a (B, H, W, 3) tensor, got {got}")
+    if not images.is_floating_point() or not torch.isfinite(images).all():
+        raise ValueError("images must be finite floating-point values in [0, 1]")
+    lo, hi = images.min().item(), images.max().item()
+    if lo < -IMAGE_VALUE_TOLERANCE or hi > 1 + IMAGE_VALUE_TOLERANCE:
+        raise ValueError(f"images must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
+    if isinstance(prompts, str) or len(prompts) != images.shape[0]:
+        got = "a single string" if isinstance(prompts, str) else f"{len(prompts)} prompts"
+        raise ValueError(f"prompts must be a list of one prompt per image ({images.shape[0]}), got {got}")
+
+
+def check_reward_output(scores, batch: int, name: str) -> torch.Tensor:
+    scores = torch.as_tensor(scores).float().flatten()
+    if scores.numel() != batch:
+        raise ValueError(f"reward {name!r} returned {scores.numel()} scores for {batch} images")
+    return scores
+
+
+def load_callable(spec: str) -> Callable:
+    """Import `package.module:function`."""
+    if ":" not in spec:
+        raise ValueError(f"custom reward must be 'module:function', got {spec!r}")
+    mod_name, fn_name = spec.split(":", 1)
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ValueError(f"cannot import reward module {mod_name!r}: {e}") from None
+    fn = getattr(mod, fn_name, None)
+    if not callable(fn):
+        raise ValueError(f"reward {spec!r}: module {mod_name!r} has no callable {fn_name!r}")
+    return fn
+
+
+class CallableReward:
+    """Wraps any reward callable with input/output validation."""
+
+    def __init__(self, fn: Callable, name: str):
+        self.fn, self.name = fn, name
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        check_reward_inputs(images, prompts)
+        return check_reward_output(self.fn(images, list(prompts)), images.shape[0], self.name).to(images.device)
+
+
+class BatchedReward:
+    """A reward model scored `batch_size` images at a time on its own device; → (B,) float32 on the images' device.
+
+    Subclasses implement `score_batch(images (b, H, W, 3) on self.device, prompts) -> (b,)`.
+    """
+
+    name = "reward"
+
+    def __init__(self, device: torch.device, batch_size: int = DEFAULT_BATCH_SIZE):
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device, self.batch_size = device, int(batch_size)
+
+    def score_batch(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        check_reward_inputs(images, prompts)
+        prompts = list(prompts)
+        with torch.autocast(self.device.type, enabled=False):   # the model's own dtype, whatever the caller runs
+            out = [self.score_batch(images[i:i + self.batch_size].to(self.device).float(),
+                                    prompts[i:i + self.batch_size]).float().flatten().to(images.device)
+                   for i in range(0, images.shape[0], self.batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, device=images.device)
+
+
+def resolve_device(device=None) -> torch.device:
+    """The reward model's device: as given, else CUDA when available, else the CPU."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
+    """Weights dtype: as given, else float16 on CUDA and float32 elsewhere."""
+    if dtype is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if str(dtype).lower().removeprefix("torch.") not in _DTYPES:
+        raise ValueError(f"reward dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    return _DTYPES[str(dtype).lower().removeprefix("torch.")]
