@@ -54,6 +54,7 @@ def get_manager():
         if _manager is None:
             from densegrpo_core.jobs import JobManager
             _manager = JobManager(jobs_root(), on_event=_send)
+            _manager.load_records()                 # jobs of earlier sessions: listed, resumable
             atexit.register(_manager.shutdown)
         return _manager
 
