@@ -174,6 +174,7 @@ class TrainLoRA:
                              resume_checkpoint=resume_ckpt, sample_prompts=prompt_list[:4])
         job = manager.submit(name, work, device=config.device, total=int(iterations),
                              resume_of=resume_job.strip() or None,
+                             start_iteration=manager.get(resume_job.strip()).iteration if resume_ckpt else 0,
                              meta={"advantage_mode": advantage_mode, "lora_dir": lora_dir()})
         status = (f"job {job.id} {job.state.value}: {advantage_mode} LoRA '{name}', {iterations} iterations, "
                   f"{len(prompt_list)} prompts, G={group_size}, T={steps}"

@@ -35,7 +35,8 @@ def base(latent_size=1024):
 
 
 def reward(node_id=5, pos=(40, 480)):
-    return {"id": node_id, "type": "DenseGRPO_LoadPickScore", "widgets": {}, "pos": pos}
+    return {"id": node_id, "type": "DenseGRPO_LoadPickScore", "widgets": {"path": "pickscore", "device": "auto"},
+            "pos": pos}
 
 
 WORKFLOWS = {
