@@ -149,7 +149,24 @@ class RandomLatent:
         return ({"samples": torch.randn((1, channels, size, size), generator=g)},)
 
 
+class Passthrough:
+    """Returns its MODEL unchanged; a new `nonce` makes every downstream node run again on the same MODEL
+    object (ComfyUI caches node outputs by their input signature)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "nonce": ("INT", {"default": 0, "min": 0, "max": 1 << 30})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "run"
+    CATEGORY = "DenseGRPOTest"
+
+    def run(self, model, nonce):
+        return (model,)
+
+
 NODE_CLASS_MAPPINGS = {
+    "DenseGRPOTest_Passthrough": Passthrough,
     "DenseGRPOTest_RandomLatent": RandomLatent,
     "DenseGRPOTest_SD3Conditioning": SD3Conditioning,
     "DenseGRPOTest_EmptyConditioning": EmptyConditioning,

@@ -1,0 +1,174 @@
+"""Background training inside a real ComfyUI (skipped without $COMFYUI_PATH): the train prompt returns at
+once, the shared MODEL is untouched, stop over HTTP, LoRA files that the stock loader applies, resume,
+name sanitising, the job routes, the status node."""
+import glob
+import json
+import os
+import re
+import shutil
+import time
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.comfyui
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def sample_prompt(nonce: int, prefix: str, lora: str | None = None) -> dict:
+    """Tiny SD3 through a passthrough (same MODEL object, fresh execution), Euler, saved latent."""
+    p = {"unet": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny_sd3.safetensors", "weight_dtype": "default"}},
+         "pass": {"class_type": "DenseGRPOTest_Passthrough", "inputs": {"model": ["unet", 0], "nonce": nonce}}}
+    model = ["pass", 0]
+    if lora:
+        p["lora"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": model, "lora_name": lora,
+                                                                    "strength_model": 1.0}}
+        model = ["lora", 0]
+    p.update({
+        "pos": {"class_type": "DenseGRPOTest_SD3Conditioning", "inputs": {"text": "a red cube", "seed": 0}},
+        "neg": {"class_type": "DenseGRPOTest_SD3Conditioning", "inputs": {"text": "", "seed": 0}},
+        "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},
+        "sampler": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "sigmas": {"class_type": "BasicScheduler", "inputs": {"model": model, "scheduler": "normal", "steps": 4,
+                                                             "denoise": 1.0}},
+        "sample": {"class_type": "SamplerCustom", "inputs": {
+            "model": model, "add_noise": True, "noise_seed": 11, "cfg": 2.0, "positive": ["pos", 0],
+            "negative": ["neg", 0], "sampler": ["sampler", 0], "sigmas": ["sigmas", 0], "latent_image": ["latent", 0]}},
+        "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sample", 0], "filename_prefix": prefix}}})
+    return p
+
+
+def train_prompt(name: str, iterations: int, resume: str = "") -> dict:
+    return {
+        "unet": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny_sd3.safetensors", "weight_dtype": "default"}},
+        "clip": {"class_type": "DenseGRPOTest_TinyCLIP", "inputs": {}},
+        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": "taesd3"}},
+        "reward": {"class_type": "DenseGRPO_LoadJPEGCompressibility", "inputs": {"device": "cpu"}},
+        "psi": {"class_type": "DenseGRPO_PsiUniform", "inputs": {"a": 0.7}},
+        "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "train": {"class_type": "DenseGRPO_TrainLoRA", "inputs": {
+            "model": ["unet", 0], "clip": ["clip", 0], "vae": ["vae", 0], "reward_model": ["reward", 0],
+            "psi": ["psi", 0], "prompts": "a red cube\na blue ball", "negative_prompt": "", "latent_image": ["latent", 0],
+            "lora_name": name, "iterations": iterations, "group_size": 2, "steps": 3, "cfg": 2.0,
+            "advantage_mode": "dense_grpo", "learning_rate": 1e-2, "beta": 0.01, "save_every": 1, "seed": 0,
+            "prompts_per_iteration": 1, "lora_rank": 4, "lora_alpha": 4.0, "train_batch": 2, "resume_job": resume}}}
+
+
+def latent(comfy, prefix):
+    from safetensors.torch import load_file
+    return load_file(sorted(glob.glob(os.path.join(comfy.output_dir, f"{prefix}_*.latent")))[-1])["latent_tensor"]
+
+
+def job_id_of(entry) -> str:
+    text = " ".join(entry["outputs"]["train"]["text"])
+    return re.search(r"job ([a-z0-9]{12})", text).group(1)
+
+
+def job(comfy, job_id):
+    return comfy.get(f"/densegrpo/jobs/{job_id}")
+
+
+def wait_for(comfy, job_id, predicate, timeout=240):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        j = job(comfy, job_id)
+        if predicate(j):
+            return j
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not reach the condition in {timeout}s: {job(comfy, job_id)}")
+
+
+@pytest.fixture(scope="module")
+def stopped_job(comfy):
+    """A training job started from a workflow, observed while running, then stopped over HTTP."""
+    comfy.run(sample_prompt(1, "before"))
+    t0 = time.time()
+    entry = comfy.run(train_prompt("../../x", iterations=100000))
+    returned_s = time.time() - t0
+    job_id = job_id_of(entry)
+    running = wait_for(comfy, job_id, lambda j: j["state"] == "running" and j["iteration"] >= 2)
+    comfy.run(sample_prompt(2, "during"))
+    during_state = job(comfy, job_id)["state"]
+    stop = comfy.post(f"/densegrpo/jobs/{job_id}/stop")
+    final = wait_for(comfy, job_id, lambda j: j["state"] in ("stopped", "failed", "finished"))
+    return {"id": job_id, "returned_s": returned_s, "running": running, "during_state": during_state,
+            "stop": stop, "final": final}
+
+
+def test_train_prompt_returns_while_the_job_keeps_running(stopped_job):
+    assert stopped_job["returned_s"] < 60
+    assert stopped_job["during_state"] == "running"
+
+
+def test_a_prompt_on_the_shared_model_during_training_is_bit_identical(comfy, stopped_job):
+    assert torch.equal(latent(comfy, "before"), latent(comfy, "during"))
+    comfy.run(sample_prompt(3, "after"))
+    assert torch.equal(latent(comfy, "before"), latent(comfy, "after"))
+
+
+def test_stop_over_http_ends_the_job_with_a_lora(comfy, stopped_job):
+    assert stopped_job["stop"]["state"] in ("stopping", "stopped")
+    assert stopped_job["final"]["state"] == "stopped", stopped_job["final"]
+    assert stopped_job["final"]["loras"]
+
+
+def test_lora_name_with_path_traversal_stays_in_the_densegrpo_lora_folder(comfy, stopped_job):
+    folder = os.path.join(comfy.models_dir, "loras", "densegrpo")
+    names = os.listdir(folder)
+    assert "x_latest.safetensors" in names and any(re.fullmatch(r"x_\d{5}\.safetensors", n) for n in names)
+    assert not glob.glob(os.path.join(comfy.base_dir, "x_*.safetensors"))
+    assert not glob.glob(os.path.join(comfy.models_dir, "x_*.safetensors"))
+
+
+def test_stock_lora_loader_applies_the_lora_without_warnings_and_changes_the_output(comfy, stopped_job):
+    before_log = len(comfy.log())
+    comfy.run(sample_prompt(4, "with_lora", lora="densegrpo/x_latest.safetensors"))
+    assert "lora key not loaded" not in comfy.log()[before_log:]
+    assert not torch.equal(latent(comfy, "with_lora"), latent(comfy, "before"))
+
+
+def test_resume_continues_the_iteration_count(comfy, stopped_job):
+    done = stopped_job["final"]["iteration"]
+    entry = comfy.run(train_prompt("x", iterations=done + 2, resume=stopped_job["id"]))
+    new_id = job_id_of(entry)
+    final = wait_for(comfy, new_id, lambda j: j["state"] in ("finished", "failed", "stopped"))
+    assert final["state"] == "finished", final
+    full = comfy.get(f"/densegrpo/jobs/{new_id}?full=1")
+    assert [m["iteration"] for m in full["metrics"]] == [done + 1, done + 2]
+    assert full["resumed_from"] == stopped_job["id"]
+
+
+def test_job_routes_answer_404_for_unknown_and_400_for_malformed_ids(comfy, stopped_job):
+    from harness import ComfyHTTPError
+    with pytest.raises(ComfyHTTPError) as info:
+        comfy.get("/densegrpo/jobs/abcdefabcdef")
+    assert info.value.status == 404
+    with pytest.raises(ComfyHTTPError) as info:
+        comfy.get("/densegrpo/jobs/..%2F..%2Fetc")
+    assert info.value.status in (400, 404)
+    with pytest.raises(ComfyHTTPError) as info:
+        comfy.post("/densegrpo/jobs/zzzzzzzzzzzz/stop")
+    assert info.value.status == 404
+    listed = comfy.get("/densegrpo/jobs")["jobs"]
+    assert stopped_job["id"] in [j["id"] for j in listed]
+
+
+def test_status_node_shows_the_reward_curve_and_samples(comfy, stopped_job):
+    entry = comfy.run({"status": {"class_type": "DenseGRPO_TrainingStatus", "inputs": {"job_id": stopped_job["id"]}},
+                       "save": {"class_type": "SaveImage", "inputs": {"images": ["status", 1],
+                                                                      "filename_prefix": "densegrpo_status"}}})
+    text = " ".join(entry["outputs"]["status"]["text"])
+    assert stopped_job["id"] in text and "stopped" in text
+    shown = [im["filename"] for im in entry["outputs"]["status"]["images"]]
+    assert any("reward_curve" in f for f in shown) and any("samples" in f for f in shown)
+    keep = os.environ.get("DENSEGRPO_SCREENSHOT_DIR")
+    if keep:                                         # README evidence: the Status node's rendered plots
+        os.makedirs(keep, exist_ok=True)
+        shutil.copy(sorted(glob.glob(os.path.join(comfy.output_dir, "densegrpo_status_*.png")))[-1],
+                    os.path.join(keep, "comfyui_training_status.png"))
+
+
+def test_unknown_job_id_in_the_status_node_is_a_clear_error(comfy):
+    from harness import ComfyError
+    with pytest.raises(ComfyError, match="not a known DenseGRPO job id"):
+        comfy.run({"status": {"class_type": "DenseGRPO_TrainingStatus", "inputs": {"job_id": "nope"}}})
