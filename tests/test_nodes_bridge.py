@@ -151,3 +151,28 @@ def test_image_grid_tiles_rows_and_columns():
     grid = image_grid(images, pad=1)
     assert grid.shape == (2 * 5 - 1, 3 * 6 - 1, 3)
     assert torch.equal(grid[5:9, 6:11], images[1, 1])
+
+
+def test_private_copy_of_an_inference_mode_module_can_be_trained_and_shares_nothing():
+    from nodes.comfy_training import clone_module
+    with torch.inference_mode():
+        shared = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3))
+        shared[0].weight.mul_(1.0)                         # an inference tensor, as ComfyUI's models hold
+    private = clone_module(shared)
+    assert not any(p.is_inference() for p in private.parameters())
+    p = private[0].weight
+    p.requires_grad_(True)
+    private(torch.randn(2, 3)).sum().backward()
+    assert p.grad is not None
+    with torch.no_grad():
+        p.add_(1.0)
+    assert not torch.equal(p, shared[0].weight)
+
+
+def test_prompt_conds_of_different_token_counts_stack_like_comfyui():
+    from nodes.comfy_training import stack_kwargs
+    a = {"c_crossattn": torch.ones(1, 2, 4), "y": torch.zeros(1, 3)}
+    b = {"c_crossattn": torch.full((1, 3, 4), 2.0), "y": torch.ones(1, 3)}
+    out = stack_kwargs([a, b, a])
+    assert out["c_crossattn"].shape == (3, 6, 4) and out["y"].shape == (3, 3)
+    assert torch.equal(out["c_crossattn"][1], torch.full((6, 4), 2.0))

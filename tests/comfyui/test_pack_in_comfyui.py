@@ -241,3 +241,25 @@ def test_example_workflow_calibrate_saves_psi_where_the_loader_finds_it(comfy):
     assert len(psi["psi"]) == 3 and len(psi["history"]) == 3
     assert "tiny_calibration.json" in comfy.object_info()["DenseGRPO_PsiLoad"]["input"]["required"]["psi_file"][0]
     assert glob.glob(os.path.join(comfy.output_dir, "densegrpo_psi_calibration_*.png"))
+
+
+def test_cancel_button_interrupts_a_long_calibration(comfy):
+    import time
+    from harness import ComfyError
+    p = {}
+    p["model"] = {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny_sd3.safetensors", "weight_dtype": "default"}}
+    p["clip"] = {"class_type": "DenseGRPOTest_TinyCLIP", "inputs": {}}
+    p["psi"] = {"class_type": "DenseGRPO_PsiUniform", "inputs": {"a": 0.7}}
+    p["cal"] = {"class_type": "DenseGRPO_CalibratePsi", "inputs": {
+        "model": ["model", 0], "clip": ["clip", 0], "vae": tiny_vae(p), "reward_model": jpeg_reward(p),
+        "prompts": "a cube", "negative_prompt": "", "latent_image": empty_latent(p), "steps": 3, "cfg": 2.0,
+        "scheduler": "normal", "psi_init": ["psi", 0], "iterations": 1000, "prompts_per_iteration": 1,
+        "group_size": 2, "criterion": "relative", "eps2": 0.01, "seed": 0, "save_name": "never_saved"}}
+    prompt_id = comfy.queue(p)
+    time.sleep(3)
+    t0 = time.time()
+    comfy.post("/interrupt")
+    with pytest.raises(ComfyError, match="interrupted"):
+        comfy.wait(prompt_id, timeout=60)
+    assert time.time() - t0 < 30
+    assert not os.path.exists(os.path.join(comfy.output_dir, "densegrpo", "psi", "never_saved.json"))
