@@ -200,11 +200,22 @@ class TrainLoRA:
                 f"ComfyUI's cached models, or allow it")
 
 
-def _job(job_id: str, node: str):
+def job_inputs():
+    """The optional inputs naming a job: a connected handle or a typed id."""
+    return {"required": {}, "optional": {
+        "job": (JOB_TYPE, {"tooltip": "the job handle from DenseGRPO Train LoRA"}),
+        "job_id": ("STRING", {"default": "", "tooltip": "or a job id (see GET /densegrpo/jobs)"})}}
+
+
+def find_job(job, job_id: str, node: str):
+    """The job of a handle or an id; a clear error when neither is given or the id is unknown."""
+    if not job and not str(job_id).strip():
+        raise bridge.input_error(node, "job", "is missing: connect a job from DenseGRPO Train LoRA or type a job id")
+    key = str(job or job_id).strip()
     try:
-        return get_manager().get(str(job_id).strip())
+        return get_manager().get(key)
     except (KeyError, ValueError):
-        raise bridge.input_error(node, "job", f"{job_id!r} is not a known DenseGRPO job id") from None
+        raise bridge.input_error(node, "job", f"{key!r} is not a known DenseGRPO job id") from None
 
 
 class TrainingStatus:
@@ -219,9 +230,7 @@ class TrainingStatus:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {}, "optional": {
-            "job": (JOB_TYPE, {"tooltip": "the job handle from DenseGRPO Train LoRA"}),
-            "job_id": ("STRING", {"default": "", "tooltip": "or a job id (see /densegrpo/jobs)"})}}
+        return job_inputs()
 
     @classmethod
     def IS_CHANGED(cls, **_):
@@ -232,10 +241,7 @@ class TrainingStatus:
         from PIL import Image
 
         from densegrpo_core.plots import pil_to_tensor
-        node = "DenseGRPO Training Status"
-        if not job and not job_id.strip():
-            raise bridge.input_error(node, "job", "is missing: connect a job from DenseGRPO Train LoRA or type a job id")
-        j = _job(job or job_id, node)
+        j = find_job(job, job_id, "DenseGRPO Training Status")
         d = j.to_dict()
         last = j.metrics[-1] if j.metrics else {}
         text = (f"job {j.id} [{d['state']}] {j.name}: iteration {j.iteration}/{j.total}"
@@ -279,20 +285,14 @@ class StopTraining:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {}, "optional": {
-            "job": (JOB_TYPE, {"tooltip": "the job handle from DenseGRPO Train LoRA"}),
-            "job_id": ("STRING", {"default": "", "tooltip": "or a job id"})}}
+        return job_inputs()
 
     @classmethod
     def IS_CHANGED(cls, **_):
         return float("nan")
 
     def execute(self, job=None, job_id=""):
-        node = "DenseGRPO Stop Training"
-        if not job and not job_id.strip():
-            raise bridge.input_error(node, "job", "is missing: connect a job or type a job id")
-        j = _job(job or job_id, node)
-        j = get_manager().stop(j.id)
+        j = get_manager().stop(find_job(job, job_id, "DenseGRPO Stop Training").id)
         text = f"job {j.id}: {j.state.value}"
         return {"ui": {"text": [text]}, "result": (text,)}
 
