@@ -218,9 +218,37 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    """"8,24" → (8, 24)."""
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _on_off(text: str) -> tuple[bool, ...]:
+    from .memory import parse_on_off
+    try:
+        return tuple(parse_on_off(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def cmd_bench(args) -> int:
-    from .bench import run_bench
-    run_bench(args.out, steps=args.steps, group_size=args.group_size, iterations=args.iterations, device=args.device)
+    import dataclasses
+    from .bench import BenchConfig, run_bench, tiny_config
+    if args.tiny:
+        cfg = dataclasses.replace(tiny_config(args.out, args.device), fit_constants=args.fit_constants)
+    else:
+        sizes = {k: getattr(args, k) for k in ("width", "depth", "heads", "latent_size", "latent_channels",
+                                               "context_tokens", "max_batch", "train_batch", "lora_rank", "prompts")
+                 if getattr(args, k) is not None}
+        cfg = BenchConfig(out=args.out, arch=args.arch, steps=args.steps, iterations=args.iterations,
+                          group_sizes=args.group_sizes or (args.group_size,), modes=args.modes,
+                          grad_checkpointing=args.grad_checkpointing, dtype=args.dtype, device=args.device,
+                          memory=not args.no_memory, compare_naive=args.naive, stand_ins=args.stand_ins,
+                          fit_constants=args.fit_constants, budget_s=args.budget_s, **sizes)
+    run_bench(cfg)
     return 0
 
 
@@ -295,12 +323,46 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.set_defaults(fn=cmd_train)
 
-    sp = sub.add_parser("bench", help="NFE per trajectory (fused vs naive) and time per iteration per mode")
+    sp = sub.add_parser("bench", help="seconds and peak memory per stage per mode; NFE (fused vs naive)",
+                        description="Measure real trainer iterations: seconds and peak memory of rollout, decode + "
+                                    "reward and update, per mode, group size and checkpointing setting; writes "
+                                    "bench.json and bench.md (docs/benchmarks.md explains the method).")
     sp.add_argument("--out", default="bench_out", help="output folder (bench.json, bench.md)")
+    sp.add_argument("--arch", choices=["toy", "dit", "mmdit", "auto"], default="toy",
+                    help="toy: the shipped toy model; dit: the core joint-attention DiT with random weights "
+                         "(SD3.5-M size unless --width/--depth/...); mmdit: ComfyUI's MMDiT (ComfyUI importable); "
+                         "auto: mmdit if possible, else dit")
+    sp.add_argument("--tiny", action="store_true", help="a seconds-long smoke run of the whole bench (tiny DiT)")
+    sp.add_argument("--width", type=int, default=None, help="DiT hidden size (default 1536)")
+    sp.add_argument("--depth", type=int, default=None, help="DiT blocks (default 24)")
+    sp.add_argument("--heads", type=int, default=None, help="attention heads (default width / 64)")
+    sp.add_argument("--latent-size", type=int, default=None, help="latent side (default 64 = 512 px)")
+    sp.add_argument("--latent-channels", type=int, default=None, help="latent channels (default 16)")
+    sp.add_argument("--context-tokens", type=int, default=None, help="text tokens (default 154)")
     sp.add_argument("--steps", type=int, default=10, help="sampling steps T")
-    sp.add_argument("--group-size", type=int, default=8, help="G")
-    sp.add_argument("--iterations", type=int, default=3, help="timed iterations per mode (after one warm-up)")
+    sp.add_argument("--group-size", type=int, default=8, help="G (one value; see --group-sizes)")
+    sp.add_argument("--group-sizes", type=_int_list, default=None, help="several G, e.g. 8,16,24")
+    sp.add_argument("--prompts", type=int, default=None, help="prompts per iteration (default 4)")
+    sp.add_argument("--modes", type=lambda t: tuple(t.split(",")), default=None,
+                    help="advantage modes, e.g. flow_grpo,dense_grpo (default: all four for toy, those two otherwise)")
+    sp.add_argument("--grad-checkpointing", type=_on_off, default=(False,), help="on, off or both")
+    sp.add_argument("--max-batch", type=int, default=None, help="rows per rollout forward call (default 256)")
+    sp.add_argument("--train-batch", type=int, default=None, help="trajectories per update minibatch (default 8)")
+    sp.add_argument("--lora-rank", type=int, default=None, help="LoRA rank (default 32)")
+    sp.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="bfloat16: weights in bf16 and autocast (log-probs and rewards stay float32)")
     sp.add_argument("--device", default="cpu", help="cpu or cuda")
+    sp.add_argument("--iterations", type=int, default=3, help="timed iterations per run (after one warm-up)")
+    sp.add_argument("--no-memory", action="store_true",
+                    help="skip peak-memory measurement (CPU: the profiled iteration)")
+    sp.add_argument("--naive", action=argparse.BooleanOptionalAction, default=None,
+                    help="also time fused vs naive rollouts (default: toy only)")
+    sp.add_argument("--stand-ins", choices=["auto", "full", "small"], default="auto",
+                    help="decoder/reward stand-ins: full (SD3 VAE, ViT-H/14 sized) or small "
+                         "(auto: full from width 1024)")
+    sp.add_argument("--fit-constants", action="store_true",
+                    help="refit the estimator constants for this device kind and write them into estimate.py")
+    sp.add_argument("--budget-s", type=float, default=None, help="skip the remaining runs once over this many seconds")
     sp.set_defaults(fn=cmd_bench)
     return p
 

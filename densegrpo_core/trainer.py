@@ -23,6 +23,7 @@ import torch
 
 from .advantages import ADVANTAGE_MODES, dense_rewards, group_advantages
 from .calibrate import sign_counts
+from .memory import OPTIMIZERS, StageMeter, build_optimizer, enable_gradient_checkpointing, offloaded
 from .objective import grpo_loss
 from .pipeline import FlowPipeline, evaluate, latent_rewards, score_latents
 from .rollout import rollout, sde_chain
@@ -79,6 +80,13 @@ class TrainConfig:
     eval_steps: int = 10                # ODE steps for evaluation (paper: 40)
     eval_seeds: tuple[int, ...] = (0, 1)  # initial-noise seeds per evaluation prompt
     save_every: int = 10                # checkpoint + LoRA export every N iterations (and on stop/end)
+    # --- memory and speed (docs/benchmarks.md) ---
+    grad_checkpointing: bool = False    # recompute block activations in the backward pass: much less update memory,
+                                        # one more forward per trained step; same loss and gradients
+    offload_reward: bool = False        # park the decoder (VAE) and reward model on the CPU during rollout and update
+    optimizer: str = "adamw"            # "adamw" (torch) or "adamw8bit" (optional bitsandbytes: 8-bit moments)
+    rollout_memory_gb: float | None = None  # cap rows per no-grad forward so their activations fit this many GiB
+                                        # (estimate.py); None = max_batch alone sets the chunk size
 
     def __post_init__(self):
         if self.advantage_mode not in ADVANTAGE_MODES:
@@ -90,6 +98,10 @@ class TrainConfig:
                      "inner_epochs", "lora_rank", "max_batch", "reward_batch"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.rollout_memory_gb is not None and not self.rollout_memory_gb > 0:
+            raise ValueError(f"rollout_memory_gb must be > 0 or None, got {self.rollout_memory_gb}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
         if not 0 < self.train_fraction <= 1:
@@ -182,12 +194,17 @@ class Trainer:
             p.requires_grad_(False)
         self.targets = cfg.lora_targets if cfg.lora_targets != "auto" else self.pipe.arch
         lora.inject_lora(model, self.targets, rank=cfg.lora_rank, alpha=cfg.lora_alpha, seed=cfg.seed)
+        for p in lora.lora_parameters(model):   # float32 master weights on bf16/fp16 base weights (peft copies
+            p.data = p.data.float()             # the base dtype); autocast still runs the matmuls in bf16
         if cfg.init_lora:
             lora.load_lora(cfg.init_lora, model)
         self.model = model
         self.params = lora.lora_parameters(model)
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.adam_betas,
-                                           weight_decay=cfg.weight_decay)
+        if cfg.grad_checkpointing:
+            enable_gradient_checkpointing(model)
+        self.optimizer = build_optimizer(cfg.optimizer, self.params, cfg.lr, cfg.adam_betas, cfg.weight_decay)
+        self.max_batch = self._rollout_max_batch()
+        self.meter = StageMeter(self.device)          # seconds per stage; peak memory on CUDA
         self.ema = [p.detach().clone() for p in self.params] if cfg.ema_decay else None
         self.prompt_gen = torch.Generator().manual_seed(cfg.seed)                 # same on every rank
         self.noise_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 1 + self.rank)
@@ -204,6 +221,28 @@ class Trainer:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                               enabled=self.autocast_dtype is not None)
+
+    def _offload_reward(self):
+        """With `offload_reward`, the decoder's and reward model's torch modules sit on the CPU inside the block."""
+        return offloaded(self.pipe.decode, self.reward, exclude=(self.pipe.model, self.model),
+                         enabled=self.config.offload_reward)
+
+    def _rollout_max_batch(self) -> int:
+        """max_batch, lowered so one no-grad forward's activations fit `rollout_memory_gb` (estimate.py)."""
+        cfg = self.config
+        if cfg.rollout_memory_gb is None:
+            return cfg.max_batch
+        from .estimate import model_info, rollout_max_batch
+        cond = self.pipe.encode([self.train_prompts[0]])
+        tokens = [v.shape[1] for v in (cond.values() if isinstance(cond, dict) else [cond])
+                  if isinstance(v, torch.Tensor) and v.ndim == 3]
+        try:
+            info = model_info(self.model, self.pipe.latent_shape, context_tokens=max(tokens, default=0))
+        except ValueError as e:
+            raise ValueError(f"rollout_memory_gb needs a model the estimator can count ({e}); "
+                             f"set max_batch instead") from None
+        rows = rollout_max_batch(cfg.rollout_memory_gb * 2**30, info, cfg, kind=self.device.type)
+        return min(cfg.max_batch, rows)
 
     def _gather(self, t: torch.Tensor) -> torch.Tensor:
         if self.world == 1:
@@ -227,28 +266,26 @@ class Trainer:
     def iteration(self) -> dict:
         """One GRPO iteration: rollout, rewards, advantages, PPO updates. Returns its metrics."""
         cfg, T = self.config, self.config.steps
-        times = {}
         t0 = time.perf_counter()
+        self.meter.reset()
         prompts, groups = self._draw_prompts()
         B = len(prompts)
-        x_T = torch.randn((B, *self.pipe.latent_shape), generator=self.noise_gen).to(self.device)
-        guide = self.pipe.guide(prompts, self.cfg_scale, cfg.max_batch, self.device)
         dense = cfg.advantage_mode in DENSE_MODES
         self.model.eval()
-        with torch.no_grad(), self._autocast():
+        with self.meter.stage("rollout"), self._offload_reward(), torch.no_grad(), self._autocast():
+            x_T = torch.randn((B, *self.pipe.latent_shape), generator=self.noise_gen).to(self.device)
+            guide = self.pipe.guide(prompts, self.cfg_scale, self.max_batch, self.device)
             if dense:   # SDE chain + ODE_t(x_t) for every t: T(T+1)/2 NFE per trajectory
                 ro = rollout(guide, x_T, self.tau, self.sigmas, self.noise_gen, cfg.ode_steps)
             else:       # sparse modes only observe R_0: the SDE chain alone, T NFE
                 ro = sde_chain(guide, x_T, self.tau, self.sigmas, self.noise_gen)
-        times["rollout_s"] = time.perf_counter() - t0
 
-        t1 = time.perf_counter()
-        if dense:
-            R_local = latent_rewards(ro, prompts, self.pipe.decode, self.reward, cfg.reward_batch)  # (B, T+1)
-        else:       # only R_0 is known; it fills every column so the advantage code sees (B, T+1)
-            R0 = score_latents(ro.latents[:, -1].float(), prompts, self.pipe.decode, self.reward, cfg.reward_batch)
-            R_local = R0[:, None].expand(B, T + 1).contiguous()
-        times["reward_s"] = time.perf_counter() - t1
+        with self.meter.stage("reward"):
+            if dense:
+                R_local = latent_rewards(ro, prompts, self.pipe.decode, self.reward, cfg.reward_batch)  # (B, T+1)
+            else:   # only R_0 is known; it fills every column so the advantage code sees (B, T+1)
+                R0 = score_latents(ro.latents[:, -1].float(), prompts, self.pipe.decode, self.reward, cfg.reward_batch)
+                R_local = R0[:, None].expand(B, T + 1).contiguous()
 
         R = self._gather(R_local)                                                 # (B_all, T+1)
         groups_all = self._gather(groups)
@@ -257,10 +294,9 @@ class Trainer:
                                  global_std=cfg.global_std, clip=cfg.adv_clip)    # (B_all, T)
         A = A_all[self.rank * B:(self.rank + 1) * B]                              # (B, T)
 
-        t2 = time.perf_counter()
         steps = trained_steps(T, cfg.train_fraction, ro.trainable)
-        update_stats = self.update(ro, prompts, A, steps)
-        times["update_s"] = time.perf_counter() - t2
+        with self.meter.stage("update"), self._offload_reward():
+            update_stats = self.update(ro, prompts, A, steps)
 
         self.iteration_done += 1
         m = {"iteration": self.iteration_done,
@@ -272,7 +308,7 @@ class Trainer:
                       "dR_pos": pos.tolist(), "dR_neg": neg.tolist()})
         m.update({"adv_std": A_all[:, steps].std().item() if steps else 0.0,
                   "nfe": ro.nfe * self.world, "nfe_per_trajectory": ro.nfe_per_trajectory,
-                  "trained_steps": steps, **update_stats, **times, "iteration_s": time.perf_counter() - t0})
+                  "trained_steps": steps, **update_stats, **self.meter.last, "iteration_s": time.perf_counter() - t0})
         self.last_rewards = R
         return m
 
@@ -286,7 +322,7 @@ class Trainer:
         n_opt, grad_norms = 0, []
         if len(active) == 0:
             return {"skipped_samples": B, "optimizer_steps": 0, **{k: 0.0 for k in stats}, "grad_norm": 0.0}
-        guide = self.pipe.guide(prompts, self.cfg_scale, cfg.max_batch, self.device)
+        guide = self.pipe.guide(prompts, self.cfg_scale, self.max_batch, self.device)
         self.model.train()
         for _ in range(cfg.inner_epochs):
             order = active[torch.randperm(len(active), generator=self.noise_gen)]
@@ -349,7 +385,7 @@ class Trainer:
         try:
             res = evaluate(self.pipe, self.reward, self.eval_prompts, seeds=cfg.eval_seeds, steps=cfg.eval_steps,
                            shift=self.shift, cfg_scale=self.cfg_scale, device=self.device,
-                           max_batch=cfg.max_batch, autocast_dtype=self.autocast_dtype)
+                           max_batch=self.max_batch, autocast_dtype=self.autocast_dtype)
         finally:
             self._swap_ema()
         return {"iteration": self.iteration_done, "reward_mean": res["reward_mean"],

@@ -164,9 +164,10 @@ class TrainLoRA:
             raise bridge.NodeInputError(f"{node}: {e}") from None
         samples = latent_image["samples"]
         bridge.check_latent_channels(samples, bridge.latent_channels(model), node)
-        self.check_memory(model, config, samples, allow_over_memory)
         conds = {p: c for p, c in zip(prompt_list, bridge.encode_prompts(clip, prompt_list, node))}
         negative = bridge.encode_prompts(clip, [negative_prompt], node)[0]
+        context_tokens = max(int(c[0][0].shape[1]) for c in conds.values())
+        est = self.check_memory(model, config, samples.shape[1:], context_tokens, allow_over_memory)
         latent = clone_tensors(samples[:1].float().to(model.load_device))
         pipe = private_pipeline(model, vae, conds, negative, latent, node)
         pipe.decode.to(model.load_device)
@@ -177,27 +178,30 @@ class TrainLoRA:
                              start_iteration=manager.get(resume_job.strip()).iteration if resume_ckpt else 0,
                              meta={"advantage_mode": advantage_mode, "lora_dir": lora_dir()})
         status = (f"job {job.id} {job.state.value}: {advantage_mode} LoRA '{name}', {iterations} iterations, "
-                  f"{len(prompt_list)} prompts, G={group_size}, T={steps}"
+                  f"{len(prompt_list)} prompts, G={group_size}, T={steps}; estimate {est.summary()}"
                   + (f", resuming {resume_job.strip()}" if resume_ckpt else ""))
         return {"ui": {"text": [status]}, "result": (job.id, status)}
 
     @staticmethod
-    def check_memory(model, config, samples, allow: bool) -> None:
-        """Refuse, before anything is copied, a run whose estimated peak memory exceeds the free memory."""
+    def check_memory(model, config, latent_shape, context_tokens: int, allow: bool):
+        """Estimate peak memory and time per iteration (densegrpo_core.estimate) before anything is copied;
+        refuse when the peak exceeds the free memory of the model's device, unless allowed."""
         import comfy.model_management
-        try:
-            from densegrpo_core.estimate import estimate_comfy_training
-        except ImportError:
-            return
+
+        from densegrpo_core.estimate import DeviceInfo, estimate, fits, model_info
         device = model.load_device
-        free = comfy.model_management.get_free_memory(device)
-        est = estimate_comfy_training(model.model.diffusion_model, config, tuple(samples.shape[1:]), str(device))
-        if est.peak_bytes > free and not allow:
+        info = model_info(model.model.diffusion_model, tuple(latent_shape), context_tokens=context_tokens)
+        free = int(comfy.model_management.get_free_memory(device))
+        total = int(comfy.model_management.get_total_memory(device))
+        dev = DeviceInfo(device.type, str(device), total, free)
+        est = estimate(config, info, dev)
+        if not fits(est, dev) and not allow:
             raise bridge.input_error(
                 TRAIN_NODE, "allow_over_memory",
-                f"is off and the estimated peak memory {est.peak_bytes / 2**30:.1f} GiB exceeds the free "
+                f"is off and the estimated peak memory ({est.summary()}) exceeds 90% of the free "
                 f"{free / 2**30:.1f} GiB on {device}: lower group_size, max_batch, steps or lora_rank, free "
                 f"ComfyUI's cached models, or allow it")
+        return est
 
 
 def job_inputs():

@@ -8,7 +8,7 @@ import torch
 
 from densegrpo_core import estimate as est
 from densegrpo_core.dit import DiT, sd35_medium, tiny_dit
-from densegrpo_core.estimate import (Constants, DeviceInfo, ModelInfo, estimate, fit_constants, model_info,
+from densegrpo_core.estimate import (Constants, DeviceInfo, estimate, fit_constants, model_info,
                                      rollout_max_batch, workload)
 from densegrpo_core.lora import inject_lora, lora_parameters
 from densegrpo_core.toy.model import ToyDiT, ToyDiTConfig

@@ -172,3 +172,20 @@ def test_unknown_job_id_in_the_status_node_is_a_clear_error(comfy):
     from harness import ComfyError
     with pytest.raises(ComfyError, match="not a known DenseGRPO job id"):
         comfy.run({"status": {"class_type": "DenseGRPO_TrainingStatus", "inputs": {"job_id": "nope"}}})
+
+
+def test_a_run_whose_memory_estimate_exceeds_free_memory_is_refused_before_it_starts(comfy):
+    from harness import ComfyError
+    p = train_prompt("too_big", iterations=10)
+    p["latent"]["inputs"].update(width=1024, height=1024)
+    p["train"]["inputs"].update(group_size=256, steps=100, lora_name="too_big")
+    with pytest.raises(ComfyError, match="input 'allow_over_memory' is off and the estimated peak memory"):
+        comfy.run(p)
+    assert not glob.glob(os.path.join(comfy.models_dir, "loras", "densegrpo", "too_big_*"))
+
+
+def test_train_status_text_shows_the_estimate(comfy):
+    entry = comfy.run(train_prompt("estimate_shown", iterations=1))
+    text = " ".join(entry["outputs"]["train"]["text"])
+    assert re.search(r"estimate ~[\d.]+ GiB peak .* s / iteration", text), text
+    wait_for(comfy, job_id_of(entry), lambda j: j["state"] in ("finished", "failed", "stopped"))

@@ -1,0 +1,394 @@
+"""Peak memory and seconds per iteration of a training run, predicted before it starts.
+
+`estimate(config, model_info(model, latent_shape), device_info(device))` → Estimate(peak_bytes,
+seconds_per_iteration, breakdown). The model is counted, not run: parameters, LoRA size, image and text
+tokens, width and depth. Batch arithmetic follows the trainer (MATH.md §9 for the NFE counts):
+
+    B                 = prompts_per_iteration · G trajectories; CFG doubles every forward's rows
+    rollout           B · NFE rows, NFE = T(T+1)/2 (dense modes, fused sweep) or T (flow_grpo); one forward
+                      call holds at most max_batch rows; latents kept: (2T+1)·B (chain + ODE endpoints)
+    decode + reward   B·(T+1) images (dense) or B, reward_batch at a time
+    update            ⌊train_fraction·T⌋ steps × B rows, train_batch rows with autograd at once; each step is a
+                      forward with grad, its backward and a no-grad reference forward (+ a recompute with
+                      gradient checkpointing)
+
+Memory = weights + LoRA (fp32) + optimizer state + the largest stage (activations ∝ rows · tokens · width
+· activation bytes, times depth when autograd keeps every block). Time = forward FLOPs / an effective FLOP/s.
+The proportionality constants are fitted to measurements (`fit_constants`, from `python -m densegrpo_core
+bench`): the CPU ones below were measured on this project's CPU; the CUDA ones are placeholders until
+`bench/gpu_sd35m.py` is run on a GPU, which rewrites them in this file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class Constants:
+    act_infer: float            # no-grad forward: peak transient bytes per (row · token · width · activation byte)
+    act_train: float            # forward with grad, no checkpointing: kept bytes per (row·token·width·block·act. byte)
+    act_ckpt: float             # the same with checkpointing (block inputs kept; one block recomputed at a time)
+    latent_copies: float        # rollout: latent-sized tensors alive per stored latent (cat, velocity, step copies)
+    flops_per_s: float          # effective forward FLOP/s of the diffusion network
+    train_cost: float           # a forward with grad plus its backward, in forward passes
+    reward_s_per_image: float   # decode + reward seconds per image
+    reward_bytes_per_image: float  # decode + reward peak bytes per image of a reward batch
+    source: str = ""            # what measured them
+
+
+# >>> CPU constants (fitted by bench: Intel(R) Xeon(R) Processor, dit width 128 depth 4, float32, 13 runs, 2026-11-28)
+CPU_CONSTANTS = Constants(
+    act_infer=19.31, act_train=24.2, act_ckpt=2.953, latent_copies=2.066,
+    flops_per_s=3.747e+10, train_cost=3.162, reward_s_per_image=0.0002599, reward_bytes_per_image=2.287e+05,
+    source='Intel(R) Xeon(R) Processor, dit width 128 depth 4, float32, 13 runs, 2026-11-28')
+# <<< CPU constants
+# >>> CUDA constants (NOT MEASURED: memory factors copied from the CPU fit, FLOP/s and reward cost assumed;
+#     bench/gpu_sd35m.py refits all of them on a GPU and rewrites this block)
+CUDA_CONSTANTS = Constants(
+    act_infer=19.31, act_train=24.2, act_ckpt=2.953, latent_copies=2.066,
+    flops_per_s=2.5e14, train_cost=3.162, reward_s_per_image=0.005, reward_bytes_per_image=2.287e+05,
+    source="NOT MEASURED: CPU memory factors, assumed 250 TFLOP/s; refit with bench/gpu_sd35m.py")
+# <<< CUDA constants
+
+
+def constants_for(kind: str) -> Constants:
+    """The fitted constants of a device kind ("cpu" or "cuda")."""
+    return CUDA_CONSTANTS if kind == "cuda" else CPU_CONSTANTS
+
+
+# ----------------------------------------------------------------------------------------- model
+@dataclass
+class ModelInfo:
+    params: int                 # base (frozen) parameters of the diffusion network
+    weight_bytes: float         # bytes per base parameter (2 for bf16/fp16 weights, 4 for fp32)
+    buffer_bytes: int           # bytes of the network's buffers (e.g. MMDiT's 384×384 position table)
+    lora_params_per_rank: int   # Σ (in + out) over the LoRA target layers: LoRA parameters = rank · this
+    width: int                  # hidden size D
+    depth: int                  # transformer blocks
+    tokens: int                 # image tokens per latent (H·W / patch²)
+    context_tokens: int         # text tokens attending jointly with the image (0 if text enters as a vector)
+    latent_elems: int           # elements of one latent (C·H·W)
+    flops_per_row: float        # FLOPs of one forward for one latent (one row, no CFG)
+
+    @property
+    def sequence(self) -> int:
+        return self.tokens + self.context_tokens
+
+
+_MODULATION = re.compile(r"adaLN|(^|[._])(img_|txt_)?mod(ulation)?([._]|$)")   # per-row, not per-token, linears
+_TEXT_STREAM = re.compile(r"context_block|(^|[._])txt_")
+_IMAGE_STREAM = re.compile(r"x_block|(^|[._])img_")
+
+
+def _linear_shapes(module: nn.Module) -> dict[str, tuple[int, int]]:
+    """(in, out) of every Linear (peft LoRA layers counted once, by their base layer's shape)."""
+    shapes = {}
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Linear) and not re.search(r"(^|\.)(base_layer|lora_[AB]\.\w+)$", name):
+            shapes[name] = (m.in_features, m.out_features)
+        elif hasattr(m, "base_layer") and isinstance(getattr(m, "base_layer"), nn.Linear):
+            shapes[name] = (m.base_layer.in_features, m.base_layer.out_features)
+    return shapes
+
+
+def _lora_params_per_rank(model: nn.Module, targets: str) -> int:
+    from .lora import lora_targets
+    injected = {name: (m.in_features, m.out_features) for name, m in model.named_modules()
+                if hasattr(m, "lora_A") and hasattr(m, "in_features")}
+    if injected:
+        return sum(i + o for i, o in injected.values())
+    shapes = _linear_shapes(model)
+    return sum(sum(shapes[n]) for n in lora_targets(model, targets))
+
+
+def forward_flops(model: nn.Module, blocks: dict, tokens: int, context_tokens: int, width: int) -> float:
+    """Matmul FLOPs of one forward for one latent: 2·in·out per token for every Linear in the blocks (text-
+    stream layers see the text tokens, image-stream layers the image tokens, modulation layers one row),
+    plus 4·L²·D for each block's attention over the joint sequence L."""
+    seq = tokens + context_tokens
+    flops = 0.0
+    for list_name, block_list in blocks.items():
+        for name, (i, o) in _linear_shapes(block_list).items():
+            rows = 1 if _MODULATION.search(name) else context_tokens if _TEXT_STREAM.search(name) \
+                else tokens if _IMAGE_STREAM.search(name) else seq
+            flops += 2.0 * i * o * rows
+        flops += 4.0 * seq * seq * width * len(block_list)
+    return flops
+
+
+def model_info(model: nn.Module, latent_shape: tuple[int, ...], context_tokens: int | None = None,
+               patch_size: int | None = None, lora_targets: str = "auto") -> ModelInfo:
+    """Count a diffusion network (the toy DiT, the core DiT, ComfyUI's MMDiT or Flux, or any model with a block
+    list `enable_gradient_checkpointing` finds). `context_tokens`: text tokens in its joint attention (the
+    core DiT knows its own; SD3: 154; Flux: 256 or 512); `patch_size` defaults to the model's, else 2."""
+    from .memory import find_block_lists
+    blocks = find_block_lists(model)
+    cfg = getattr(model, "cfg", None)
+    width = getattr(cfg, "width", None) or getattr(model, "hidden_size", None) \
+        or next(iter(_linear_shapes(next(iter(blocks.values()))).values()))[0]
+    patch = patch_size or getattr(cfg, "patch_size", None) or getattr(model, "patch_size", None) or 2
+    ctx = context_tokens if context_tokens is not None else getattr(cfg, "context_tokens", 0)
+    C, H, W = latent_shape
+    tokens = (H // patch) * (W // patch)
+    base = [p for n, p in model.named_parameters() if "lora_" not in n]
+    weight_bytes = sum(p.numel() * p.element_size() for p in base) / max(1, sum(p.numel() for p in base))
+    return ModelInfo(params=sum(p.numel() for p in base), weight_bytes=weight_bytes,
+                     buffer_bytes=sum(b.numel() * b.element_size() for b in model.buffers()),
+                     lora_params_per_rank=_lora_params_per_rank(model, lora_targets), width=int(width),
+                     depth=sum(len(b) for b in blocks.values()), tokens=tokens, context_tokens=int(ctx),
+                     latent_elems=C * H * W, flops_per_row=forward_flops(model, blocks, tokens, int(ctx), int(width)))
+
+
+# ---------------------------------------------------------------------------------------- device
+@dataclass
+class DeviceInfo:
+    kind: str                   # "cpu" or "cuda"
+    name: str                   # e.g. "NVIDIA H100 80GB HBM3" or the CPU model
+    total_bytes: int            # device memory (RAM for the CPU)
+    free_bytes: int             # free now
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or "cpu"
+
+
+def device_info(device: torch.device | str = "cpu") -> DeviceInfo:
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return DeviceInfo("cuda", torch.cuda.get_device_name(device), total, free)
+    import psutil
+    vm = psutil.virtual_memory()
+    return DeviceInfo("cpu", cpu_name(), vm.total, vm.available)
+
+
+# -------------------------------------------------------------------------------------- workload
+@dataclass
+class Workload:
+    """The counts one iteration of a config implies (trainer batch arithmetic, one process)."""
+
+    trajectories: int           # B
+    cfg_rows: int               # 2 with classifier-free guidance, else 1
+    nfe_per_trajectory: int     # guided velocities per trajectory in the rollout
+    rollout_rows: int           # most rows in one rollout forward call
+    rollout_latents: int        # latents alive at the rollout's widest step (chain + ODE branches)
+    kept_latents: int           # latents stored from the rollout to the update
+    images: int                 # decodes and reward calls
+    images_per_call: int        # images in one reward batch
+    update_rows: int            # rows under autograd at once (one minibatch at one step)
+    update_forwards: int        # rows × trained steps × epochs: forwards with grad in the update
+    act_bytes: int              # bytes per activation element (2 under bf16 autocast, else 4)
+    checkpointing: bool         # gradient checkpointing of the blocks
+    optimizer_bytes_per_param: float  # AdamW: 8 (two fp32 moments); 8-bit AdamW: 2
+
+
+def workload(config) -> Workload:
+    """The counts of `config` (a TrainConfig or anything with its fields)."""
+    from .trainer import DENSE_MODES
+    T, B = config.steps, config.prompts_per_iteration * config.group_size
+    cfg_rows = 1 if config.cfg_scale == 1.0 else 2                  # None = the model's default, which uses CFG
+    dense = config.advantage_mode in DENSE_MODES
+    if not dense:
+        nfe = T
+    elif config.ode_steps is None or config.ode_steps >= T:
+        nfe = T * (T + 1) // 2
+    else:
+        nfe = T + sum(min(config.ode_steps, t) for t in range(1, T + 1))
+    widest = T * B if dense else B
+    chunk = max(1, config.max_batch // cfg_rows)
+    trained = max(1, math.floor(config.train_fraction * T + 1e-9))
+    images = B * (T + 1) if dense else B
+    return Workload(trajectories=B, cfg_rows=cfg_rows, nfe_per_trajectory=nfe,
+                    rollout_rows=min(widest, chunk) * cfg_rows, rollout_latents=widest + (T + 1) * B,
+                    kept_latents=(2 * T + 1) * B if dense else (T + 1) * B, images=images,
+                    images_per_call=min(images, config.reward_batch),
+                    update_rows=min(config.train_batch, B) * cfg_rows,
+                    update_forwards=B * cfg_rows * trained * config.inner_epochs,
+                    act_bytes=2 if config.dtype == "bfloat16" else 4,
+                    checkpointing=bool(getattr(config, "grad_checkpointing", False)),
+                    optimizer_bytes_per_param=2.0 if getattr(config, "optimizer", "adamw") == "adamw8bit" else 8.0)
+
+
+# -------------------------------------------------------------------------------------- estimate
+@dataclass
+class Estimate:
+    peak_bytes: float           # predicted peak device memory of one iteration
+    seconds_per_iteration: float
+    breakdown: dict = field(default_factory=dict)   # bytes per component, seconds per stage, the counts
+
+    def summary(self) -> str:
+        b = self.breakdown
+        return (f"~{self.peak_bytes / 2**30:.1f} GiB peak (weights {b['weights_bytes'] / 2**30:.1f}, largest stage "
+                f"{b['largest_stage']} {b[b['largest_stage'] + '_bytes'] / 2**30:.1f}), "
+                f"~{self.seconds_per_iteration:.0f} s / iteration")
+
+
+def rollout_bytes(w: Workload, info: ModelInfo, c: Constants) -> float:
+    """Peak above the stage start of a rollout: one chunk's transient activations + the latents in flight."""
+    return c.act_infer * w.rollout_rows * info.sequence * info.width * w.act_bytes \
+        + c.latent_copies * w.rollout_latents * info.latent_elems * 4
+
+
+def update_bytes(w: Workload, info: ModelInfo, c: Constants, lora_params: int) -> float:
+    """Peak above the stage start of the update, for one minibatch at one step, plus the LoRA gradients (fp32).
+
+    Without checkpointing autograd keeps every block's activations, and the no-grad reference forward runs
+    on top of them. With it only the block inputs are kept; the peak is then the backward's recompute of one
+    block (the reference forward, no larger, ran before it)."""
+    unit = w.update_rows * info.sequence * info.width * w.act_bytes
+    if w.checkpointing:
+        return c.act_ckpt * unit * info.depth + max(c.act_train, c.act_infer) * unit + 4 * lora_params
+    return c.act_train * unit * info.depth + c.act_infer * unit + 4 * lora_params
+
+
+def estimate(config, info: ModelInfo, device: DeviceInfo | None = None, constants: Constants | None = None,
+             reward_model_bytes: float = 0.0) -> Estimate:
+    """Predicted peak memory and seconds per iteration of `config` (a TrainConfig) on a model and device.
+
+    `reward_model_bytes`: weights of the decoder and reward model(s) on the device; with `offload_reward`
+    they count only in the reward stage."""
+    c = constants or constants_for(device.kind if device is not None else "cpu")
+    w = workload(config)
+    lora_params = config.lora_rank * info.lora_params_per_rank
+    stages = {"rollout": rollout_bytes(w, info, c),
+              "reward": c.reward_bytes_per_image * w.images_per_call,
+              "update": update_bytes(w, info, c, lora_params)}
+    resident = {"weights_bytes": info.params * info.weight_bytes + info.buffer_bytes, "lora_bytes": 4.0 * lora_params,
+                "optimizer_bytes": w.optimizer_bytes_per_param * lora_params,
+                "reward_models_bytes": 0.0 if getattr(config, "offload_reward", False) else reward_model_bytes}
+    visiting = reward_model_bytes - resident["reward_models_bytes"]      # offloaded models, back for their stage
+    kept = w.kept_latents * info.latent_elems * 4.0
+    peaks = {"rollout": stages["rollout"], "reward": kept + stages["reward"] + visiting,
+             "update": kept + stages["update"]}
+    largest = max(peaks, key=peaks.get)
+    flops = info.flops_per_row
+    train_passes = c.train_cost + 1 + (1 if w.checkpointing else 0)      # grad forward+backward, reference, recompute
+    seconds = {"rollout_s": w.trajectories * w.nfe_per_trajectory * w.cfg_rows * flops / c.flops_per_s,
+               "reward_s": w.images * c.reward_s_per_image,
+               "update_s": w.update_forwards * flops * train_passes / c.flops_per_s}
+    breakdown = {**resident, **{f"{k}_bytes": v for k, v in stages.items()}, "kept_latents_bytes": kept,
+                 "largest_stage": largest, **seconds, "workload": dataclasses.asdict(w),
+                 "constants": c.source}
+    return Estimate(peak_bytes=sum(resident.values()) + peaks[largest],
+                    seconds_per_iteration=sum(seconds.values()), breakdown=breakdown)
+
+
+def fits(est: Estimate, device: DeviceInfo, margin: float = 0.9) -> bool:
+    """Whether the estimate stays under `margin` of the device's free memory."""
+    return est.peak_bytes <= margin * device.free_bytes
+
+
+def rollout_max_batch(budget_bytes: float, info: ModelInfo, config, constants: Constants | None = None,
+                      kind: str = "cpu") -> int:
+    """The most rows per rollout forward whose transient activations fit in `budget_bytes` (≥ 1 guided row)."""
+    c = constants or constants_for(kind)
+    w = workload(config)
+    per_row = c.act_infer * info.sequence * info.width * w.act_bytes
+    return max(w.cfg_rows, int(budget_bytes // per_row))
+
+
+# -------------------------------------------------------------------------------------------- fit
+def _through_origin(xs: list[float], ys: list[float]) -> float | None:
+    """Least-squares slope of y = a·x."""
+    sxx = sum(x * x for x in xs)
+    return sum(x * y for x, y in zip(xs, ys)) / sxx if sxx > 0 else None
+
+
+def fit_constants(records: list[dict], base: Constants, source: str) -> Constants:
+    """Refit the constants to bench records {"config": TrainConfig dict, "model": ModelInfo dict, and measured
+    rollout_s, reward_s, update_s, rollout_peak_delta_bytes, reward_peak_delta_bytes, update_peak_delta_bytes}.
+
+    Each constant is a least-squares slope through the origin over the records that measure it; constants no
+    record measures keep their `base` value.
+    """
+    from .trainer import TrainConfig
+    rows = []
+    for r in records:
+        cfg = TrainConfig.from_dict({k: v for k, v in r["config"].items()})
+        rows.append((r, workload(cfg), ModelInfo(**r["model"]), cfg.lora_rank * r["model"]["lora_params_per_rank"]))
+    c = dataclasses.replace(base, source=source)
+
+    def slope(xs, ys, old):
+        a = _through_origin(xs, ys)
+        return old if a is None or a <= 0 else a
+
+    # time: effective FLOP/s from rollouts, then the cost of a training pass from updates
+    flops = [w.trajectories * w.nfe_per_trajectory * w.cfg_rows * m.flops_per_row for r, w, m, _ in rows]
+    c.flops_per_s = slope([r["rollout_s"] for r, *_ in rows], flops, c.flops_per_s)
+    passes = [(r["update_s"] * c.flops_per_s / (w.update_forwards * m.flops_per_row)) - 1 - w.checkpointing
+              for r, w, m, _ in rows if r.get("update_s")]
+    c.train_cost = max(1.0, sum(passes) / len(passes)) if passes else c.train_cost
+    c.reward_s_per_image = slope([w.images for _, w, *_ in rows], [r["reward_s"] for r, *_ in rows],
+                                 c.reward_s_per_image)
+    mem = [x for x in rows if x[0].get("rollout_peak_delta_bytes") is not None]
+    if not mem:
+        return c
+    c.reward_bytes_per_image = slope([w.images_per_call for _, w, *_ in mem],
+                                     [r["reward_peak_delta_bytes"] for r, *_ in mem], c.reward_bytes_per_image)
+    # rollout: two regressors (one chunk's activations, latents in flight), solved by least squares
+    X = torch.tensor([[w.rollout_rows * m.sequence * m.width * w.act_bytes, w.rollout_latents * m.latent_elems * 4.0]
+                      for _, w, m, _ in mem], dtype=torch.float64)
+    y = torch.tensor([r["rollout_peak_delta_bytes"] for r, *_ in mem], dtype=torch.float64)
+    a = b = -1.0
+    if len(mem) >= 2 and torch.linalg.matrix_rank(X) == 2:
+        a, b = torch.linalg.lstsq(X, y[:, None]).solution.flatten().tolist()
+    if a > 0 and b > 0:
+        c.act_infer, c.latent_copies = a, b
+    else:                       # too few or collinear records: keep latent_copies, fit the activations alone
+        c.act_infer = slope(X[:, 0].tolist(), (y - c.latent_copies * X[:, 1]).tolist(), c.act_infer)
+    # update: kept activations per block without checkpointing, then with it (the terms of `update_bytes`)
+    def unit(w, m):
+        return w.update_rows * m.sequence * m.width * w.act_bytes
+    plain = [x for x in mem if not x[1].checkpointing]
+    c.act_train = slope([unit(w, m) * m.depth for _, w, m, _ in plain],
+                        [r["update_peak_delta_bytes"] - c.act_infer * unit(w, m) - 4 * lora for r, w, m, lora in plain],
+                        c.act_train)
+    ckpt = [x for x in mem if x[1].checkpointing]
+    c.act_ckpt = slope([unit(w, m) * m.depth for _, w, m, _ in ckpt],
+                       [r["update_peak_delta_bytes"] - max(c.act_train, c.act_infer) * unit(w, m) - 4 * lora
+                        for r, w, m, lora in ckpt], c.act_ckpt)
+    return c
+
+
+def write_constants(kind: str, constants: Constants, path: str | None = None) -> str:
+    """Replace the CPU or CUDA constants block of this file (between its >>> and <<< marker lines)."""
+    path = path or os.path.abspath(__file__)
+    name = {"cpu": "CPU", "cuda": "CUDA"}[kind]
+    with open(path) as f:
+        text = f.read()
+    start = re.search(rf"^# >>> {name} constants.*$", text, re.M)
+    end = re.search(rf"^# <<< {name} constants$", text, re.M)
+    if not start or not end:
+        raise ValueError(f"{path} has no '# >>> {name} constants' … '# <<< {name} constants' block")
+    d = dataclasses.asdict(constants)
+    values = [f"{k}={v:.4g}" for k, v in d.items() if k != "source"]
+    lines = [", ".join(values[i:i + 4]) for i in range(0, len(values), 4)]
+    block = (f"# >>> {name} constants (fitted by bench: {constants.source})\n"
+             f"{name}_CONSTANTS = Constants(\n" + "".join(f"    {line},\n" for line in lines)
+             + f"    source={constants.source!r})\n")
+    text = text[:start.start()] + block + text[end.start():]
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def constants_json(constants: Constants) -> str:
+    return json.dumps(dataclasses.asdict(constants), indent=1)
