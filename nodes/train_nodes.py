@@ -128,12 +128,14 @@ class TrainLoRA:
                                                                  "settings); empty = a new job"}),
             "allow_over_memory": ("BOOLEAN", {"default": False, "tooltip": "start even if the memory estimate "
                                                                            "exceeds the free memory"}),
+            "free_cached_models": ("BOOLEAN", {"default": False, "tooltip": "unload ComfyUI's cached models "
+                                                                            "first, to make room for the job"}),
         }}
 
     def execute(self, model, clip, vae, reward_model, psi, prompts, negative_prompt, latent_image, lora_name,
                 iterations, group_size, steps, cfg, advantage_mode, learning_rate, beta, save_every, seed,
                 prompts_file="(none)", prompts_per_iteration=2, lora_rank=32, lora_alpha=64.0, clip_range=1e-4,
-                train_batch=8, max_batch=32, resume_job="", allow_over_memory=False):
+                train_batch=8, max_batch=32, resume_job="", allow_over_memory=False, free_cached_models=False):
         from densegrpo_core.train_job import training_work
 
         from .comfy_training import clone_tensors, private_pipeline
@@ -167,6 +169,10 @@ class TrainLoRA:
         conds = {p: c for p, c in zip(prompt_list, bridge.encode_prompts(clip, prompt_list, node))}
         negative = bridge.encode_prompts(clip, [negative_prompt], node)[0]
         context_tokens = max(int(c[0][0].shape[1]) for c in conds.values())
+        if free_cached_models:
+            import comfy.model_management
+            comfy.model_management.unload_all_models()
+            comfy.model_management.soft_empty_cache()
         est = self.check_memory(model, config, samples.shape[1:], context_tokens, allow_over_memory)
         latent = clone_tensors(samples[:1].float().to(model.load_device))
         pipe = private_pipeline(model, vae, conds, negative, latent, node)

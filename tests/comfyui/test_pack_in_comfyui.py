@@ -218,6 +218,8 @@ def test_example_workflows_use_only_installed_nodes(comfy):
     assert len(names) >= 4
     for name in names:
         load_workflow(comfy, name)                   # KeyError names a missing node type
+    templates = comfy.get("/workflow_templates")     # ComfyUI's template browser finds them
+    assert sorted(set(templates.get("ComfyUI-DenseGRPO", []))) == sorted(names), templates
 
 
 def test_example_workflow_sample_with_psi_runs(comfy):

@@ -185,7 +185,9 @@ def test_a_run_whose_memory_estimate_exceeds_free_memory_is_refused_before_it_st
 
 
 def test_train_status_text_shows_the_estimate(comfy):
-    entry = comfy.run(train_prompt("estimate_shown", iterations=1))
+    p = train_prompt("estimate_shown", iterations=1)
+    p["train"]["inputs"]["free_cached_models"] = True
+    entry = comfy.run(p)
     text = " ".join(entry["outputs"]["train"]["text"])
     assert re.search(r"estimate ~[\d.]+ GiB peak .* s / iteration", text), text
     wait_for(comfy, job_id_of(entry), lambda j: j["state"] in ("finished", "failed", "stopped"))
