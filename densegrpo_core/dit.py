@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .toy.model import modulate, timestep_embedding
+from .toy.model import MLP, modulate, timestep_embedding  # MLP: fc1 → GELU(tanh) → fc2 (LoRA preset names)
 
 
 @dataclass
@@ -82,16 +82,6 @@ class SelfAttentionParts(nn.Module):
         """Plain self-attention over this stream only: (B, N, D) → (B, N, D)."""
         out = F.scaled_dot_product_attention(*self.pre_attention(x))                # (B, h, N, d)
         return self.proj(out.transpose(1, 2).flatten(2))
-
-
-class MLP(nn.Module):
-    def __init__(self, width: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(width, hidden)
-        self.fc2 = nn.Linear(hidden, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
 class StreamBlock(nn.Module):

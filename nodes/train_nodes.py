@@ -228,15 +228,11 @@ def find_job(job, job_id: str, node: str):
         raise bridge.input_error(node, "job", f"{key!r} is not a known DenseGRPO job id") from None
 
 
-class TrainingStatus:
-    DESCRIPTION = ("Show a DenseGRPO training job: state, iteration, reward curve, the latest R_t/ΔR_t plot and "
-                   "sample images. Queue it again to refresh (it never caches).")
+class JobNode:
+    """What the Status and Stop nodes share: a job input, an output node that runs on every queue."""
     CATEGORY = "DenseGRPO/training"
     FUNCTION = "execute"
     OUTPUT_NODE = True
-    RETURN_TYPES = ("STRING", "IMAGE")
-    RETURN_NAMES = ("status", "plots")
-    OUTPUT_TOOLTIPS = ("the job's state as text", "reward curve, dense-reward plot and samples (when available)")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -245,6 +241,14 @@ class TrainingStatus:
     @classmethod
     def IS_CHANGED(cls, **_):
         return float("nan")
+
+
+class TrainingStatus(JobNode):
+    DESCRIPTION = ("Show a DenseGRPO training job: state, iteration, reward curve, the latest R_t/ΔR_t plot and "
+                   "sample images. Queue it again to refresh (it never caches).")
+    RETURN_TYPES = ("STRING", "IMAGE")
+    RETURN_NAMES = ("status", "plots")
+    OUTPUT_TOOLTIPS = ("the job's state as text", "reward curve, dense-reward plot and samples (when available)")
 
     def execute(self, job=None, job_id=""):
         import torch
@@ -284,22 +288,11 @@ class TrainingStatus:
         return {"filename": name, "subfolder": "", "type": "temp"}
 
 
-class StopTraining:
+class StopTraining(JobNode):
     DESCRIPTION = "Ask a DenseGRPO training job to stop: it finishes the current iteration, saves the LoRA and exits."
-    CATEGORY = "DenseGRPO/training"
-    FUNCTION = "execute"
-    OUTPUT_NODE = True
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("status",)
     OUTPUT_TOOLTIPS = ("the job's state after the request",)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return job_inputs()
-
-    @classmethod
-    def IS_CHANGED(cls, **_):
-        return float("nan")
 
     def execute(self, job=None, job_id=""):
         j = get_manager().stop(find_job(job, job_id, "DenseGRPO Stop Training").id)
