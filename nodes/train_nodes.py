@@ -128,6 +128,13 @@ class TrainLoRA:
                                                                  "settings); empty = a new job"}),
             "allow_over_memory": ("BOOLEAN", {"default": False, "tooltip": "start even if the memory estimate "
                                                                            "exceeds the free memory"}),
+            "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": "recompute transformer blocks in "
+                                                                              "the backward pass: far less memory, "
+                                                                              "~30% slower updates"}),
+            "bf16_autocast": ("BOOLEAN", {"default": False, "tooltip": "run rollouts and updates under bfloat16 "
+                                                                       "autocast (log-probs and rewards stay fp32)"}),
+            "offload_reward": ("BOOLEAN", {"default": False, "tooltip": "keep the VAE and reward model on the CPU "
+                                                                        "except while scoring"}),
             "free_cached_models": ("BOOLEAN", {"default": False, "tooltip": "unload ComfyUI's cached models "
                                                                             "first, to make room for the job"}),
         }}
@@ -135,7 +142,8 @@ class TrainLoRA:
     def execute(self, model, clip, vae, reward_model, psi, prompts, negative_prompt, latent_image, lora_name,
                 iterations, group_size, steps, cfg, advantage_mode, learning_rate, beta, save_every, seed,
                 prompts_file="(none)", prompts_per_iteration=2, lora_rank=32, lora_alpha=64.0, clip_range=1e-4,
-                train_batch=8, max_batch=32, resume_job="", allow_over_memory=False, free_cached_models=False):
+                train_batch=8, max_batch=32, resume_job="", allow_over_memory=False, free_cached_models=False,
+                gradient_checkpointing=True, bf16_autocast=False, offload_reward=False):
         from densegrpo_core.train_job import training_work
 
         from .comfy_training import clone_tensors, private_pipeline
@@ -161,7 +169,8 @@ class TrainLoRA:
                 clip_range=float(clip_range), beta=float(beta), lr=float(learning_rate),
                 train_batch=int(train_batch), lora_rank=int(lora_rank), lora_alpha=float(lora_alpha),
                 reward=getattr(reward_model, "name", type(reward_model).__name__), eval_every=0,
-                save_every=int(save_every))
+                save_every=int(save_every), grad_checkpointing=bool(gradient_checkpointing),
+                dtype="bfloat16" if bf16_autocast else "float32", offload_reward=bool(offload_reward))
         except ValueError as e:
             raise bridge.NodeInputError(f"{node}: {e}") from None
         samples = latent_image["samples"]
