@@ -2,7 +2,6 @@
 once, the shared MODEL is untouched, stop over HTTP, LoRA files that the stock loader applies, resume,
 name sanitising, the job routes, the status node."""
 import glob
-import json
 import os
 import re
 import shutil
