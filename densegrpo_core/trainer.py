@@ -127,6 +127,22 @@ class TrainConfig:
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
+RESUME_KEYS = ("advantage_mode", "steps", "lora_rank", "group_size", "prompts_per_iteration", "seed")
+
+
+def check_resumable(config: TrainConfig, checkpoint: str) -> None:
+    """ValueError unless the checkpoint folder was written by a run with the same RESUME_KEYS settings."""
+    try:
+        with open(os.path.join(checkpoint, "config.json")) as f:
+            saved = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no checkpoint config in {checkpoint!r} (expected config.json)") from None
+    for key in RESUME_KEYS:
+        if saved.get(key) != getattr(config, key):
+            raise ValueError(f"cannot resume: checkpoint has {key}={saved.get(key)!r}, "
+                             f"config has {getattr(config, key)!r}")
+
+
 def trained_steps(T: int, fraction: float, trainable: torch.Tensor) -> list[int]:
     """Grid indices of trained steps: the first ⌊fraction·T⌋ (at least 1) that have a density (MATH.md §3)."""
     n = max(1, math.floor(fraction * T + 1e-9))
@@ -453,12 +469,7 @@ class Trainer:
         state = torch.load(state_path, weights_only=True, map_location="cpu")
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{state_path} is not a {CHECKPOINT_FORMAT} checkpoint")
-        with open(os.path.join(path, "config.json")) as f:
-            saved = json.load(f)
-        for key in ("advantage_mode", "steps", "lora_rank", "group_size", "prompts_per_iteration", "seed"):
-            if saved.get(key) != getattr(self.config, key):
-                raise ValueError(f"cannot resume: checkpoint has {key}={saved.get(key)!r}, "
-                                 f"config has {getattr(self.config, key)!r}")
+        check_resumable(self.config, path)
         load_lora(os.path.join(path, "lora.safetensors"), self.model)
         self.optimizer.load_state_dict(state["optimizer"])
         self.prompt_gen.set_state(state["prompt_gen"])

@@ -11,7 +11,7 @@ import os
 import threading
 
 from densegrpo_core.advantages import ADVANTAGE_MODES
-from densegrpo_core.trainer import TrainConfig
+from densegrpo_core.trainer import TrainConfig, check_resumable
 
 from . import comfy_bridge as bridge
 from .dense_reward_nodes import CFG, GROUP, REWARD_TYPE, SEED, STEPS
@@ -173,6 +173,11 @@ class TrainLoRA:
                 dtype="bfloat16" if bf16_autocast else "float32", offload_reward=bool(offload_reward))
         except ValueError as e:
             raise bridge.NodeInputError(f"{node}: {e}") from None
+        if resume_ckpt:
+            try:
+                check_resumable(config, resume_ckpt)
+            except (ValueError, FileNotFoundError) as e:
+                raise bridge.input_error(node, "resume_job", f"{resume_job.strip()}: {e} (use the same settings)") from None
         samples = latent_image["samples"]
         bridge.check_latent_channels(samples, bridge.latent_channels(model), node)
         conds = {p: c for p, c in zip(prompt_list, bridge.encode_prompts(clip, prompt_list, node))}

@@ -190,3 +190,11 @@ def test_train_status_text_shows_the_estimate(comfy):
     text = " ".join(entry["outputs"]["train"]["text"])
     assert re.search(r"estimate ~[\d.]+ GiB peak .* s / iteration", text), text
     wait_for(comfy, job_id_of(entry), lambda j: j["state"] in ("finished", "failed", "stopped"))
+
+
+def test_resume_with_other_settings_is_refused_naming_the_setting(comfy, stopped_job):
+    from harness import ComfyError
+    p = train_prompt("x", iterations=50, resume=stopped_job["id"])
+    p["train"]["inputs"]["group_size"] = 3
+    with pytest.raises(ComfyError, match="input 'resume_job'.*group_size=2"):
+        comfy.run(p)
