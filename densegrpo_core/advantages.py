@@ -28,6 +28,12 @@ def dense_rewards(R: torch.Tensor) -> torch.Tensor:
     return R[:, 1:] - R[:, :-1]
 
 
+def prompt_groups(prompts: list[str]) -> torch.Tensor:
+    """Group id of every sample, keyed by prompt text: equal texts share a group (MATH.md §6). → (B,) long."""
+    ids: dict[str, int] = {}
+    return torch.tensor([ids.setdefault(p, len(ids)) for p in prompts], dtype=torch.long)
+
+
 def check_groups(groups: torch.Tensor, batch: int) -> torch.Tensor:
     groups = torch.as_tensor(groups, dtype=torch.long).flatten()
     if groups.numel() != batch:

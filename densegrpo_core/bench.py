@@ -50,6 +50,7 @@ class BenchConfig:
     max_batch: int = 256                # rows per rollout forward call
     train_batch: int = 8                # trajectories per update minibatch
     lora_rank: int = 32                 # LoRA r (α = 2r)
+    uncond_grad: bool = False           # backpropagate through CFG's unconditional pass too (default: detached)
     dtype: str = "float32"              # float32 | bfloat16 (weights cast to bf16 and autocast, like ComfyUI's models)
     device: str = "cpu"
     iterations: int = 3                 # timed iterations per run, after one warm-up
@@ -238,7 +239,7 @@ def _train_config(cfg: BenchConfig, out: str, mode: str, group_size: int, checkp
                        group_size=group_size, prompts_per_iteration=cfg.prompts, iterations=10 ** 6,
                        max_batch=cfg.max_batch, train_batch=cfg.train_batch, lora_rank=cfg.lora_rank,
                        lora_alpha=2.0 * cfg.lora_rank, grad_checkpointing=checkpointing, save_every=0, eval_every=0,
-                       seed=cfg.seed)
+                       seed=cfg.seed, uncond_grad=cfg.uncond_grad)
 
 
 def resident_bytes(trainer) -> dict:
@@ -281,7 +282,7 @@ def measure_run(cfg: BenchConfig, arch: str, mode: str, group_size: int, checkpo
         trainer.meter.memory = True
         profiled = [trainer.iteration()]
     mem = profiled or timed
-    run = {"mode": mode, "group_size": group_size, "grad_checkpointing": checkpointing,
+    run = {"mode": mode, "group_size": group_size, "grad_checkpointing": checkpointing, "uncond_grad": cfg.uncond_grad,
            "max_batch": trainer.max_batch, "config": tcfg.to_dict(),
            "model": dataclasses.asdict(model_info(trainer.model, pipe.latent_shape,
                                                   context_tokens=_context_tokens(pipe, prompts))),
@@ -315,11 +316,11 @@ def _peak(run: dict, cpu: bool):
 def time_rollouts(cfg: BenchConfig, arch: str) -> dict:
     """Fused sweep vs naive path on the same noise: measured NFE, forward calls and seconds (MATH.md §9)."""
     from .rollout import fused_rollout, naive_rollout, nfe_per_trajectory
-    from .schedule import sde_noise_scales, shifted_flow_grid
+    from .schedule import FLOW_GRPO_NOISE_LEVEL, flow_grid, sde_noise_scales
     pipe, prompts, _ = build_pipeline(cfg, arch)
     G = cfg.group_sizes[0]
-    tau = shifted_flow_grid(cfg.steps, pipe.default_shift)
-    sigmas = sde_noise_scales(torch.full((cfg.steps,), 0.7), tau)
+    tau = flow_grid(cfg.steps, pipe.default_shift)
+    sigmas = sde_noise_scales(torch.full((cfg.steps,), FLOW_GRPO_NOISE_LEVEL), tau)
     batch = [prompts[i % len(prompts)] for i in range(cfg.prompts) for _ in range(G)]
     x_T = torch.randn((len(batch), *pipe.latent_shape), generator=torch.Generator().manual_seed(0)).to(cfg.device)
     dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32

@@ -44,7 +44,7 @@ class CalibrationConfig:
     criterion: str = "literal"              # "literal" (paper) or "relative" (|pos - neg| / N < delta)
     delta: float = 0.1                      # relative criterion threshold
     clamp: tuple[float, float] = (0.05, 1.5)  # ψ is kept in this range
-    average_last: int = 5                   # result = mean ψ of the last this-many iterations
+    average_last: int = 5                   # result = mean updated ψ (psi_next) of the last this-many iterations
 
     def __post_init__(self):
         if self.iterations < 1:
@@ -61,8 +61,8 @@ class CalibrationConfig:
 
 @dataclass
 class CalibrationResult:
-    psi: Psi                                       # mean ψ over the last iterations
-    history: list[dict] = field(default_factory=list)  # per iteration: psi (used), pos, neg, balanced, n
+    psi: Psi                                       # mean ψ_next over the last iterations (Algorithm 1's output)
+    history: list[dict] = field(default_factory=list)  # per iteration: psi (used), pos, neg, balanced, n, psi_next
 
 
 def calibrate(sample_dense_rewards: Callable[[torch.Tensor, int], torch.Tensor], psi0: Psi,
@@ -80,14 +80,15 @@ def calibrate(sample_dense_rewards: Callable[[torch.Tensor, int], torch.Tensor],
             raise ValueError(f"dense rewards are not finite for samples {rows}")
         pos, neg = sign_counts(dR)
         balanced = is_balanced(pos, neg, dR.shape[0], config.criterion, config.eps1, config.delta)
+        psi_next = calibration_step(psi, balanced, config.eps2, config.clamp)
         record = {"iteration": it, "psi": psi.tolist(), "pos": pos.tolist(), "neg": neg.tolist(),
-                  "balanced": balanced.tolist(), "n": dR.shape[0]}
+                  "balanced": balanced.tolist(), "n": dR.shape[0], "psi_next": psi_next.tolist()}
         history.append(record)
         if on_iteration is not None:
             on_iteration(record)
-        psi = calibration_step(psi, balanced, config.eps2, config.clamp)
-    history[-1]["psi_next"] = psi.tolist()
-    last = torch.tensor([h["psi"] for h in history[-config.average_last:]]).mean(dim=0)
+        psi = psi_next
+    # the result is ψ after the update: with average_last = 1 exactly Algorithm 1's output (MATH.md §8)
+    last = torch.tensor([h["psi_next"] for h in history[-config.average_last:]]).mean(dim=0)
     meta = {"source": "calibration", "initial_psi": psi0.values,
             "calibration": {k: getattr(config, k) for k in config.__dataclass_fields__}}
     return CalibrationResult(Psi(last.tolist(), tau=psi0.tau, meta=meta), history)

@@ -16,13 +16,15 @@ class InputError(Exception):
     """Bad arguments or input files: exit code 2."""
 
 
-def _psi_arg(text: str | None, steps: int):
-    """ψ from a number (uniform, Flow-GRPO's form), a comma-separated list, or a psi.json path."""
-    from .schedule import Psi, as_psi
+def _psi_arg(text: str | None, tau):
+    """ψ from a number (uniform, Flow-GRPO's form), a comma-separated list, or a psi.json path, checked
+    against the grid `tau` (T+1,) it is used on."""
+    from .schedule import FLOW_GRPO_NOISE_LEVEL, Psi, as_psi
+    steps = len(tau) - 1
     if text is None:
-        return Psi.uniform(0.7, steps)
+        return Psi.uniform(FLOW_GRPO_NOISE_LEVEL, steps)
     if os.path.exists(text) or text.endswith(".json"):
-        return as_psi(Psi.load(text), steps)
+        return as_psi(Psi.load(text), steps).check_grid(tau.tolist(), "the sampling grid (--grid, --steps, --shift)")
     psi = Psi.parse(text)
     return as_psi(psi.values[0] if psi.steps == 1 else psi, steps)
 
@@ -70,11 +72,11 @@ def _stop_flag() -> threading.Event:
 
 
 def _model_and_grid(args):
-    """The pipeline named by --model, its training prompts, the grid (--steps, --shift) and the CFG scale."""
+    """The pipeline named by --model, its training prompts, the grid (--grid, --steps, --shift), the CFG scale."""
     from .pipeline import load_pipeline
-    from .schedule import shifted_flow_grid
+    from .schedule import flow_grid
     pipe, train_prompts, _ = load_pipeline(args.model, args.device)
-    tau = shifted_flow_grid(args.steps, pipe.default_shift if args.shift is None else args.shift)
+    tau = flow_grid(args.steps, pipe.default_shift if args.shift is None else args.shift, args.grid)
     return pipe, train_prompts, tau, pipe.default_cfg if args.cfg is None else args.cfg
 
 
@@ -97,7 +99,7 @@ def cmd_sample(args) -> int:
     if args.psi is None:
         x0 = ode_sample(guide, x_T, tau)
     else:
-        x0 = fused_rollout(guide, x_T, tau, sde_noise_scales(_psi_arg(args.psi, args.steps).tensor(), tau),
+        x0 = fused_rollout(guide, x_T, tau, sde_noise_scales(_psi_arg(args.psi, tau).tensor(), tau),
                            generator=gen).latents[:, -1]
     images = pipe.decode(x0)
     _save_images(images, args.out, ncol=args.num)
@@ -115,7 +117,7 @@ def cmd_calibrate(args) -> int:
     from .plots import plot_psi_history
     os.makedirs(args.out, exist_ok=True)
     pipe, train_prompts, tau, cfg_scale = _model_and_grid(args)
-    psi0 = _psi_arg(args.psi0, args.steps)
+    psi0 = _psi_arg(args.psi0, tau)
     psi0.tau = tau.tolist()
     cal = CalibrationConfig(iterations=args.iterations, eps1=args.eps1, eps2=args.eps2, criterion=args.criterion,
                             delta=args.delta, average_last=args.average_last)
@@ -144,7 +146,7 @@ def cmd_visualize(args) -> int:
     from .schedule import sde_noise_scales
     os.makedirs(args.out, exist_ok=True)
     pipe, train_prompts, tau, cfg_scale = _model_and_grid(args)
-    psi = _psi_arg(args.psi, args.steps)
+    psi = _psi_arg(args.psi, tau)
     prompts = [args.prompt or train_prompts[0]] * args.group_size
     gen = torch.Generator().manual_seed(args.seed)
     x_T = torch.randn((len(prompts), *pipe.latent_shape), generator=gen).to(args.device)
@@ -214,7 +216,7 @@ def cmd_train(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
-    run_demo(args.out, quick=args.quick, device=args.device, seeds=args.seeds)
+    run_demo(args.out, quick=args.quick, device=args.device, seeds=args.seeds, workers=args.workers)
     return 0
 
 
@@ -245,7 +247,8 @@ def cmd_bench(args) -> int:
                  if getattr(args, k) is not None}
         cfg = BenchConfig(out=args.out, arch=args.arch, steps=args.steps, iterations=args.iterations,
                           group_sizes=args.group_sizes or (args.group_size,), modes=args.modes,
-                          grad_checkpointing=args.grad_checkpointing, dtype=args.dtype, device=args.device,
+                          grad_checkpointing=args.grad_checkpointing, uncond_grad=args.uncond_grad,
+                          dtype=args.dtype, device=args.device,
                           memory=not args.no_memory, compare_naive=args.naive, stand_ins=args.stand_ins,
                           fit_constants=args.fit_constants, budget_s=args.budget_s, **sizes)
     run_bench(cfg)
@@ -260,6 +263,7 @@ REWARD_PATH_HELP = ("the reward model's local file or folder (e.g. ComfyUI/model
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .schedule import GRIDS
     p = argparse.ArgumentParser(prog="python -m densegrpo_core",
                                 description="DenseGRPO: dense-reward GRPO for flow-matching text-to-image models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -269,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default="cpu", help="cpu or cuda")
         sp.add_argument("--steps", type=int, default=steps, help="sampling steps T")
         sp.add_argument("--shift", type=float, default=None, help="grid shift (default: the model's)")
+        sp.add_argument("--grid", choices=GRIDS, default="sd3",
+                        help="flow-time grid: sd3 = diffusers' SD3 scheduler, as Flow-GRPO samples and ComfyUI's "
+                             "`normal` (default); shifted_linspace = shift(linspace(1, 0, T+1))")
         sp.add_argument("--cfg", type=float, default=None, help="CFG scale (default: the model's)")
         sp.add_argument("--seed", type=int, default=0, help="random seed")
         sp.add_argument("--reward", default="toy", help=REWARD_HELP)
@@ -279,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--quick", action="store_true", help="small budget, one seed (a few minutes on 2 CPU cores)")
     sp.add_argument("--device", default="cpu", help="cpu or cuda")
     sp.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default: 0 quick, 0 1 2 full)")
+    sp.add_argument("--workers", type=int, default=1,
+                    help="train the (method, seed) runs in this many processes, CPU threads split between them")
     sp.set_defaults(fn=cmd_demo)
 
     sp = sub.add_parser("sample", help="generate images with the toy model (ODE, or SDE with --psi)")
@@ -346,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--modes", type=lambda t: tuple(t.split(",")), default=None,
                     help="advantage modes, e.g. flow_grpo,dense_grpo (default: all four for toy, those two otherwise)")
     sp.add_argument("--grad-checkpointing", type=_on_off, default=(False,), help="on, off or both")
+    sp.add_argument("--uncond-grad", action="store_true",
+                    help="backpropagate through CFG's unconditional pass too (default: detached, as Flow-GRPO)")
     sp.add_argument("--max-batch", type=int, default=None, help="rows per rollout forward call (default 256)")
     sp.add_argument("--train-batch", type=int, default=None, help="trajectories per update minibatch (default 8)")
     sp.add_argument("--lora-rank", type=int, default=None, help="LoRA rank (default 32)")

@@ -85,6 +85,7 @@ class GuidedVelocity:
     uncond: Cond = None              # (B, ...) unconditional conditioning; None disables CFG
     cfg_scale: float = 1.0           # v = v_u + s·(v_c - v_u); 1.0 means a single conditional pass
     max_batch: int = 256             # most rows in one forward call (CFG rows count twice)
+    detach_uncond: bool = True       # with autograd on, run the unconditional pass without it (MATH.md §7)
     nfe: int = 0                     # guided velocities evaluated so far (one per latent)
     forward_calls: int = 0           # model forward calls so far (after chunking)
 
@@ -102,6 +103,13 @@ class GuidedVelocity:
         if not self.uses_cfg:
             self.forward_calls += 1
             return self.model(x, tau, cond_take(self.cond, rows))
+        if self.detach_uncond and torch.is_grad_enabled():
+            # v = v_u.detach() + s·(v_c - v_u.detach()): the gradient flows through the conditional pass only
+            with torch.no_grad():
+                v_u = self.model(x, tau, cond_take(self.uncond, rows))
+            v_c = self.model(x, tau, cond_take(self.cond, rows))
+            self.forward_calls += 2
+            return v_u + self.cfg_scale * (v_c - v_u)
         n = x.shape[0]
         cond = cond_cat(cond_take(self.uncond, rows), cond_take(self.cond, rows))
         self.forward_calls += 1

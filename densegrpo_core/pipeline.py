@@ -14,7 +14,7 @@ import torch
 from .advantages import check_rewards
 from .guidance import Cond, GuidedVelocity
 from .rollout import Rollout, ode_sample
-from .schedule import shifted_flow_grid
+from .schedule import flow_grid
 
 
 @dataclass
@@ -32,14 +32,14 @@ class FlowPipeline:
                                                         # LoRA (its module names are the file's keys); None = model
 
     def guide(self, prompts: Sequence[str], cfg_scale: float, max_batch: int = 256,
-              device: torch.device | str = "cpu") -> GuidedVelocity:
+              device: torch.device | str = "cpu", detach_uncond: bool = True) -> GuidedVelocity:
         """The guided velocity for one trajectory per prompt (repeat prompts for groups)."""
         prompts = list(prompts)
         if not prompts:
             raise ValueError("prompts must not be empty")
         cond = _to(self.encode(prompts), device)
         uncond = _to(self.null_cond(len(prompts)), device) if self.null_cond and cfg_scale != 1.0 else None
-        return GuidedVelocity(self.model, cond, uncond, cfg_scale, max_batch)
+        return GuidedVelocity(self.model, cond, uncond, cfg_scale, max_batch, detach_uncond=detach_uncond)
 
 
 def _to(cond: Cond, device) -> Cond:
@@ -85,13 +85,15 @@ def latent_rewards(ro: Rollout, prompts: Sequence[str], decode, reward, max_batc
 
 @torch.no_grad()
 def evaluate(pipe: FlowPipeline, reward, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), steps: int = 10,
-             shift: float | None = None, cfg_scale: float | None = None, device="cpu", max_batch: int = 256,
-             autocast_dtype: torch.dtype | None = None) -> dict:
-    """Mean reward of plain ODE samples (the evaluation sampler) for every prompt × seed."""
+             shift: float | None = None, tau: torch.Tensor | None = None, cfg_scale: float | None = None,
+             device="cpu", max_batch: int = 256, autocast_dtype: torch.dtype | None = None) -> dict:
+    """Mean reward of plain ODE samples (the evaluation sampler) for every prompt × seed, on the grid `tau`
+    (default: the SD3 scheduler grid of `steps` steps at `shift`)."""
     prompts = [p for p in prompts for _ in seeds]
     noise = torch.cat([torch.randn((1, *pipe.latent_shape), generator=torch.Generator().manual_seed(s))
                        for _ in range(len(prompts) // len(seeds)) for s in seeds]).to(device)
-    tau = shifted_flow_grid(steps, pipe.default_shift if shift is None else shift)
+    if tau is None:
+        tau = flow_grid(steps, pipe.default_shift if shift is None else shift)
     guide = pipe.guide(prompts, pipe.default_cfg if cfg_scale is None else cfg_scale, max_batch, device)
     with torch.autocast(torch.device(device).type, dtype=autocast_dtype or torch.float32,
                         enabled=autocast_dtype is not None):
@@ -122,9 +124,13 @@ def dense_reward_sampler(pipe: FlowPipeline, reward, prompts: Sequence[str], tau
     from .rollout import fused_rollout
     from .schedule import sde_noise_scales
     gen = torch.Generator().manual_seed(seed)
+    prompts = list(dict.fromkeys(prompts))
+    if prompts_per_iteration > len(prompts):
+        raise ValueError(f"prompts_per_iteration ({prompts_per_iteration}) exceeds the {len(prompts)} distinct "
+                         f"prompts: an iteration draws its prompts without replacement")
 
     def sample(psi: torch.Tensor, iteration: int) -> torch.Tensor:
-        idx = torch.randint(len(prompts), (prompts_per_iteration,), generator=gen).tolist()
+        idx = torch.randperm(len(prompts), generator=gen)[:prompts_per_iteration].tolist()
         batch = [prompts[i] for i in idx for _ in range(group_size)]
         x_T = torch.randn((len(batch), *pipe.latent_shape), generator=gen).to(device)
         ro = fused_rollout(pipe.guide(batch, cfg_scale, max_batch, device), x_T, tau,

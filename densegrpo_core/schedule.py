@@ -17,20 +17,61 @@ import torch
 
 PSI_FORMAT = "densegrpo.psi/1"
 FLOW_GRPO_NOISE_LEVEL = 0.7  # Flow-GRPO's default `a`
+GRID_TOLERANCE = 1e-4        # two grids agree when no flow time differs by more (float32 hosts)
 
 
-def shifted_flow_grid(steps: int, shift: float = 3.0) -> torch.Tensor:
-    """SD3-style shifted grid τ = shift·s / (1 + (shift-1)·s) on uniform s from 1 to 0 (MATH.md §1).
+GRIDS = ("sd3", "shifted_linspace")  # named flow-time grids; "sd3" is the default everywhere headless
+SD3_TRAIN_TIMESTEPS = 1000          # diffusers FlowMatchEulerDiscreteScheduler.num_train_timesteps
 
-    Returns a float32 tensor of T+1 flow times, τ(T) = 1 … τ(0) = 0.
-    """
-    if not isinstance(steps, int) or steps < 1:
+
+def _check_grid_args(steps, shift):
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if not shift > 0:
         raise ValueError(f"shift must be > 0, got {shift!r}")
-    s = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-    tau = shift * s / (1.0 + (shift - 1.0) * s)
+
+
+def time_shift(s: torch.Tensor, shift: float) -> torch.Tensor:
+    """shift(s) = shift·s / (1 + (shift-1)·s), SD3's resolution shift of a flow time (MATH.md §1)."""
+    return shift * s / (1.0 + (shift - 1.0) * s)
+
+
+def sd3_scheduler_grid(steps: int, shift: float = 3.0) -> torch.Tensor:
+    """The grid Flow-GRPO samples with: diffusers' FlowMatchEulerDiscreteScheduler, = ComfyUI's `normal` for SD3.
+
+    τ(T..1) = shift(linspace(1, s_min, T)), s_min = shift(1/1000), τ(0) = 0 (MATH.md §1).
+    Returns a float32 tensor of T+1 flow times; for T = 10, shift 3 the last step is .0089 → 0.
+    """
+    _check_grid_args(steps, shift)
+    s_min = time_shift(torch.tensor(1.0 / SD3_TRAIN_TIMESTEPS, dtype=torch.float64), shift)
+    s = torch.linspace(1.0, float(s_min), steps, dtype=torch.float64)
+    tau = torch.cat([time_shift(s, shift), torch.zeros(1, dtype=torch.float64)])
     return tau.to(torch.float32)
+
+
+def shifted_linspace_grid(steps: int, shift: float = 3.0) -> torch.Tensor:
+    """shift(linspace(1, 0, T+1)): a shifted uniform grid whose last step covers shift(1/T) → 0 (MATH.md §1).
+
+    An option, never the default: for T = 10, shift 3 its last step is .25 → 0. float32 (T+1,).
+    """
+    _check_grid_args(steps, shift)
+    s = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    return time_shift(s, shift).to(torch.float32)
+
+
+def flow_grid(steps: int, shift: float = 3.0, kind: str = "sd3") -> torch.Tensor:
+    """The named grid `kind` ("sd3" default, or "shifted_linspace") of T = `steps` steps (MATH.md §1)."""
+    if kind == "sd3":
+        return sd3_scheduler_grid(steps, shift)
+    if kind == "shifted_linspace":
+        return shifted_linspace_grid(steps, shift)
+    raise ValueError(f"unknown grid {kind!r}; expected one of {', '.join(GRIDS)} or a list of T+1 flow times")
+
+
+def format_grid(tau) -> str:
+    """A short text of a grid for error messages: `[1, 0.96, …, 0.0089, 0] (10 steps)`."""
+    vals = [float(t) for t in tau]
+    return "[" + ", ".join(f"{v:.4g}" for v in vals) + f"] ({len(vals) - 1} steps)"
 
 
 def validate_grid(tau: torch.Tensor, name: str = "tau") -> torch.Tensor:
@@ -110,6 +151,18 @@ class Psi:
         if self.meta.get("source") == "uniform" and steps != self.steps:
             return Psi.uniform(self.meta.get("a", self.values[0]), steps)
         self.tensor(steps)
+        return self
+
+    def check_grid(self, tau, where: str = "this grid") -> "Psi":
+        """ValueError unless this ψ was made for `tau` (within 1e-4) or carries no grid; a uniform ψ fits any
+        grid of its step count (MATH.md §2: a ψ is checked against the grid it is used with)."""
+        tau = [float(t) for t in tau]
+        self.tensor(len(tau) - 1)
+        if self.tau is None or self.meta.get("source") == "uniform":
+            return self
+        if max(abs(a - b) for a, b in zip(self.tau, tau)) > GRID_TOLERANCE:
+            raise ValueError(f"psi was calibrated on the grid {format_grid(self.tau)} but is used on {where} "
+                             f"{format_grid(tau)}; calibrate psi on the grid you train and sample with")
         return self
 
     def to_dict(self) -> dict:

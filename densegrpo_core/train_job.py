@@ -37,8 +37,8 @@ def sample_grid(trainer: Trainer, prompts: Sequence[str], seed: int = 0) -> torc
     from .plots import image_grid
     trainer._swap_ema()
     try:
-        res = evaluate(trainer.pipe, trainer.reward, list(prompts), seeds=(seed,), steps=trainer.config.steps,
-                       shift=trainer.shift, cfg_scale=trainer.cfg_scale, device=trainer.device,
+        res = evaluate(trainer.pipe, trainer.reward, list(prompts), seeds=(seed,), tau=trainer.tau,
+                       cfg_scale=trainer.cfg_scale, device=trainer.device,
                        max_batch=trainer.config.max_batch, autocast_dtype=trainer.autocast_dtype)
     finally:
         trainer._swap_ema()

@@ -21,13 +21,13 @@ from typing import Callable, Sequence
 
 import torch
 
-from .advantages import ADVANTAGE_MODES, dense_rewards, group_advantages
+from .advantages import ADVANTAGE_MODES, dense_rewards, group_advantages, prompt_groups
 from .calibrate import sign_counts
 from .memory import OPTIMIZERS, StageMeter, build_optimizer, enable_gradient_checkpointing, offloaded
 from .objective import grpo_loss
 from .pipeline import FlowPipeline, evaluate, latent_rewards, score_latents
 from .rollout import rollout, sde_chain
-from .schedule import Psi, as_psi, sde_noise_scales, shifted_flow_grid
+from .schedule import GRIDS, Psi, as_psi, flow_grid, sde_noise_scales, validate_grid
 from .sde import gaussian_log_prob, sde_step_mean, sde_step_std
 
 CHECKPOINT_FORMAT = "densegrpo.checkpoint/1"
@@ -45,7 +45,13 @@ class TrainConfig:
     # --- sampling (MATH.md §1-§3) ---
     steps: int = 10                     # T, sampling steps of the rollout (paper: 10)
     shift: float | None = None          # grid shift; None = the model's default (SD3: 3)
+    grid: str | list[float] = "sd3"     # "sd3": diffusers' SD3 scheduler, as Flow-GRPO samples (= ComfyUI's
+                                        # `normal`); "shifted_linspace": shift(linspace(1, 0, T+1)); or the T+1
+                                        # flow times themselves (e.g. ComfyUI's sigmas of the user's scheduler)
+    scheduler: str | None = None        # name of the host scheduler an explicit grid came from (LoRA metadata)
     cfg_scale: float | None = None      # CFG scale for rollouts and training; None = the model's default
+    uncond_grad: bool = False           # also backpropagate through CFG's unconditional pass; default detaches
+                                        # it and runs it without autograd, as Flow-GRPO (MATH.md §7)
     psi: float | list[float] | str = 0.7  # ψ(t): uniform value, list of T values, or a psi.json path
     ode_steps: int | None = None        # n of ODE_n for latent rewards; None = n = t (fused sweep)
     max_batch: int = 256                # most rows per forward call in rollouts (memory budget)
@@ -108,6 +114,15 @@ class TrainConfig:
             raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
+        if isinstance(self.grid, str):
+            if self.grid not in GRIDS:
+                raise ValueError(f"grid must be one of {', '.join(GRIDS)} or a list of steps+1 flow times, "
+                                 f"got {self.grid!r}")
+        else:
+            self.grid = validate_grid(torch.as_tensor(self.grid), "grid").tolist()
+            if len(self.grid) != self.steps + 1:
+                raise ValueError(f"grid has {len(self.grid)} flow times but steps = {self.steps} needs "
+                                 f"{self.steps + 1}")
         self.adam_betas = tuple(self.adam_betas)
         self.eval_seeds = tuple(self.eval_seeds)
 
@@ -127,7 +142,7 @@ class TrainConfig:
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
-RESUME_KEYS = ("advantage_mode", "steps", "lora_rank", "group_size", "prompts_per_iteration", "seed")
+RESUME_KEYS = ("advantage_mode", "steps", "grid", "lora_rank", "group_size", "prompts_per_iteration", "seed")
 
 
 def check_resumable(config: TrainConfig, checkpoint: str) -> None:
@@ -199,9 +214,13 @@ class Trainer:
         self.autocast_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
         self.shift = self.pipe.default_shift if cfg.shift is None else cfg.shift
         self.cfg_scale = self.pipe.default_cfg if cfg.cfg_scale is None else cfg.cfg_scale
-        self.tau = shifted_flow_grid(cfg.steps, self.shift)                       # (T+1,)
+        self.tau = self.grid(cfg.steps)                                            # (T+1,)
         psi = Psi.load(cfg.psi) if isinstance(cfg.psi, str) else as_psi(cfg.psi, cfg.steps)
-        self.psi = as_psi(psi, cfg.steps)
+        self.psi = as_psi(psi, cfg.steps).check_grid(self.tau.tolist(), "the training grid")
+        self.prompts = list(dict.fromkeys(self.train_prompts))   # distinct texts: a group is keyed by its text
+        if cfg.prompts_per_iteration > len(self.prompts):
+            raise ValueError(f"prompts_per_iteration ({cfg.prompts_per_iteration}) exceeds the {len(self.prompts)} "
+                             f"distinct training prompts: a batch draws its prompts without replacement")
         self.sigmas = sde_noise_scales(self.psi.tensor(cfg.steps), self.tau)      # (T,)
         self.pipe.model.to(self.device)
         # the LoRA lives in the diffusion network; its module names are the LoRA file's keys
@@ -226,10 +245,18 @@ class Trainer:
         self.noise_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 1 + self.rank)
         self.iteration_done = 0
         self.lora_path = None
+        self.last_rewards = None                      # R (B_all, T+1) of the last iteration
         if self.rank == 0:
             os.makedirs(cfg.out_dir, exist_ok=True)
 
     # ----------------------------------------------------------------- helpers
+    def grid(self, steps: int) -> torch.Tensor:
+        """The flow-time grid of `steps` steps: the configured explicit grid, or the named one (MATH.md §1)."""
+        cfg = self.config
+        if isinstance(cfg.grid, list) and steps == cfg.steps:
+            return torch.tensor(cfg.grid, dtype=torch.float32)
+        return flow_grid(steps, self.shift, cfg.grid if isinstance(cfg.grid, str) else "sd3")
+
     def _emit(self, event: dict) -> None:
         if self.rank == 0 and self.on_event is not None:
             self.on_event(event)
@@ -269,14 +296,16 @@ class Trainer:
         return torch.cat(out).cpu()
 
     def _draw_prompts(self) -> tuple[list[str], torch.Tensor]:
-        """This rank's prompts, each repeated G times, and their global group ids (B_local,)."""
+        """This rank's prompts, each repeated G times, and the group ids of the whole batch (B_all,).
+
+        The batch's prompts are drawn without replacement, the same draw on every rank (MATH.md §6); a
+        group is keyed by prompt text, so the ids hold across ranks.
+        """
         cfg = self.config
-        idx = torch.randint(len(self.train_prompts), (cfg.prompts_per_iteration,), generator=self.prompt_gen)
-        per_rank = cfg.prompts_per_iteration // self.world
-        mine = list(range(self.rank * per_rank, (self.rank + 1) * per_rank))
-        prompts = [self.train_prompts[idx[j]] for j in mine for _ in range(cfg.group_size)]
-        groups = torch.tensor([j for j in mine for _ in range(cfg.group_size)])
-        return prompts, groups
+        idx = torch.randperm(len(self.prompts), generator=self.prompt_gen)[:cfg.prompts_per_iteration].tolist()
+        batch = [self.prompts[i] for i in idx for _ in range(cfg.group_size)]      # (B_all,) rank-major
+        B = len(batch) // self.world
+        return batch[self.rank * B:(self.rank + 1) * B], prompt_groups(batch)
 
     # ------------------------------------------------------------- iteration
     def iteration(self) -> dict:
@@ -284,7 +313,7 @@ class Trainer:
         cfg, T = self.config, self.config.steps
         t0 = time.perf_counter()
         self.meter.reset()
-        prompts, groups = self._draw_prompts()
+        prompts, groups_all = self._draw_prompts()
         B = len(prompts)
         dense = cfg.advantage_mode in DENSE_MODES
         self.model.eval()
@@ -304,7 +333,6 @@ class Trainer:
                 R_local = R0[:, None].expand(B, T + 1).contiguous()
 
         R = self._gather(R_local)                                                 # (B_all, T+1)
-        groups_all = self._gather(groups)
         lat_all = self._gather(ro.latents.float()) if cfg.advantage_mode == "coca" else None
         A_all = group_advantages(R, groups_all, cfg.advantage_mode, latents=lat_all,
                                  global_std=cfg.global_std, clip=cfg.adv_clip)    # (B_all, T)
@@ -338,7 +366,8 @@ class Trainer:
         n_opt, grad_norms = 0, []
         if len(active) == 0:
             return {"skipped_samples": B, "optimizer_steps": 0, **{k: 0.0 for k in stats}, "grad_norm": 0.0}
-        guide = self.pipe.guide(prompts, self.cfg_scale, self.max_batch, self.device)
+        guide = self.pipe.guide(prompts, self.cfg_scale, self.max_batch, self.device,
+                                detach_uncond=not cfg.uncond_grad)
         self.model.train()
         for _ in range(cfg.inner_epochs):
             order = active[torch.randperm(len(active), generator=self.noise_gen)]
@@ -399,8 +428,8 @@ class Trainer:
         cfg = self.config
         self._swap_ema()
         try:
-            res = evaluate(self.pipe, self.reward, self.eval_prompts, seeds=cfg.eval_seeds, steps=cfg.eval_steps,
-                           shift=self.shift, cfg_scale=self.cfg_scale, device=self.device,
+            res = evaluate(self.pipe, self.reward, self.eval_prompts, seeds=cfg.eval_seeds,
+                           tau=self.grid(cfg.eval_steps), cfg_scale=self.cfg_scale, device=self.device,
                            max_batch=self.max_batch, autocast_dtype=self.autocast_dtype)
         finally:
             self._swap_ema()
@@ -414,6 +443,9 @@ class Trainer:
                 "psi": json.dumps(self.psi.values), "reward": cfg.reward, "iteration": self.iteration_done,
                 "advantage_mode": cfg.advantage_mode, "config_hash": cfg.hash(),
                 "steps": cfg.steps, "shift": self.shift, "cfg_scale": self.cfg_scale,
+                "grid": cfg.grid if isinstance(cfg.grid, str) else "explicit",
+                **({"scheduler": cfg.scheduler} if cfg.scheduler else {}),
+                "sigmas": json.dumps([round(t, 6) for t in self.tau.tolist()]),
                 **{f"model_{k}": v for k, v in self.pipe.info.items()}}
 
     def export_lora(self, path: str) -> str:

@@ -102,6 +102,15 @@ def flow_sigmas(model, scheduler: str, steps: int, node: str) -> torch.Tensor:
     return comfy.samplers.calculate_sigmas(ms, scheduler, int(steps)).float().cpu()
 
 
+def resolve_psi(psi, sigmas: torch.Tensor, node: str, where: str = "this node's sigmas", name: str = "psi"):
+    """The Psi for the grid `sigmas` (T+1,): a uniform ψ stretches to T steps, a calibrated one must have been
+    calibrated on these sigmas (MATH.md §2); otherwise a node error naming the input and both grids."""
+    try:
+        return psi.resolve(len(sigmas) - 1).check_grid(torch.as_tensor(sigmas).tolist(), where)
+    except ValueError as e:
+        raise input_error(node, name, str(e)) from None
+
+
 def scheduler_names() -> list[str]:
     import comfy.samplers
     return list(comfy.samplers.SCHEDULER_NAMES)

@@ -29,13 +29,6 @@ CFG = ("FLOAT", {"default": 4.5, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip
 GROUP = ("INT", {"default": 8, "min": 2, "max": 256, "tooltip": "trajectories per prompt (GRPO group size)"})
 
 
-def resolve_psi(psi: Psi, steps: int, node: str) -> torch.Tensor:
-    try:
-        return psi.resolve(int(steps)).tensor()
-    except ValueError as e:
-        raise bridge.input_error(node, "psi", str(e)) from None
-
-
 def group_rollout(model, positive, negative, cfg, latent_image, sigmas, psi_t, group, seed, node, max_batch,
                   hook=None):
     """A fused rollout of `group` trajectories of one prompt: the core Rollout (model latent space)."""
@@ -98,7 +91,7 @@ class DenseRewardVisualizer:
         if not str(prompt).strip():
             raise bridge.input_error(node, "prompt", "is empty: the reward scores the images against this text")
         sigmas = bridge.flow_sigmas(model, scheduler, steps, node)
-        psi_t = resolve_psi(psi, len(sigmas) - 1, node)
+        psi_t = bridge.resolve_psi(psi, sigmas, node, f"the grid of scheduler {scheduler!r}").tensor()
         bar = bridge.progress_hook(int(steps) + 1)
         done = [0]
 
@@ -174,7 +167,8 @@ class CalibratePsi:
         prompt_list = bridge.parse_prompts(prompts, node)
         group = bridge.check_group_size(group_size, node)
         sigmas = bridge.flow_sigmas(model, scheduler, steps, node)
-        psi0 = Psi(resolve_psi(psi_init, len(sigmas) - 1, node).tolist(), tau=sigmas.tolist(),
+        psi0 = Psi(bridge.resolve_psi(psi_init, sigmas, node, f"the grid of scheduler {scheduler!r}",
+                                      "psi_init").values, tau=sigmas.tolist(),
                    meta={"source": "initial"})
         config = CalibrationConfig(iterations=int(iterations), eps1=float(eps1), eps2=float(eps2),
                                    criterion=criterion, delta=float(delta),

@@ -33,11 +33,7 @@ def sde_sampler_function(model, x, sigmas, extra_args=None, callback=None, disab
                          psi: Psi, seed: int = 0, max_batch: int = 32, recorder: dict | None = None):
     """k-diffusion-style sampler function (ComfyUI KSAMPLER): the SDE chain of MATH.md §3 with ψ(t)."""
     tau = flow_grid(sigmas, SAMPLER_NODE)
-    T = tau.numel() - 1
-    try:
-        psi_t = psi.resolve(T).tensor()
-    except ValueError as e:
-        raise bridge.input_error(SAMPLER_NODE, "psi", str(e)) from None
+    psi_t = bridge.resolve_psi(psi, tau, SAMPLER_NODE).tensor()
     guide = GuidedVelocity(DenoiserVelocity(model, dict(extra_args or {})), None, None, 1.0, max_batch)
 
     def on_step(k, x_k, v_k):
@@ -122,7 +118,7 @@ class KSamplerSDE:
                             callback=lambda i, *_: hook(i + 1), disable_pbar=True, seed=int(seed))
         ro = recorder["rollout"]
         trajectory = {"latents": ro.latents.cpu(), "log_probs": ro.log_probs, "sigmas": sigmas,
-                      "psi": psi.resolve(int(steps)).values}
+                      "psi": bridge.resolve_psi(psi, sigmas, node).values}
         lp = ro.log_probs[:, ro.trainable].mean().item() if ro.trainable.any() else float("nan")
         info = f"{steps} steps, psi={trajectory['psi'][0]:.3g}…, mean log-prob {lp:.4g}"
         return ({**latent_image, "samples": out}, trajectory, info)

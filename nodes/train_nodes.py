@@ -105,6 +105,9 @@ class TrainLoRA:
                                      "tooltip": "file name stem under models/loras/densegrpo/ (sanitised)"}),
             "iterations": ("INT", {"default": 100, "min": 1, "max": 100000, "tooltip": "GRPO iterations"}),
             "group_size": GROUP, "steps": STEPS, "cfg": CFG,
+            "scheduler": (bridge.scheduler_names(), {"default": "normal", "tooltip": (
+                "the scheduler you will sample with: training uses ComfyUI's sigmas of this scheduler for this "
+                "MODEL, so the LoRA learns exactly the steps your KSampler takes (normal = Flow-GRPO's for SD3)")}),
             "advantage_mode": (list(ADVANTAGE_MODES), {"default": "dense_grpo",
                                                        "tooltip": "dense_grpo = DenseGRPO; flow_grpo = baseline"}),
             "learning_rate": ("FLOAT", {"default": 3e-4, "min": 1e-7, "max": 1e-1, "step": 1e-5,
@@ -140,7 +143,7 @@ class TrainLoRA:
         }}
 
     def execute(self, model, clip, vae, reward_model, psi, prompts, negative_prompt, latent_image, lora_name,
-                iterations, group_size, steps, cfg, advantage_mode, learning_rate, beta, save_every, seed,
+                iterations, group_size, steps, cfg, scheduler, advantage_mode, learning_rate, beta, save_every, seed,
                 prompts_file="(none)", prompts_per_iteration=2, lora_rank=32, lora_alpha=64.0, clip_range=1e-4,
                 train_batch=8, max_batch=32, resume_job="", allow_over_memory=False, free_cached_models=False,
                 gradient_checkpointing=True, bf16_autocast=False, offload_reward=False):
@@ -151,6 +154,9 @@ class TrainLoRA:
         prompt_list = read_prompts(prompts, prompts_file, node)
         bridge.check_group_size(group_size, node)
         ms = bridge.require_flow_model(model, node)
+        sigmas = bridge.flow_sigmas(model, scheduler, steps, node)
+        grid_name = f"the grid of scheduler {scheduler!r} ({int(steps)} steps)"
+        psi_values = bridge.resolve_psi(psi, sigmas, node, grid_name).values
         name = bridge.sanitize_name(lora_name, "densegrpo_lora")
         manager = get_manager()
         resume_ckpt = None
@@ -160,10 +166,10 @@ class TrainLoRA:
             except (KeyError, ValueError) as e:
                 raise bridge.input_error(node, "resume_job", str(e).strip("'\"")) from None
         try:
-            psi_values = psi.resolve(int(steps)).values
             config = TrainConfig(
                 out_dir="(job folder)", seed=int(seed), device=str(model.load_device), iterations=int(iterations),
-                steps=int(steps), shift=float(getattr(ms, "shift", 3.0)), cfg_scale=float(cfg), psi=psi_values,
+                steps=int(steps), shift=float(getattr(ms, "shift", 3.0)), grid=sigmas.tolist(), scheduler=scheduler,
+                cfg_scale=float(cfg), psi=psi_values,
                 max_batch=int(max_batch), advantage_mode=advantage_mode,
                 prompts_per_iteration=int(prompts_per_iteration), group_size=int(group_size),
                 clip_range=float(clip_range), beta=float(beta), lr=float(learning_rate),

@@ -89,3 +89,8 @@ def test_non_finite_rewards_name_the_samples():
     Rn[3, 0] = float("inf")
     with pytest.raises(ValueError, match=r"not finite for samples \[2, 3\]"):
         group_advantages(Rn, GROUPS, "dense_grpo")
+
+
+def test_prompt_groups_are_keyed_by_text():
+    from densegrpo_core.advantages import prompt_groups
+    assert prompt_groups(["b", "b", "a", "a", "b", "c", "c"]).tolist() == [0, 0, 1, 1, 0, 2, 2]

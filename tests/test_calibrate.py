@@ -18,13 +18,20 @@ def imbalanced_dR(psi, it, n=24):
 
 def test_calibration_raises_psi_on_balanced_steps():
     res = calibrate(balanced_dR, Psi.uniform(0.7, 4), CalibrationConfig(iterations=5, average_last=1))
-    assert res.psi.values == pytest.approx([0.74] * 4)
-    assert res.history[-1]["psi_next"] == pytest.approx([0.75] * 4)
+    assert res.psi.values == pytest.approx([0.75] * 4)
+
+
+def test_result_with_one_averaged_iteration_is_psi_after_the_last_update():
+    """Algorithm 1 returns ψ after its last update (MATH.md §8): five balanced iterations from 0.7 give 0.75,
+    not the 0.74 the fifth iteration sampled with."""
+    res = calibrate(balanced_dR, Psi.uniform(0.7, 4), CalibrationConfig(iterations=5, average_last=1))
+    assert res.history[-1]["psi"] == pytest.approx([0.74] * 4)
+    assert res.psi.values == pytest.approx(res.history[-1]["psi_next"])
 
 
 def test_calibration_lowers_psi_on_imbalanced_steps():
     res = calibrate(imbalanced_dR, Psi.uniform(0.7, 4), CalibrationConfig(iterations=5, average_last=1))
-    assert res.psi.values == pytest.approx([0.66] * 4)
+    assert res.psi.values == pytest.approx([0.65] * 4)
 
 
 def test_calibration_respects_the_clamp():
@@ -39,12 +46,14 @@ def test_calibration_records_history_per_iteration():
     assert [h["iteration"] for h in res.history] == [0, 1, 2]
     assert res.history[0]["pos"] == [12, 12] and res.history[0]["neg"] == [12, 12]
     assert res.history[1]["psi"] == pytest.approx([0.71, 0.71])
+    assert res.history[1]["psi_next"] == pytest.approx([0.72, 0.72])
     assert res.psi.meta["source"] == "calibration"
 
 
-def test_result_is_average_of_last_iterations():
+def test_result_is_average_of_the_last_updated_psis():
     res = calibrate(balanced_dR, Psi.uniform(0.5, 1), CalibrationConfig(iterations=4, average_last=2))
-    assert res.psi.values == pytest.approx([(0.52 + 0.53) / 2])
+    assert [h["psi_next"] for h in res.history[-2:]] == [pytest.approx([0.53]), pytest.approx([0.54])]
+    assert res.psi.values == pytest.approx([(0.53 + 0.54) / 2])
 
 
 def test_steps_are_updated_independently():

@@ -267,7 +267,7 @@ def test_rollout_memory_budget_needs_a_model_the_estimator_can_count(tmp_path, t
                         latent_shape=(2, 4, 4), arch=r"conv", default_cfg=1.0)
     cfg = TrainConfig(out_dir=str(tmp_path / "x"), rollout_memory_gb=1.0, lora_targets=r"cond", **SMALL)
     with pytest.raises(ValueError, match="rollout_memory_gb needs a model the estimator can count"):
-        Trainer(cfg, pipe, lambda im, p: im.mean(dim=(1, 2, 3)), ["a"])
+        Trainer(cfg, pipe, lambda im, p: im.mean(dim=(1, 2, 3)), ["a", "b"])
 
 
 # ------------------------------------------------------------------------------------------- meter

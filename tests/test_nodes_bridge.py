@@ -9,7 +9,7 @@ import torch
 
 from densegrpo_core.guidance import DenoiserVelocity, denoised_from_velocity, velocity_from_denoised
 from densegrpo_core.plots import image_grid
-from densegrpo_core.schedule import Psi, shifted_flow_grid
+from densegrpo_core.schedule import Psi, shifted_linspace_grid
 from nodes import comfy_bridge as bridge
 from nodes.psi_nodes import PsiFromList, PsiUniform, find_psi_file, list_psi_files
 from nodes.sampler_nodes import sde_sampler_function
@@ -45,14 +45,14 @@ def denoiser(tiny_velocity):
 
 
 def test_sde_sampler_with_psi_zero_is_bit_identical_to_stock_euler(denoiser):
-    sigmas = shifted_flow_grid(8, 3.0)
+    sigmas = shifted_linspace_grid(8, 3.0)
     x = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(0))
     ours = sde_sampler_function(denoiser, x.clone(), sigmas, {}, psi=Psi.uniform(0.0, 1), seed=5)
     assert torch.equal(ours, stock_euler(denoiser, x.clone(), sigmas))
 
 
 def test_sde_sampler_with_psi_adds_seeded_noise(denoiser):
-    sigmas = shifted_flow_grid(6, 3.0)
+    sigmas = shifted_linspace_grid(6, 3.0)
     x = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(0))
     a = sde_sampler_function(denoiser, x.clone(), sigmas, {}, psi=Psi.uniform(0.7, 1), seed=1)
     b = sde_sampler_function(denoiser, x.clone(), sigmas, {}, psi=Psi.uniform(0.7, 1), seed=1)
@@ -62,7 +62,7 @@ def test_sde_sampler_with_psi_adds_seeded_noise(denoiser):
 
 
 def test_sde_sampler_records_the_trajectory_and_calls_back_every_step(denoiser):
-    sigmas = shifted_flow_grid(5, 3.0)
+    sigmas = shifted_linspace_grid(5, 3.0)
     recorder, seen = {}, []
     x = torch.randn(2, 2, 8, 8)
     out = sde_sampler_function(denoiser, x, sigmas, {}, callback=lambda d: seen.append(d["i"]),
@@ -80,7 +80,7 @@ def test_sde_sampler_refuses_non_flow_sigmas(denoiser):
 
 def test_sde_sampler_refuses_psi_of_the_wrong_length(denoiser):
     with pytest.raises(ValueError, match="input 'psi'.*3 values.*5 steps"):
-        sde_sampler_function(denoiser, torch.randn(1, 2, 8, 8), shifted_flow_grid(5, 3.0), {},
+        sde_sampler_function(denoiser, torch.randn(1, 2, 8, 8), shifted_linspace_grid(5, 3.0), {},
                              psi=Psi([0.7, 0.6, 0.5]))
 
 

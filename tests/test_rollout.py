@@ -5,7 +5,7 @@ import torch
 from densegrpo_core.guidance import GuidedVelocity
 from densegrpo_core.rollout import (fused_rollout, naive_rollout, nfe_per_trajectory, ode_complete, ode_sub_grid,
                                     rollout, sde_chain)
-from densegrpo_core.schedule import sde_noise_scales, shifted_flow_grid
+from densegrpo_core.schedule import sde_noise_scales, shifted_linspace_grid
 
 T, B = 6, 4
 
@@ -17,7 +17,7 @@ def make_guide(model, cfg=1.0, max_batch=256):
 
 
 def setup():
-    tau = shifted_flow_grid(T, 3.0)
+    tau = shifted_linspace_grid(T, 3.0)
     sigmas = sde_noise_scales(torch.full((T,), 0.7), tau)
     x_T = torch.randn(B, 2, 6, 6, generator=torch.Generator().manual_seed(0))
     return tau, sigmas, x_T

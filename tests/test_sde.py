@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from densegrpo_core.schedule import Psi, sde_noise_scales, shifted_flow_grid
+from densegrpo_core.schedule import Psi, sde_noise_scales, shifted_linspace_grid
 from densegrpo_core.sde import gaussian_log_prob, ode_step, sde_step, sde_step_mean, sde_step_std
 
 
@@ -52,7 +52,7 @@ def test_sde_mean_matches_flow_grpo_formula():
 
 
 def test_first_step_at_tau_one_is_finite():
-    tau = shifted_flow_grid(10, shift=3.0)
+    tau = shifted_linspace_grid(10, shift=3.0)
     sigmas = sde_noise_scales(Psi.uniform(0.7, 10).tensor(), tau)
     assert tau[0] == 1.0 and torch.isfinite(sigmas).all()
     expected = 0.7 * math.sqrt(1.0 / (1.0 - tau[1].item()))
@@ -63,7 +63,7 @@ def test_first_step_at_tau_one_is_finite():
 
 
 def test_noise_scale_formula_inside_grid():
-    tau = shifted_flow_grid(4, shift=1.0)           # 1, .75, .5, .25, 0
+    tau = shifted_linspace_grid(4, shift=1.0)           # 1, .75, .5, .25, 0
     sig = sde_noise_scales(torch.tensor([0.1, 0.2, 0.3, 0.4]), tau)
     assert math.isclose(sig[2].item(), 0.3 * math.sqrt(0.5 / 0.5), rel_tol=1e-6)
     assert math.isclose(sig[3].item(), 0.4 * math.sqrt(0.25 / 0.75), rel_tol=1e-6)

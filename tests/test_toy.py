@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from densegrpo_core.schedule import shifted_flow_grid
+from densegrpo_core.schedule import shifted_linspace_grid
 from densegrpo_core.toy import ToyBundle, load_toy, load_toy_model
 from densegrpo_core.toy.model import VOCAB, ToyDiT, ToyDiTConfig, encode_prompts, null_cond
 from densegrpo_core.toy.pretrain import PretrainConfig, guided_ode_sample, pretrain, save_weights
@@ -29,7 +29,7 @@ def toy() -> ToyBundle:
 
 def _sample(toy: ToyBundle, prompts, seed=0):
     noise = torch.randn(len(prompts), *toy.latent_shape, generator=torch.Generator().manual_seed(seed))
-    return guided_ode_sample(toy.model, noise, toy.encode(prompts), shifted_flow_grid(10, toy.shift), toy.cfg_scale)
+    return guided_ode_sample(toy.model, noise, toy.encode(prompts), shifted_linspace_grid(10, toy.shift), toy.cfg_scale)
 
 
 def test_split_is_disjoint_deterministic_and_covers_every_word():
@@ -79,7 +79,7 @@ def test_shipped_weights_load_and_generate_finite_images(toy):
 def test_images_depend_on_the_prompt(toy):
     prompts = ["a red circle on a black background", "a cyan square on a white background"]
     noise = torch.randn(1, *toy.latent_shape, generator=torch.Generator().manual_seed(5)).expand(2, -1, -1, -1)
-    x = guided_ode_sample(toy.model, noise, toy.encode(prompts), shifted_flow_grid(10, toy.shift), toy.cfg_scale)
+    x = guided_ode_sample(toy.model, noise, toy.encode(prompts), shifted_linspace_grid(10, toy.shift), toy.cfg_scale)
     assert (x[0] - x[1]).abs().mean() > 0.5
     rewards = toy.reward(toy.decode(x), prompts)
     swapped = toy.reward(toy.decode(x.flip(0)), prompts)

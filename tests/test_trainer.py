@@ -132,3 +132,61 @@ def test_bf16_autocast_iteration_trains_with_finite_stats(tmp_path):
     m = make_trainer(tmp_path, dtype="bfloat16").iteration()
     assert m["optimizer_steps"] >= 1
     assert all(math.isfinite(m[k]) for k in ("loss", "kl", "ratio_mean", "grad_norm"))
+
+
+def test_training_grid_defaults_to_the_sd3_scheduler_grid(tmp_path):
+    from densegrpo_core.schedule import sd3_scheduler_grid
+    t = make_trainer(tmp_path)
+    torch.testing.assert_close(t.tau, sd3_scheduler_grid(4, t.shift))
+    assert t.tau[-2].item() < 0.02                   # the last step is tiny, as in Flow-GRPO
+
+
+def test_shifted_linspace_grid_is_an_option(tmp_path):
+    from densegrpo_core.schedule import shifted_linspace_grid
+    t = make_trainer(tmp_path, grid="shifted_linspace")
+    torch.testing.assert_close(t.tau, shifted_linspace_grid(4, t.shift))
+
+
+def test_explicit_grid_trains_on_those_flow_times_and_records_them(tmp_path):
+    from densegrpo_core.lora import read_lora_metadata
+    grid = [1.0, 0.8, 0.5, 0.1, 0.0]
+    t = make_trainer(tmp_path, grid=grid, iterations=1)
+    torch.testing.assert_close(t.tau, torch.tensor(grid))
+    t.run()
+    meta = read_lora_metadata(t.lora_path)
+    assert meta["grid"] == "explicit" and json.loads(meta["sigmas"]) == pytest.approx(grid)
+
+
+def test_explicit_grid_of_the_wrong_length_is_rejected():
+    with pytest.raises(ValueError, match="grid has 4 flow times but steps = 4 needs 5"):
+        TrainConfig(steps=4, grid=[1.0, 0.5, 0.2, 0.0])
+    with pytest.raises(ValueError, match="grid must be one of sd3, shifted_linspace"):
+        TrainConfig(grid="karras")
+
+
+def test_psi_file_from_another_grid_is_refused(tmp_path):
+    from densegrpo_core.schedule import Psi, shifted_linspace_grid
+    path = tmp_path / "psi.json"
+    Psi([0.7] * 4, tau=shifted_linspace_grid(4).tolist(), meta={"source": "calibration"}).save(path)
+    with pytest.raises(ValueError, match="used on the training grid"):
+        make_trainer(tmp_path, psi=str(path))
+
+
+def test_a_batch_never_repeats_a_prompt(tmp_path):
+    t = make_trainer(tmp_path, prompts_per_iteration=6)
+    for _ in range(20):
+        prompts, groups = t._draw_prompts()
+        texts = prompts[::t.config.group_size]
+        assert len(set(texts)) == 6
+        assert groups.tolist() == [g for g in range(6) for _ in range(t.config.group_size)]
+
+
+def test_duplicate_prompt_texts_form_one_group(tmp_path):
+    cfg = TrainConfig(out_dir=str(tmp_path / "dup"), **{**SMALL, "prompts_per_iteration": 2})
+    pipe, _, _ = load_pipeline("toy")
+    t = Trainer(cfg, pipe, get_reward("toy"), ["a red circle on a white background"] * 3
+                + ["a blue square on a black background"])
+    assert t.prompts == ["a red circle on a white background", "a blue square on a black background"]
+    with pytest.raises(ValueError, match="exceeds the 2 distinct training prompts"):
+        Trainer(TrainConfig(out_dir=str(tmp_path / "dup3"), **{**SMALL, "prompts_per_iteration": 3}), pipe,
+                get_reward("toy"), t.prompts)

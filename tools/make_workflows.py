@@ -86,7 +86,7 @@ WORKFLOWS = {
         {"id": 10, "type": "DenseGRPO_PsiUniform", "widgets": {"a": 0.7}, "pos": (420, 40)},
         {"id": 11, "type": "DenseGRPO_TrainLoRA",
          "widgets": {"prompts": TRAIN_PROMPTS, "lora_name": "sd35m_pickscore_densegrpo", "iterations": 300,
-                     "group_size": 8, "steps": 10, "cfg": 4.5, "advantage_mode": "dense_grpo",
+                     "group_size": 8, "steps": 10, "cfg": 4.5, "scheduler": "normal", "advantage_mode": "dense_grpo",
                      "learning_rate": 3e-4, "beta": 0.04, "save_every": 10, "seed": 0},
          "links": {"model": (1, 0), "clip": (1, 1), "vae": (1, 2), "reward_model": (2, 0), "psi": (10, 0),
                    "latent_image": (3, 0)}, "pos": (420, 160), "size": (360, 640)},

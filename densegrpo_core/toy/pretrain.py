@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from ..guidance import GuidedVelocity
 from ..rollout import ode_sample
-from ..schedule import shifted_flow_grid
+from ..schedule import shifted_linspace_grid
 from .model import WEIGHTS_FORMAT, ToyDiT, ToyDiTConfig, encode_prompts, null_cond
 from .reward import toy_reward
 from .task import LATENT_SHAPE, decode, eval_prompts, render, train_prompts
@@ -69,7 +69,7 @@ def sample_reward(model: ToyDiT, prompts: list[str], seeds: int, shift: float, c
     """Mean toy reward of ODE samples, `seeds` fixed noises per prompt."""
     batch = [p for p in prompts for _ in range(seeds)]
     noise = torch.randn(len(batch), *LATENT_SHAPE, generator=torch.Generator().manual_seed(noise_seed))
-    x = guided_ode_sample(model, noise, encode_prompts(batch), shifted_flow_grid(SAMPLING_STEPS, shift), cfg_scale)
+    x = guided_ode_sample(model, noise, encode_prompts(batch), shifted_linspace_grid(SAMPLING_STEPS, shift), cfg_scale)
     return toy_reward(decode(x), batch).mean().item()
 
 

@@ -48,7 +48,7 @@ def train_prompt(name: str, iterations: int, resume: str = "") -> dict:
         "train": {"class_type": "DenseGRPO_TrainLoRA", "inputs": {
             "model": ["unet", 0], "clip": ["clip", 0], "vae": ["vae", 0], "reward_model": ["reward", 0],
             "psi": ["psi", 0], "prompts": "a red cube\na blue ball", "negative_prompt": "", "latent_image": ["latent", 0],
-            "lora_name": name, "iterations": iterations, "group_size": 2, "steps": 3, "cfg": 2.0,
+            "lora_name": name, "iterations": iterations, "group_size": 2, "steps": 3, "cfg": 2.0, "scheduler": "normal",
             "advantage_mode": "dense_grpo", "learning_rate": 1e-2, "beta": 0.01, "save_every": 1, "seed": 0,
             "prompts_per_iteration": 1, "lora_rank": 4, "lora_alpha": 4.0, "train_batch": 2, "resume_job": resume}}}
 
@@ -124,6 +124,37 @@ def test_stock_lora_loader_applies_the_lora_without_warnings_and_changes_the_out
     comfy.run(sample_prompt(4, "with_lora", lora="densegrpo/x_latest.safetensors"))
     assert "lora key not loaded" not in comfy.log()[before_log:]
     assert not torch.equal(latent(comfy, "with_lora"), latent(comfy, "before"))
+
+
+def test_lora_records_the_scheduler_and_sigmas_it_trained_on(comfy, stopped_job):
+    """The Train node trains on ComfyUI's `normal` sigmas, which for SD3 are Flow-GRPO's scheduler grid."""
+    import json
+
+    from safetensors import safe_open
+
+    from densegrpo_core.schedule import sd3_scheduler_grid
+    path = os.path.join(comfy.models_dir, "loras", "densegrpo", "x_latest.safetensors")
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+    assert meta["scheduler"] == "normal" and meta["grid"] == "explicit"
+    sigmas = json.loads(meta["sigmas"])
+    assert len(sigmas) == 4
+    torch.testing.assert_close(torch.tensor(sigmas), sd3_scheduler_grid(3, 3.0), atol=1e-5, rtol=0)
+
+
+def test_a_psi_calibrated_on_another_grid_is_refused_naming_both(comfy, tmp_path):
+    from harness import ComfyError
+
+    from densegrpo_core.schedule import Psi, shifted_linspace_grid
+    folder = os.path.join(comfy.output_dir, "densegrpo", "psi")
+    os.makedirs(folder, exist_ok=True)
+    Psi([0.7, 0.6, 0.5], tau=shifted_linspace_grid(3, 3.0).tolist(),
+        meta={"source": "calibration"}).save(os.path.join(folder, "other_grid.json"))
+    p = train_prompt("other_grid", iterations=1)
+    p["psi"] = {"class_type": "DenseGRPO_PsiLoad", "inputs": {"psi_file": "other_grid.json"}}
+    with pytest.raises(ComfyError, match=r"input 'psi'.*calibrated on the grid \[1, 0.8571, 0.6, 0\].*used on the grid of "
+                                         r"scheduler 'normal' \(3 steps\) \[1, 0.7511, 0.008929, 0\]"):
+        comfy.run(p)
 
 
 def test_resume_continues_the_iteration_count(comfy, stopped_job):
