@@ -10,7 +10,7 @@ decode + reward and update stages for flow_grpo and dense_grpo at G = 8 and 24, 
 checkpointing, bf16 weights and autocast, T = 10, CFG 4.5, one prompt per iteration, LoRA r = 32 (random
 weights: the cost of a step does not depend on them). Runs that do not fit are recorded as "out of memory";
 runs that would overrun --budget-s are skipped and listed. Then it refits the CUDA constants of
-densegrpo_core/estimate.py (written into that file unless --no-write-constants) and writes
+densegrpo_core/estimate_constants.json (written there unless --no-write-constants) and writes
 
     OUT/bench.json, OUT/bench.md      the raw figures (densegrpo.bench/2) and their table
     OUT/benchmarks_gpu.md             the "GPU (SD3.5-M, 512 px)" section for docs/benchmarks.md
@@ -27,15 +27,17 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from densegrpo_core.bench import BenchConfig, run_bench  # noqa: E402
+from densegrpo_core.files import atomic_write_text  # noqa: E402
 
 COMMAND = "python bench/gpu_sd35m.py"
 
 
 def plan(args) -> BenchConfig:
     """The GPU plan (or its tiny twin): checkpointing on first, so a time budget cuts the slowest runs."""
-    common = dict(out=args.out, arch="auto", steps=10, group_sizes=tuple(args.group_sizes), prompts=1,
+    common = dict(out=args.out, arch="mmdit" if args.comfyui and not args.tiny else "dit", steps=10, group_sizes=tuple(args.group_sizes), prompts=1,
                   grad_checkpointing=(True, False), dtype="bfloat16", iterations=args.iterations, memory=True,
                   compare_naive=False, budget_s=args.budget_s, fit_constants=not (args.tiny or args.no_write_constants))
     if args.tiny:
@@ -55,7 +57,7 @@ def section(result: dict, argv: list[str]) -> str:
         f"Measured on {result['device']['name']} ({result['device']['total_bytes'] / 2**30:.0f} GiB) on "
         f"{time.strftime('%Y-%m-%d')} with `{' '.join([COMMAND, *argv])}` (torch {result['torch']}, "
         f"{result['wall_s']:.0f} s).", "", table,
-        "Estimator constants refitted from these runs (densegrpo_core/estimate.py, CUDA block):", "",
+        "Estimator constants refitted from these runs (densegrpo_core/estimate_constants.json, \"cuda\"):", "",
         "```", *(f"{k} = {v}" for k, v in c.items()), "```", ""])
 
 
@@ -73,8 +75,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-write-constants", action="store_true", help="do not write the fitted constants")
     p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run of this script on a tiny model")
     args = p.parse_args(argv)
-    if args.comfyui:
-        sys.path.insert(0, os.path.abspath(args.comfyui))
+    if args.comfyui:                     # ComfyUI's own MMDiT (bench/comfy_mmdit.py registers it as "mmdit")
+        from comfy_mmdit import register
+        register(args.comfyui)
     if not args.tiny:
         import torch
         if not torch.cuda.is_available() and (args.device or "cuda").startswith("cuda"):
@@ -83,10 +86,10 @@ def main(argv=None) -> int:
             return 2
     result = run_bench(plan(args))
     path = os.path.join(args.out, "benchmarks_gpu.md")
-    with open(path, "w") as f:
-        f.write(section(result, argv))
+    atomic_write_text(path, section(result, argv))
     print(f"wrote {args.out}/bench.json, bench.md and {path} (paste it into docs/benchmarks.md)"
-          + ("; CUDA constants written into densegrpo_core/estimate.py" if result["constants_written"] else ""))
+          + ("; CUDA constants written into densegrpo_core/estimate_constants.json" if result["constants_written"]
+             else ""))
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 ADVANTAGE_MODES = ("flow_grpo", "dense_grpo", "dense_baseline", "coca")
+DENSE_MODES = ("dense_grpo", "dense_baseline")  # modes that need R_t of every step (ODE branches)
 STD_EPS = 1e-4
 
 

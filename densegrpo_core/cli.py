@@ -83,6 +83,7 @@ def _model_and_grid(args):
 # ----------------------------------------------------------------------------- commands
 def cmd_sample(args) -> int:
     import torch
+
     from .pipeline import score_latents
     from .rollout import fused_rollout, ode_sample
     from .schedule import sde_noise_scales
@@ -138,6 +139,7 @@ def cmd_calibrate(args) -> int:
 
 def cmd_visualize(args) -> int:
     import torch
+
     from .advantages import dense_rewards
     from .calibrate import sign_counts
     from .pipeline import latent_rewards
@@ -182,6 +184,7 @@ def _load_toml(path: str) -> dict:
 
 def cmd_train(args) -> int:
     import torch
+
     from .pipeline import load_pipeline
     from .trainer import TrainConfig, Trainer
     raw = _load_toml(args.config) if args.config else {}
@@ -192,16 +195,16 @@ def cmd_train(args) -> int:
         val = getattr(args, key)
         if val is not None:
             raw["out_dir" if key == "out" else key] = val
-    cfg = TrainConfig.from_dict(raw)
+    config = TrainConfig.from_dict(raw)
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
-        backend = "nccl" if cfg.device.startswith("cuda") else "gloo"
+        backend = "nccl" if config.device.startswith("cuda") else "gloo"
         torch.distributed.init_process_group(backend)
-        if cfg.device.startswith("cuda"):
-            cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-            torch.cuda.set_device(cfg.device)
-    pipe, train_prompts, eval_prompts = load_pipeline(model, cfg.device)
+        if config.device.startswith("cuda"):
+            config.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(config.device)
+    pipe, train_prompts, eval_prompts = load_pipeline(model, config.device)
     stop = _stop_flag()
-    trainer = Trainer(cfg, pipe, _reward(cfg.reward, cfg.reward_path, cfg.device), train_prompts, eval_prompts,
+    trainer = Trainer(config, pipe, _reward(config.reward, config.reward_path, config.device), train_prompts, eval_prompts,
                       should_stop=stop.is_set)
     if args.resume:
         trainer.load_checkpoint(args.resume)
@@ -238,20 +241,21 @@ def _on_off(text: str) -> tuple[bool, ...]:
 
 def cmd_bench(args) -> int:
     import dataclasses
+
     from .bench import BenchConfig, run_bench, tiny_config
     if args.tiny:
-        cfg = dataclasses.replace(tiny_config(args.out, args.device), fit_constants=args.fit_constants)
+        config = dataclasses.replace(tiny_config(args.out, args.device), fit_constants=args.fit_constants)
     else:
         sizes = {k: getattr(args, k) for k in ("width", "depth", "heads", "latent_size", "latent_channels",
                                                "context_tokens", "max_batch", "train_batch", "lora_rank", "prompts")
                  if getattr(args, k) is not None}
-        cfg = BenchConfig(out=args.out, arch=args.arch, steps=args.steps, iterations=args.iterations,
+        config = BenchConfig(out=args.out, arch=args.arch, steps=args.steps, iterations=args.iterations,
                           group_sizes=args.group_sizes or (args.group_size,), modes=args.modes,
                           grad_checkpointing=args.grad_checkpointing, uncond_grad=args.uncond_grad,
                           dtype=args.dtype, device=args.device,
                           memory=not args.no_memory, compare_naive=args.naive, stand_ins=args.stand_ins,
                           fit_constants=args.fit_constants, budget_s=args.budget_s, **sizes)
-    run_bench(cfg)
+    run_bench(config)
     return 0
 
 
@@ -337,10 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "reward and update, per mode, group size and checkpointing setting; writes "
                                     "bench.json and bench.md (docs/benchmarks.md explains the method).")
     sp.add_argument("--out", default="bench_out", help="output folder (bench.json, bench.md)")
-    sp.add_argument("--arch", choices=["toy", "dit", "mmdit", "auto"], default="toy",
+    sp.add_argument("--arch", default="toy",
                     help="toy: the shipped toy model; dit: the core joint-attention DiT with random weights "
-                         "(SD3.5-M size unless --width/--depth/...); mmdit: ComfyUI's MMDiT (ComfyUI importable); "
-                         "auto: mmdit if possible, else dit")
+                         "(SD3.5-M size unless --width/--depth/...); ComfyUI's MMDiT: run bench/comfy_mmdit.py "
+                         "--comfyui PATH with these options (it registers arch 'mmdit')")
     sp.add_argument("--tiny", action="store_true", help="a seconds-long smoke run of the whole bench (tiny DiT)")
     sp.add_argument("--width", type=int, default=None, help="DiT hidden size (default 1536)")
     sp.add_argument("--depth", type=int, default=None, help="DiT blocks (default 24)")
@@ -372,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="decoder/reward stand-ins: full (SD3 VAE, ViT-H/14 sized) or small "
                          "(auto: full from width 1024)")
     sp.add_argument("--fit-constants", action="store_true",
-                    help="refit the estimator constants for this device kind and write them into estimate.py")
+                    help="refit the estimator constants for this device kind and write them into "
+                         "estimate_constants.json")
     sp.add_argument("--budget-s", type=float, default=None, help="skip the remaining runs once over this many seconds")
     sp.set_defaults(fn=cmd_bench)
     return p

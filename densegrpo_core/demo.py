@@ -89,12 +89,12 @@ def train_run(method: str, seed: int, psi: list[float], budget: DemoBudget, sett
         torch.set_num_threads(threads)
     run_dir = os.path.join(out, "runs", f"{method}_seed{seed}")
     shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = TrainConfig(out_dir=run_dir, seed=seed, device=device, advantage_mode=METHODS[method][0], psi=psi,
+    config = TrainConfig(out_dir=run_dir, seed=seed, device=device, advantage_mode=METHODS[method][0], psi=psi,
                       iterations=budget.iterations, prompts_per_iteration=budget.prompts_per_iteration,
                       group_size=budget.group_size, eval_every=budget.eval_every, eval_seeds=budget.eval_seeds,
                       **settings)
     pipe, train_prompts, eval_prompts = load_pipeline("toy", device)
-    trainer = Trainer(cfg, pipe, get_reward("toy"), train_prompts, eval_prompts)
+    trainer = Trainer(config, pipe, get_reward("toy"), train_prompts, eval_prompts)
     print(f"[demo] training {method} seed {seed}", flush=True)
     res = trainer.run(progress=threads is None)
     print(f"[demo] {method} seed {seed}: eval {res.evals[0]['reward_mean']:.4f} → "
@@ -105,10 +105,10 @@ def train_run(method: str, seed: int, psi: list[float], budget: DemoBudget, sett
 
 def run_demo(out: str, quick: bool = False, device: str = "cpu", seeds=None, workers: int = 1) -> dict:
     from .calibrate import CalibrationConfig, calibrate
-    from .pipeline import dense_reward_sampler, evaluate, load_pipeline
+    from .pipeline import dense_reward_sampler, evaluate_ode, load_pipeline
     from .plots import plot_dense_rewards, plot_psi_history, plot_reward_curves
     from .rewards import get_reward
-    from .rollout import nfe_per_trajectory
+    from .rollout import predicted_nfe
     from .schedule import Psi, flow_grid
 
     if workers < 1:
@@ -137,7 +137,7 @@ def run_demo(out: str, quick: bool = False, device: str = "cpu", seeds=None, wor
     print(f"[demo] psi = {[round(v, 3) for v in psi.values]}", flush=True)
 
     # 2. the pretrained model's held-out reward
-    base = evaluate(pipe, reward, eval_prompts, seeds=budget.eval_seeds, tau=flow_grid(TOY_TRAIN["eval_steps"],
+    base = evaluate_ode(pipe, reward, eval_prompts, seeds=budget.eval_seeds, tau=flow_grid(TOY_TRAIN["eval_steps"],
                     pipe.default_shift), device=device)
     print(f"[demo] pretrained eval reward {base['reward_mean']:.4f}", flush=True)
 
@@ -159,8 +159,8 @@ def run_demo(out: str, quick: bool = False, device: str = "cpu", seeds=None, wor
                "device": device, "seeds": seeds, "quick": quick, "pretrained_eval_reward": base["reward_mean"],
                "eval_prompts": len(eval_prompts), "eval_seeds": list(budget.eval_seeds), "methods": {},
                "commit": source_commit(), "psi": psi.values, "grid": "sd3", "tau": tau.tolist(), "workers": workers,
-               "nfe_per_trajectory": {"fused": nfe_per_trajectory(TOY_TRAIN["steps"], fused=True),
-                                      "naive": nfe_per_trajectory(TOY_TRAIN["steps"], fused=False)}}
+               "nfe_per_trajectory": {"fused": predicted_nfe(TOY_TRAIN["steps"], fused=True),
+                                      "naive": predicted_nfe(TOY_TRAIN["steps"], fused=False)}}
     curves = {}
     for method, rs in runs.items():
         iters = [e["iteration"] for e in rs[0]["evals"]]

@@ -16,7 +16,7 @@ Memory = weights + LoRA (fp32) + optimizer state + the largest stage (activation
 · activation bytes, times depth when autograd keeps every block). Time = forward FLOPs / an effective FLOP/s.
 The proportionality constants are fitted to measurements (`fit_constants`, from `python -m densegrpo_core
 bench`): the CPU ones below were measured on this project's CPU; the CUDA ones are placeholders until
-`bench/gpu_sd35m.py` is run on a GPU, which rewrites them in this file.
+`bench/gpu_sd35m.py` is run on a GPU, which refits them. They are data: `estimate_constants.json`.
 """
 from __future__ import annotations
 
@@ -29,6 +29,11 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+
+from .advantages import DENSE_MODES
+from .config import TrainConfig
+from .files import atomic_write_json
+from .rollout import predicted_nfe
 
 
 @dataclass
@@ -44,24 +49,18 @@ class Constants:
     source: str = ""            # what measured them
 
 
-# >>> CPU constants (fitted by bench: Intel(R) Xeon(R) Processor, dit width 128 depth 4, float32, 13 runs, 2026-11-28)
-CPU_CONSTANTS = Constants(
-    act_infer=19.31, act_train=24.2, act_ckpt=2.953, latent_copies=2.066,
-    flops_per_s=3.747e+10, train_cost=3.162, reward_s_per_image=0.0002599, reward_bytes_per_image=2.287e+05,
-    source='Intel(R) Xeon(R) Processor, dit width 128 depth 4, float32, 13 runs, 2026-11-28')
-# <<< CPU constants
-# >>> CUDA constants (NOT MEASURED: memory factors copied from the CPU fit, FLOP/s and reward cost assumed;
-#     bench/gpu_sd35m.py refits all of them on a GPU and rewrites this block)
-CUDA_CONSTANTS = Constants(
-    act_infer=19.31, act_train=24.2, act_ckpt=2.953, latent_copies=2.066,
-    flops_per_s=2.5e14, train_cost=3.162, reward_s_per_image=0.005, reward_bytes_per_image=2.287e+05,
-    source="NOT MEASURED: CPU memory factors, assumed 250 TFLOP/s; refit with bench/gpu_sd35m.py")
-# <<< CUDA constants
+CONSTANTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "estimate_constants.json")
+CONSTANTS_FORMAT = "densegrpo.estimate_constants/1"
 
 
-def constants_for(kind: str) -> Constants:
-    """The fitted constants of a device kind ("cpu" or "cuda")."""
-    return CUDA_CONSTANTS if kind == "cuda" else CPU_CONSTANTS
+def constants_for(kind: str, path: str = CONSTANTS_FILE) -> Constants:
+    """The fitted constants of a device kind ("cpu" or "cuda"), read from estimate_constants.json. The CUDA
+    ones are placeholders (their `source` says so) until bench/gpu_sd35m.py refits them on a GPU."""
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if data.get("format") != CONSTANTS_FORMAT:
+        raise ValueError(f"{path} is not a {CONSTANTS_FORMAT} file")
+    return Constants(**data["cuda" if kind == "cuda" else "cpu"])
 
 
 # ----------------------------------------------------------------------------------------- model
@@ -131,11 +130,11 @@ def model_info(model: nn.Module, latent_shape: tuple[int, ...], context_tokens: 
     core DiT knows its own; SD3: 154; Flux: 256 or 512); `patch_size` defaults to the model's, else 2."""
     from .memory import find_block_lists
     blocks = find_block_lists(model)
-    cfg = getattr(model, "cfg", None)
-    width = getattr(cfg, "width", None) or getattr(model, "hidden_size", None) \
+    config = getattr(model, "cfg", None)
+    width = getattr(config, "width", None) or getattr(model, "hidden_size", None) \
         or next(iter(_linear_shapes(next(iter(blocks.values()))).values()))[0]
-    patch = patch_size or getattr(cfg, "patch_size", None) or getattr(model, "patch_size", None) or 2
-    ctx = context_tokens if context_tokens is not None else getattr(cfg, "context_tokens", 0)
+    patch = patch_size or getattr(config, "patch_size", None) or getattr(model, "patch_size", None) or 2
+    ctx = context_tokens if context_tokens is not None else getattr(config, "context_tokens", 0)
     C, H, W = latent_shape
     tokens = (H // patch) * (W // patch)
     base = [p for n, p in model.named_parameters() if "lora_" not in n]
@@ -191,8 +190,11 @@ class Workload:
     kept_latents: int           # latents stored from the rollout to the update
     images: int                 # decodes and reward calls
     images_per_call: int        # images in one reward batch
-    update_rows: int            # rows under autograd at once (one minibatch at one step)
+    update_rows: int            # rows under autograd at once (one minibatch at one step; CFG's unconditional
+                                # rows only with uncond_grad, MATH.md §7)
+    update_ref_rows: int        # rows of the no-grad reference forward (adapter off) of one minibatch
     update_forwards: int        # rows × trained steps × epochs: forwards with grad in the update
+    update_nograd_forwards: int  # the same for no-grad forwards: the reference, and the detached uncond pass
     act_bytes: int              # bytes per activation element (2 under bf16 autocast, else 4)
     checkpointing: bool         # gradient checkpointing of the blocks
     optimizer_bytes_per_param: float  # AdamW: 8 (two fp32 moments); 8-bit AdamW: 2
@@ -200,26 +202,23 @@ class Workload:
 
 def workload(config) -> Workload:
     """The counts of `config` (a TrainConfig or anything with its fields)."""
-    from .trainer import DENSE_MODES
-    T, B = config.steps, config.prompts_per_iteration * config.group_size
+    T, B = config.steps, config.batch_size
     cfg_rows = 1 if config.cfg_scale == 1.0 else 2                  # None = the model's default, which uses CFG
     dense = config.advantage_mode in DENSE_MODES
-    if not dense:
-        nfe = T
-    elif config.ode_steps is None or config.ode_steps >= T:
-        nfe = T * (T + 1) // 2
-    else:
-        nfe = T + sum(min(config.ode_steps, t) for t in range(1, T + 1))
+    nfe = predicted_nfe(T, config.ode_steps) if dense else T
+    grad_rows = cfg_rows if getattr(config, "uncond_grad", False) else 1   # rows per trajectory under autograd
     widest = T * B if dense else B
     chunk = max(1, config.max_batch // cfg_rows)
-    trained = max(1, math.floor(config.train_fraction * T + 1e-9))
+    trained = config.trained_step_count
     images = B * (T + 1) if dense else B
     return Workload(trajectories=B, cfg_rows=cfg_rows, nfe_per_trajectory=nfe,
                     rollout_rows=min(widest, chunk) * cfg_rows, rollout_latents=widest + (T + 1) * B,
                     kept_latents=(2 * T + 1) * B if dense else (T + 1) * B, images=images,
                     images_per_call=min(images, config.reward_batch),
-                    update_rows=min(config.train_batch, B) * cfg_rows,
-                    update_forwards=B * cfg_rows * trained * config.inner_epochs,
+                    update_rows=min(config.train_batch, B) * grad_rows,
+                    update_ref_rows=min(config.train_batch, B) * cfg_rows,
+                    update_forwards=B * grad_rows * trained * config.inner_epochs,
+                    update_nograd_forwards=B * (2 * cfg_rows - grad_rows) * trained * config.inner_epochs,
                     act_bytes=2 if config.dtype == "bfloat16" else 4,
                     checkpointing=bool(getattr(config, "grad_checkpointing", False)),
                     optimizer_bytes_per_param=2.0 if getattr(config, "optimizer", "adamw") == "adamw8bit" else 8.0)
@@ -252,9 +251,10 @@ def update_bytes(w: Workload, info: ModelInfo, c: Constants, lora_params: int) -
     on top of them. With it only the block inputs are kept; the peak is then the backward's recompute of one
     block (the reference forward, no larger, ran before it)."""
     unit = w.update_rows * info.sequence * info.width * w.act_bytes
+    ref = w.update_ref_rows * info.sequence * info.width * w.act_bytes
     if w.checkpointing:
-        return c.act_ckpt * unit * info.depth + max(c.act_train, c.act_infer) * unit + 4 * lora_params
-    return c.act_train * unit * info.depth + c.act_infer * unit + 4 * lora_params
+        return c.act_ckpt * unit * info.depth + max(c.act_train * unit, c.act_infer * ref) + 4 * lora_params
+    return c.act_train * unit * info.depth + c.act_infer * ref + 4 * lora_params
 
 
 def estimate(config, info: ModelInfo, device: DeviceInfo | None = None, constants: Constants | None = None,
@@ -278,10 +278,10 @@ def estimate(config, info: ModelInfo, device: DeviceInfo | None = None, constant
              "update": kept + stages["update"]}
     largest = max(peaks, key=peaks.get)
     flops = info.flops_per_row
-    train_passes = c.train_cost + 1 + (1 if w.checkpointing else 0)      # grad forward+backward, reference, recompute
+    train_passes = c.train_cost + (1 if w.checkpointing else 0)          # grad forward + backward (+ recompute)
     seconds = {"rollout_s": w.trajectories * w.nfe_per_trajectory * w.cfg_rows * flops / c.flops_per_s,
                "reward_s": w.images * c.reward_s_per_image,
-               "update_s": w.update_forwards * flops * train_passes / c.flops_per_s}
+               "update_s": (w.update_forwards * train_passes + w.update_nograd_forwards) * flops / c.flops_per_s}
     breakdown = {**resident, **{f"{k}_bytes": v for k, v in stages.items()}, "kept_latents_bytes": kept,
                  "largest_stage": largest, **seconds, "workload": dataclasses.asdict(w),
                  "constants": c.source}
@@ -317,11 +317,11 @@ def fit_constants(records: list[dict], base: Constants, source: str) -> Constant
     Each constant is a least-squares slope through the origin over the records that measure it; constants no
     record measures keep their `base` value.
     """
-    from .trainer import TrainConfig
     rows = []
     for r in records:
-        cfg = TrainConfig.from_dict({k: v for k, v in r["config"].items()})
-        rows.append((r, workload(cfg), ModelInfo(**r["model"]), cfg.lora_rank * r["model"]["lora_params_per_rank"]))
+        # records from before the detached unconditional pass (MATH.md §7) backpropagated through both
+        config = TrainConfig.from_dict({"uncond_grad": True, **r["config"]})
+        rows.append((r, workload(config), ModelInfo(**r["model"]), config.lora_rank * r["model"]["lora_params_per_rank"]))
     c = dataclasses.replace(base, source=source)
 
     def slope(xs, ys, old):
@@ -331,7 +331,8 @@ def fit_constants(records: list[dict], base: Constants, source: str) -> Constant
     # time: effective FLOP/s from rollouts, then the cost of a training pass from updates
     flops = [w.trajectories * w.nfe_per_trajectory * w.cfg_rows * m.flops_per_row for r, w, m, _ in rows]
     c.flops_per_s = slope([r["rollout_s"] for r, *_ in rows], flops, c.flops_per_s)
-    passes = [(r["update_s"] * c.flops_per_s / (w.update_forwards * m.flops_per_row)) - 1 - w.checkpointing
+    passes = [(r["update_s"] * c.flops_per_s / m.flops_per_row - w.update_nograd_forwards) / w.update_forwards
+              - w.checkpointing
               for r, w, m, _ in rows if r.get("update_s")]
     c.train_cost = max(1.0, sum(passes) / len(passes)) if passes else c.train_cost
     c.reward_s_per_image = slope([w.images for _, w, *_ in rows], [r["reward_s"] for r, *_ in rows],
@@ -353,41 +354,28 @@ def fit_constants(records: list[dict], base: Constants, source: str) -> Constant
     else:                       # too few or collinear records: keep latent_copies, fit the activations alone
         c.act_infer = slope(X[:, 0].tolist(), (y - c.latent_copies * X[:, 1]).tolist(), c.act_infer)
     # update: kept activations per block without checkpointing, then with it (the terms of `update_bytes`)
-    def unit(w, m):
-        return w.update_rows * m.sequence * m.width * w.act_bytes
+    def unit(w, m, rows=None):
+        return (w.update_rows if rows is None else rows) * m.sequence * m.width * w.act_bytes
     plain = [x for x in mem if not x[1].checkpointing]
     c.act_train = slope([unit(w, m) * m.depth for _, w, m, _ in plain],
-                        [r["update_peak_delta_bytes"] - c.act_infer * unit(w, m) - 4 * lora for r, w, m, lora in plain],
-                        c.act_train)
+                        [r["update_peak_delta_bytes"] - c.act_infer * unit(w, m, w.update_ref_rows) - 4 * lora
+                         for r, w, m, lora in plain], c.act_train)
     ckpt = [x for x in mem if x[1].checkpointing]
     c.act_ckpt = slope([unit(w, m) * m.depth for _, w, m, _ in ckpt],
-                       [r["update_peak_delta_bytes"] - max(c.act_train, c.act_infer) * unit(w, m) - 4 * lora
+                       [r["update_peak_delta_bytes"] - max(c.act_train * unit(w, m),
+                                                           c.act_infer * unit(w, m, w.update_ref_rows)) - 4 * lora
                         for r, w, m, lora in ckpt], c.act_ckpt)
     return c
 
 
-def write_constants(kind: str, constants: Constants, path: str | None = None) -> str:
-    """Replace the CPU or CUDA constants block of this file (between its >>> and <<< marker lines)."""
-    path = path or os.path.abspath(__file__)
-    name = {"cpu": "CPU", "cuda": "CUDA"}[kind]
-    with open(path) as f:
-        text = f.read()
-    start = re.search(rf"^# >>> {name} constants.*$", text, re.M)
-    end = re.search(rf"^# <<< {name} constants$", text, re.M)
-    if not start or not end:
-        raise ValueError(f"{path} has no '# >>> {name} constants' … '# <<< {name} constants' block")
-    d = dataclasses.asdict(constants)
-    values = [f"{k}={v:.4g}" for k, v in d.items() if k != "source"]
-    lines = [", ".join(values[i:i + 4]) for i in range(0, len(values), 4)]
-    block = (f"# >>> {name} constants (fitted by bench: {constants.source})\n"
-             f"{name}_CONSTANTS = Constants(\n" + "".join(f"    {line},\n" for line in lines)
-             + f"    source={constants.source!r})\n")
-    text = text[:start.start()] + block + text[end.start():]
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+def write_constants(kind: str, constants: Constants, path: str = CONSTANTS_FILE) -> str:
+    """Replace the constants of one device kind ("cpu" or "cuda") in estimate_constants.json (atomically)."""
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device kind must be 'cpu' or 'cuda', got {kind!r}")
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    data[kind] = dataclasses.asdict(constants)
+    return atomic_write_json(path, data)
 
 
 def constants_json(constants: Constants) -> str:

@@ -27,6 +27,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .files import atomic_write_json
+
 log = logging.getLogger(__name__)
 
 ID_RE = re.compile(r"[a-z0-9]{12}")
@@ -376,11 +378,8 @@ class JobManager:
         with self._io_lock:
             d = job.to_dict()
             path = os.path.join(job.folder, RECORD_NAME)
-            tmp = f"{path}.tmp{os.getpid()}"
             try:
-                with open(tmp, "w", encoding="utf-8") as f:
-                    json.dump({**d, "traceback": job.traceback}, f, indent=1, allow_nan=False)
-                os.replace(tmp, path)
+                atomic_write_json(path, {**d, "traceback": job.traceback}, allow_nan=False)
             except OSError:
                 log.exception("job %s: could not write %s", job.id, path)
         return d

@@ -23,11 +23,12 @@ import json
 import math
 import os
 import re
-import tempfile
 from typing import Iterator
 
 import torch
 import torch.nn as nn
+
+from .files import atomic_write
 
 LORA_FORMAT = "densegrpo.lora/1"
 COMFY_PREFIX = "diffusion_model."
@@ -229,17 +230,7 @@ def save_lora(path: str | os.PathLike, model: nn.Module, metadata: dict | None =
         meta["targets"] = model._densegrpo_lora_targets
     tensors = {k: (v if k.endswith(".alpha") else v.to(dtype)).detach().cpu().contiguous()
                for k, v in lora_state_dict(model, prefix).items()}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        safetensors.torch.save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata=meta))
 
 
 def _check_readable(path: str) -> None:

@@ -84,7 +84,7 @@ def latent_rewards(ro: Rollout, prompts: Sequence[str], decode, reward, max_batc
 
 
 @torch.no_grad()
-def evaluate(pipe: FlowPipeline, reward, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), steps: int = 10,
+def evaluate_ode(pipe: FlowPipeline, reward, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), steps: int = 10,
              shift: float | None = None, tau: torch.Tensor | None = None, cfg_scale: float | None = None,
              device="cpu", max_batch: int = 256, autocast_dtype: torch.dtype | None = None) -> dict:
     """Mean reward of plain ODE samples (the evaluation sampler) for every prompt × seed, on the grid `tau`

@@ -16,7 +16,6 @@ from .guidance import GuidedVelocity
 from .schedule import validate_grid
 from .sde import ode_step, sde_step
 
-
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]  # (grid index k, x_k, v_k)
 
 
@@ -172,8 +171,14 @@ def rollout(guide: GuidedVelocity, x_T: torch.Tensor, tau, sigmas, generator=Non
     return naive_rollout(guide, x_T, tau, sigmas, generator, ode_steps, on_step)
 
 
-def nfe_per_trajectory(steps: int, fused: bool = True) -> int:
-    """Predicted NFE per trajectory for sampling + all rollouts with n = t (MATH.md §9)."""
+def predicted_nfe(steps: int, ode_steps: int | None = None, fused: bool = True) -> int:
+    """Predicted NFE per trajectory of sampling + the rollouts R_T … R_1 (MATH.md §9).
+
+    n = t (`ode_steps` None or >= T): T(T+1)/2 fused, T + T(T+1)/2 naive. n < t: the naive path,
+    T + Σ_t min(n, t). (`Rollout.nfe_per_trajectory` is the measured count.)
+    """
+    if ode_steps is not None and ode_steps < steps:
+        return steps + sum(min(ode_steps, t) for t in range(1, steps + 1))
     rollouts = steps * (steps + 1) // 2
     return rollouts if fused else steps + rollouts
 

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 import torch
 
+from .files import atomic_write_json
+
 PSI_FORMAT = "densegrpo.psi/1"
 FLOW_GRPO_NOISE_LEVEL = 0.7  # Flow-GRPO's default `a`
 GRID_TOLERANCE = 1e-4        # two grids agree when no flow time differs by more (float32 hosts)
@@ -180,11 +182,7 @@ class Psi:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the JSON atomically (temporary file, then rename)."""
-        path = os.fspath(path)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
-        os.replace(tmp, path)
+        atomic_write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Psi":

@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .pipeline import FlowPipeline
+from .files import atomic_write
+from .pipeline import FlowPipeline, evaluate_ode
 from .trainer import TrainConfig, Trainer
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
@@ -33,15 +34,11 @@ def lora_file_names(lora_dir: str, name: str, iteration: int) -> tuple[str, str]
 @torch.no_grad()
 def sample_grid(trainer: Trainer, prompts: Sequence[str], seed: int = 0) -> torch.Tensor:
     """ODE samples of the current policy (EMA if enabled) for a few prompts: one row (N·H, W, 3) image."""
-    from .pipeline import evaluate
     from .plots import image_grid
-    trainer._swap_ema()
-    try:
-        res = evaluate(trainer.pipe, trainer.reward, list(prompts), seeds=(seed,), tau=trainer.tau,
-                       cfg_scale=trainer.cfg_scale, device=trainer.device,
-                       max_batch=trainer.config.max_batch, autocast_dtype=trainer.autocast_dtype)
-    finally:
-        trainer._swap_ema()
+    with trainer.ema_weights():
+        res = evaluate_ode(trainer.pipe, trainer.reward, list(prompts), seeds=(seed,), tau=trainer.tau,
+                           cfg_scale=trainer.cfg_scale, device=trainer.device,
+                           max_batch=trainer.config.max_batch, autocast_dtype=trainer.autocast_dtype)
     images = trainer.pipe.decode(res["latents"].to(trainer.device)).float().cpu()        # (N, H, W, 3)
     return image_grid(images[None])
 
@@ -66,8 +63,8 @@ def save_status_plots(trainer: Trainer, folder: str, sample_prompts: Sequence[st
     if sample_prompts:
         grid = sample_grid(trainer, sample_prompts)
         path = os.path.join(folder, "samples.png")
-        Image.fromarray((grid.clamp(0, 1) * 255).round().byte().numpy()).save(path + ".tmp.png")
-        os.replace(path + ".tmp.png", path)
+        image = Image.fromarray((grid.clamp(0, 1) * 255).round().byte().numpy())
+        atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
         paths["samples"] = path
     return paths
 
@@ -79,7 +76,7 @@ def training_work(config: TrainConfig, pipe: FlowPipeline, reward: Callable, pro
     lora_file_names(lora_dir, lora_name, 0)                                      # validate the name now
 
     def work(ctx) -> None:
-        cfg = dataclasses.replace(config, out_dir=ctx.job.folder)
+        job_config = dataclasses.replace(config, out_dir=ctx.job.folder)
         holder = {}
 
         def on_event(event: dict) -> None:
@@ -94,7 +91,7 @@ def training_work(config: TrainConfig, pipe: FlowPipeline, reward: Callable, pro
                 plots = save_status_plots(trainer, ctx.job.folder, sample_prompts)
                 ctx.emit({"type": "plots", "iteration": trainer.iteration_done, **plots})
 
-        trainer = Trainer(cfg, pipe, reward, list(prompts), on_event=on_event, should_stop=ctx.should_stop)
+        trainer = Trainer(job_config, pipe, reward, list(prompts), on_event=on_event, should_stop=ctx.should_stop)
         holder["trainer"] = trainer
         if resume_checkpoint:
             trainer.load_checkpoint(resume_checkpoint)

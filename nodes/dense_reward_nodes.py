@@ -162,6 +162,7 @@ class CalibratePsi:
                 psi_init, iterations, prompts_per_iteration, group_size, criterion, eps2, seed, save_name,
                 eps1=2.0, delta=0.1, max_batch=32):
         import folder_paths
+
         from densegrpo_core.plots import pil_to_tensor, plot_psi_history
         node = "DenseGRPO Calibrate ψ"
         prompt_list = bridge.parse_prompts(prompts, node)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from densegrpo_core.bench import BenchConfig, comfy_available, fit_from_results
+from densegrpo_core.bench import ARCHS, BenchConfig, fit_from_results, register_arch
 from densegrpo_core.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,8 +62,20 @@ def test_bench_config_rejects_bad_input():
         BenchConfig(group_sizes=(1,))
 
 
-def test_mmdit_arch_without_comfyui_is_an_input_error(capsys, tmp_path):
-    if comfy_available():
-        pytest.skip("ComfyUI is importable here")
-    assert main(["bench", "--arch", "mmdit", "--out", str(tmp_path)]) == 2
-    assert "needs ComfyUI importable" in capsys.readouterr().err
+def test_the_core_bench_knows_no_comfyui_arch():
+    """ComfyUI's MMDiT joins only through bench/comfy_mmdit.py: the core never imports ComfyUI."""
+    assert set(ARCHS) >= {"toy", "dit"} and "mmdit" not in ARCHS
+    with pytest.raises(ValueError, match="bench/comfy_mmdit.py registers it"):
+        BenchConfig(arch="mmdit")
+
+
+def test_a_registered_arch_is_benchmarked(tmp_path, monkeypatch):
+    monkeypatch.setitem(ARCHS, "my_dit", ARCHS["dit"])
+    register_arch("my_dit", ARCHS["dit"])
+    import dataclasses
+
+    from densegrpo_core.bench import run_bench, tiny_config
+    config = dataclasses.replace(tiny_config(str(tmp_path)), arch="my_dit", grad_checkpointing=(False,),
+                                 modes=("flow_grpo",), memory=False)
+    result = run_bench(config)
+    assert result["arch"] == "my_dit" and len(result["runs"]) == 1 and "my_dit" in result["model_description"]

@@ -2,7 +2,6 @@
 import json
 
 import pytest
-
 from PIL import Image
 
 from densegrpo_core import demo

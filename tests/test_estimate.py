@@ -1,15 +1,15 @@
 """The memory/time estimator: counts, monotonicity, checkpointing, budgets, fitting and writing constants."""
 import dataclasses
-import re
+import json
 import shutil
 
 import pytest
 import torch
+from densegrpo_core.bench.dit import DiT, sd35_medium, tiny_dit
 
 from densegrpo_core import estimate as est
-from densegrpo_core.dit import DiT, sd35_medium, tiny_dit
-from densegrpo_core.estimate import (Constants, DeviceInfo, estimate, fit_constants, model_info,
-                                     rollout_max_batch, workload)
+from densegrpo_core.estimate import (Constants, DeviceInfo, estimate, fit_constants, model_info, rollout_max_batch,
+                                     workload)
 from densegrpo_core.lora import inject_lora, lora_parameters
 from densegrpo_core.toy.model import ToyDiT, ToyDiTConfig
 from densegrpo_core.trainer import TrainConfig
@@ -59,7 +59,16 @@ def test_workload_follows_the_nfe_counts_of_math_section_9():
     assert workload(cfg(advantage_mode="flow_grpo")).nfe_per_trajectory == 10
     assert workload(cfg(ode_steps=2)).nfe_per_trajectory == 10 + 19
     w = workload(cfg(group_size=24, max_batch=64))
-    assert (w.rollout_rows, w.update_rows, w.images) == (64, 16, 24 * 11)
+    assert (w.rollout_rows, w.update_rows, w.update_ref_rows, w.images) == (64, 8, 16, 24 * 11)
+
+
+def test_detached_uncond_pass_lowers_the_update_estimate(sd35m_info):
+    """With CFG, autograd holds only the conditional rows unless uncond_grad (MATH.md §7)."""
+    full = estimate(cfg(uncond_grad=True), sd35m_info, constants=KNOWN).breakdown
+    detached = estimate(cfg(), sd35m_info, constants=KNOWN).breakdown
+    assert workload(cfg(uncond_grad=True)).update_rows == 2 * workload(cfg()).update_rows
+    assert detached["update_bytes"] < 0.6 * full["update_bytes"]
+    assert detached["update_s"] < full["update_s"]
 
 
 @pytest.mark.parametrize("key", ["group_size", "steps"])
@@ -125,18 +134,18 @@ def test_fit_constants_recovers_the_constants_that_made_the_figures(sd35m_info):
         assert getattr(fitted, field) == pytest.approx(getattr(KNOWN, field), rel=1e-6), field
 
 
-def test_write_constants_replaces_only_its_block(tmp_path):
-    path = tmp_path / "estimate.py"
-    shutil.copy(est.__file__, path)
+def test_write_constants_replaces_only_its_device_kind_in_the_json_file(tmp_path):
+    path = tmp_path / "estimate_constants.json"
+    shutil.copy(est.CONSTANTS_FILE, path)
     est.write_constants("cuda", dataclasses.replace(KNOWN, source="H100 test"), str(path))
-    text = path.read_text()
-    block = re.search(r"# >>> CUDA constants.*?# <<< CUDA constants", text, re.S).group(0)
-    assert "act_train=40" in block and "H100 test" in block
-    assert re.search(r"# >>> CPU constants.*?# <<< CPU constants", text, re.S).group(0) == \
-        re.search(r"# >>> CPU constants.*?# <<< CPU constants", open(est.__file__).read(), re.S).group(0)
-    namespace = {}
-    exec(compile(block.split("\n", 1)[1], "block", "exec"), {"Constants": Constants}, namespace)
-    assert namespace["CUDA_CONSTANTS"].act_train == 40.0
+    assert est.constants_for("cuda", str(path)) == dataclasses.replace(KNOWN, source="H100 test")
+    assert est.constants_for("cpu", str(path)) == est.constants_for("cpu")
+    assert json.loads(path.read_text())["format"] == est.CONSTANTS_FORMAT
+
+
+def test_estimator_source_is_never_rewritten():
+    text = open(est.__file__).read()
+    assert "CONSTANTS = Constants(" not in text and ">>> CPU constants" not in text
 
 
 def test_device_info_of_the_cpu():

@@ -4,13 +4,13 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+from densegrpo_core.bench.dit import DiT, RandomTextEncoder, tiny_dit
 
 from densegrpo_core import memory
-from densegrpo_core.dit import DiT, RandomTextEncoder, tiny_dit
 from densegrpo_core.lora import inject_lora, lora_parameters
 from densegrpo_core.memory import (StageMeter, build_optimizer, disable_gradient_checkpointing,
-                                   enable_gradient_checkpointing, find_block_lists, is_checkpointed, offloaded,
-                                   offloadable_modules)
+                                   enable_gradient_checkpointing, find_block_lists, is_checkpointed,
+                                   offloadable_modules, offloaded)
 from densegrpo_core.pipeline import load_pipeline
 from densegrpo_core.rewards import get_reward
 from densegrpo_core.toy.model import ToyDiT, ToyDiTConfig

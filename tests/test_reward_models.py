@@ -8,11 +8,11 @@ import os
 
 import numpy as np
 import pytest
+import tiny_reward_models as tiny
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import tiny_reward_models as tiny
 from densegrpo_core.rewards import get_reward
 from densegrpo_core.rewards.hpsv2 import _model_and_preprocess_cfg
 

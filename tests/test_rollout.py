@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from densegrpo_core.guidance import GuidedVelocity
-from densegrpo_core.rollout import (fused_rollout, naive_rollout, nfe_per_trajectory, ode_complete, ode_sub_grid,
-                                    rollout, sde_chain)
+from densegrpo_core.rollout import (fused_rollout, naive_rollout, ode_complete, ode_sub_grid, predicted_nfe, rollout,
+                                    sde_chain)
 from densegrpo_core.schedule import sde_noise_scales, shifted_linspace_grid
 
 T, B = 6, 4
@@ -47,14 +47,14 @@ def test_fused_nfe_is_exactly_triangular(tiny_velocity):
     tau, sigmas, x_T = setup()
     ro = fused_rollout(make_guide(tiny_velocity, cfg=3.0), x_T, tau, sigmas)
     assert ro.nfe == B * T * (T + 1) // 2
-    assert ro.nfe_per_trajectory == nfe_per_trajectory(T, fused=True) == 21
+    assert ro.nfe_per_trajectory == predicted_nfe(T, fused=True) == 21
     assert ro.forward_calls == T
 
 
 def test_naive_nfe_is_sampling_plus_triangular(tiny_velocity):
     tau, sigmas, x_T = setup()
     ro = naive_rollout(make_guide(tiny_velocity), x_T, tau, sigmas)
-    assert ro.nfe_per_trajectory == nfe_per_trajectory(T, fused=False) == T + T * (T + 1) // 2
+    assert ro.nfe_per_trajectory == predicted_nfe(T, fused=False) == T + T * (T + 1) // 2
 
 
 def test_naive_and_fused_give_the_same_endpoints(tiny_velocity):

@@ -11,8 +11,7 @@ from .base import (DEFAULT_BATCH_SIZE, IMAGE_VALUE_TOLERANCE, BatchedReward, Cal
 from .cache import release_rewards
 from .combine import WeightedReward
 from .files import COMFY_FOLDER
-from .registry import (REWARD_REGISTRY, RewardSpec, get_reward, list_rewards, parse_reward_paths,
-                       parse_reward_spec)
+from .registry import REWARD_REGISTRY, RewardSpec, get_reward, list_rewards, parse_reward_paths, parse_reward_spec
 
 __all__ = ["COMFY_FOLDER", "DEFAULT_BATCH_SIZE", "IMAGE_VALUE_TOLERANCE", "REWARD_REGISTRY", "BatchedReward",
            "CallableReward", "RewardModel", "RewardSpec", "WeightedReward", "check_reward_inputs",

@@ -19,10 +19,6 @@ def cached_model(key: tuple, build: Callable[[], object]) -> object:
         return _MODELS[key]
 
 
-def cached_keys() -> list[tuple]:
-    return list(_MODELS)
-
-
 def release_rewards() -> int:
     """Drop every cached reward model and empty the CUDA cache; → how many were dropped.
 

@@ -35,10 +35,3 @@ class JpegReward:
         check_reward_inputs(images, prompts)
         return (self.sign * jpeg_size_kb(images)).to(images.device)
 
-
-def load_jpeg_compressibility(path=None, device=None, dtype=None, batch_size=None) -> JpegReward:
-    return JpegReward(-1.0, "jpeg_compressibility")
-
-
-def load_jpeg_incompressibility(path=None, device=None, dtype=None, batch_size=None) -> JpegReward:
-    return JpegReward(1.0, "jpeg_incompressibility")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from safetensors.torch import save_file
 
+from ..files import atomic_write
 from ..guidance import GuidedVelocity
 from ..rollout import ode_sample
 from ..schedule import shifted_linspace_grid
@@ -77,56 +78,55 @@ def save_weights(model: ToyDiT, path: str, meta: dict) -> None:
     """Write the weights as float16 safetensors, metadata values as JSON except "format", atomically."""
     tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    save_file(tensors, tmp, metadata={k: v if k == "format" else json.dumps(v) for k, v in meta.items()})
-    os.replace(tmp, path)
+    metadata = {k: v if k == "format" else json.dumps(v) for k, v in meta.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def pretrain(cfg: PretrainConfig, model_cfg: ToyDiTConfig) -> tuple[ToyDiT, dict]:
+def pretrain(config: PretrainConfig, model_cfg: ToyDiTConfig) -> tuple[ToyDiT, dict]:
     """Train from scratch; returns the model (weights rounded to their float16 storage) and its metadata."""
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
     model = ToyDiT(model_cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * (
-        0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps)))))
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / config.warmup) * (
+        0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, s / config.steps)))))
     prompts = train_prompts()
     print(f"ToyDiT: {sum(p.numel() for p in model.parameters()):,} parameters, {len(prompts)} training prompts")
     start = time.time()
-    for step in range(1, cfg.steps + 1):
-        batch = [prompts[i] for i in torch.randint(len(prompts), (cfg.batch_size,), generator=gen).tolist()]
+    for step in range(1, config.steps + 1):
+        batch = [prompts[i] for i in torch.randint(len(prompts), (config.batch_size,), generator=gen).tolist()]
         x_clean = render(batch, gen)                                            # (B, C, H, W)
         cond = encode_prompts(batch)                                            # (B, L)
-        drop = torch.rand(cfg.batch_size, generator=gen) < cfg.cond_dropout
+        drop = torch.rand(config.batch_size, generator=gen) < config.cond_dropout
         cond[drop] = null_cond(int(drop.sum()))
         eps = torch.randn(x_clean.shape, generator=gen)
-        tau = torch.sigmoid(torch.randn(cfg.batch_size, generator=gen))       # logit-normal(0, 1)
+        tau = torch.sigmoid(torch.randn(config.batch_size, generator=gen))       # logit-normal(0, 1)
         loss = rectified_flow_loss(model, x_clean, cond, eps, tau)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+        if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
             model.eval()
-            r = sample_reward(model, eval_prompts(), cfg.eval_seeds, shift=1.0, cfg_scale=3.0)
+            r = sample_reward(model, eval_prompts(), config.eval_seeds, shift=1.0, cfg_scale=3.0)
             model.train()
-            print(f"step {step:5d}  loss {loss.item():.4f}  eval reward (shift 1, cfg 3) {r:.3f}  "
+            print(f"step {step:5d}  loss {loss.item():.4f}  eval reward (shift 1, config 3) {r:.3f}  "
                   f"{time.time() - start:.0f}s", flush=True)
     wall = time.time() - start
     model.eval()
     model.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
-    sweep = {(s, g): sample_reward(model, prompts, cfg.eval_seeds, s, g, noise_seed=cfg.seed + 1)
+    sweep = {(s, g): sample_reward(model, prompts, config.eval_seeds, s, g, noise_seed=config.seed + 1)
              for s in SAMPLING_SHIFTS for g in SAMPLING_CFG_SCALES}
     shift, cfg_scale = max(sweep, key=sweep.get)
-    meta = {"format": WEIGHTS_FORMAT, "config": dataclasses.asdict(model_cfg), "steps": cfg.steps,
-            "seed": cfg.seed, "batch_size": cfg.batch_size, "wall_seconds": round(wall, 1),
+    meta = {"format": WEIGHTS_FORMAT, "config": dataclasses.asdict(model_cfg), "steps": config.steps,
+            "seed": config.seed, "batch_size": config.batch_size, "wall_seconds": round(wall, 1),
             "shift": shift, "cfg_scale": cfg_scale,
             "train_reward": sweep[(shift, cfg_scale)],
-            "eval_reward": sample_reward(model, eval_prompts(), cfg.eval_seeds, shift, cfg_scale)}
+            "eval_reward": sample_reward(model, eval_prompts(), config.eval_seeds, shift, cfg_scale)}
     for (s, g), r in sweep.items():
-        print(f"shift {s:g} cfg {g:g}: train-prompt reward {r:.3f}")
-    print(f"recommended shift {shift:g}, cfg {cfg_scale:g}; eval-prompt reward {meta['eval_reward']:.3f}; "
+        print(f"shift {s:g} config {g:g}: train-prompt reward {r:.3f}")
+    print(f"recommended shift {shift:g}, config {cfg_scale:g}; eval-prompt reward {meta['eval_reward']:.3f}; "
           f"trained in {wall:.0f}s")
     return model, meta
 
@@ -142,9 +142,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads")
     ap.add_argument("--eval-every", type=int, default=defaults.eval_every, help="steps between evaluations")
     args = ap.parse_args(argv)
-    cfg = PretrainConfig(steps=args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
+    config = PretrainConfig(steps=args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
                          threads=args.threads, eval_every=args.eval_every)
-    model, meta = pretrain(cfg, ToyDiTConfig())
+    model, meta = pretrain(config, ToyDiTConfig())
     save_weights(model, args.out, meta)
     print(f"saved {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB)")
     return 0

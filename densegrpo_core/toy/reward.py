@@ -22,8 +22,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..rewards import check_reward_inputs
-
+from ..rewards.base import check_reward_inputs
 from .task import IMAGE_SIZE, JITTER_OFFSET, JITTER_SCALE, SHAPES, parse_prompt, prompt_colours, shape_coverage
 
 COLOUR_WIDTH = 0.4          # w: colour distance at which a pixel counts exp(-1) ≈ 0.37 as matching

@@ -18,7 +18,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .toy.model import MLP, modulate, timestep_embedding  # MLP: fc1 → GELU(tanh) → fc2 (LoRA preset names)
+from ..toy.model import (  # MLP: fc1 → GELU(tanh) → fc2 (LoRA preset names)
+    MLP,
+    modulate,
+    timestep_embedding,
+)
 
 
 @dataclass
@@ -88,16 +92,16 @@ class StreamBlock(nn.Module):
     """One stream (image or text) of a joint block: adaLN-modulated attention inputs, then the residual
     attention and MLP updates (ComfyUI's DismantledBlock). `pre_only`: the last text block only feeds q, k, v."""
 
-    def __init__(self, cfg: DiTConfig, pre_only: bool = False, self_attn: bool = False):
+    def __init__(self, config: DiTConfig, pre_only: bool = False, self_attn: bool = False):
         super().__init__()
-        D = cfg.width
+        D = config.width
         self.pre_only, self.self_attn = pre_only, self_attn
         self.norm1 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
-        self.attn = SelfAttentionParts(D, cfg.heads, cfg.qk_norm, pre_only)
-        self.attn2 = SelfAttentionParts(D, cfg.heads, cfg.qk_norm) if self_attn else None
+        self.attn = SelfAttentionParts(D, config.heads, config.qk_norm, pre_only)
+        self.attn2 = SelfAttentionParts(D, config.heads, config.qk_norm) if self_attn else None
         if not pre_only:
             self.norm2 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
-            self.mlp = MLP(D, int(D * cfg.mlp_ratio))
+            self.mlp = MLP(D, int(D * config.mlp_ratio))
         n_mod = 2 if pre_only else (9 if self_attn else 6)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, n_mod * D))
 
@@ -124,10 +128,10 @@ class JointBlock(nn.Module):
 
     `forward(context (B, L, D), x (B, N, D), c (B, D)) -> (context, x)`, ComfyUI's argument order."""
 
-    def __init__(self, cfg: DiTConfig, last: bool, self_attn: bool):
+    def __init__(self, config: DiTConfig, last: bool, self_attn: bool):
         super().__init__()
-        self.context_block = StreamBlock(cfg, pre_only=last)
-        self.x_block = StreamBlock(cfg, self_attn=self_attn)
+        self.context_block = StreamBlock(config, pre_only=last)
+        self.x_block = StreamBlock(config, self_attn=self_attn)
 
     def forward(self, context: torch.Tensor, x: torch.Tensor, c: torch.Tensor):
         L = context.shape[1]
@@ -143,11 +147,11 @@ class JointBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    def __init__(self, cfg: DiTConfig):
+    def __init__(self, config: DiTConfig):
         super().__init__()
-        self.norm_final = nn.LayerNorm(cfg.width, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(cfg.width, cfg.patch_size ** 2 * cfg.latent_channels)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.width, 2 * cfg.width))
+        self.norm_final = nn.LayerNorm(config.width, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(config.width, config.patch_size ** 2 * config.latent_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(config.width, 2 * config.width))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)                  # (B, D) each
@@ -166,9 +170,9 @@ class Embedder(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, cfg: DiTConfig):
+    def __init__(self, config: DiTConfig):
         super().__init__()
-        self.proj = nn.Conv2d(cfg.latent_channels, cfg.width, cfg.patch_size, stride=cfg.patch_size)
+        self.proj = nn.Conv2d(config.latent_channels, config.width, config.patch_size, stride=config.patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)                           # (B, N, D)
@@ -177,18 +181,18 @@ class PatchEmbed(nn.Module):
 class DiT(nn.Module):
     """Velocity model `forward(x (B, C, H, W), tau (B,), cond {"context": (B, L, ctx), "y": (B, pooled)}) -> v`."""
 
-    def __init__(self, cfg: DiTConfig):
+    def __init__(self, config: DiTConfig):
         super().__init__()
-        self.cfg = cfg
-        self.hidden_size, self.patch_size = cfg.width, cfg.patch_size          # the names ComfyUI's MMDiT uses
-        self.x_embedder = PatchEmbed(cfg)
-        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.tokens, cfg.width))
-        self.t_embedder = Embedder(cfg.freq_dim, cfg.width)
-        self.y_embedder = Embedder(cfg.pooled_dim, cfg.width)
-        self.context_embedder = nn.Linear(cfg.context_dim, cfg.width)
-        self.joint_blocks = nn.ModuleList([JointBlock(cfg, last=i == cfg.depth - 1, self_attn=i < cfg.self_attn_layers)
-                                           for i in range(cfg.depth)])
-        self.final_layer = FinalLayer(cfg)
+        self.cfg = config
+        self.hidden_size, self.patch_size = config.width, config.patch_size          # the names ComfyUI's MMDiT uses
+        self.x_embedder = PatchEmbed(config)
+        self.pos_embed = nn.Parameter(torch.zeros(1, config.tokens, config.width))
+        self.t_embedder = Embedder(config.freq_dim, config.width)
+        self.y_embedder = Embedder(config.pooled_dim, config.width)
+        self.context_embedder = nn.Linear(config.context_dim, config.width)
+        self.joint_blocks = nn.ModuleList([JointBlock(config, last=i == config.depth - 1, self_attn=i < config.self_attn_layers)
+                                           for i in range(config.depth)])
+        self.final_layer = FinalLayer(config)
         self.init_random()
 
     @torch.no_grad()
@@ -225,8 +229,8 @@ class RandomTextEncoder:
     """Stand-in for the text encoders: a fixed random context and pooled vector per prompt (seeded by its
     text), so equal prompts get equal conditioning. `null` gives the unconditional (zero) conditioning."""
 
-    def __init__(self, cfg: DiTConfig, device: torch.device | str = "cpu"):
-        self.cfg, self.device = cfg, torch.device(device)
+    def __init__(self, config: DiTConfig, device: torch.device | str = "cpu"):
+        self.cfg, self.device = config, torch.device(device)
         self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _one(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
