@@ -114,7 +114,7 @@ def cmd_sample(args) -> int:
 
 def cmd_calibrate(args) -> int:
     from .calibrate import CalibrationConfig, calibrate
-    from .pipeline import dense_reward_sampler
+    from .pipeline import dense_reward_sampler, fused_rollout_rewards
     from .plots import plot_psi_history
     os.makedirs(args.out, exist_ok=True)
     pipe, train_prompts, tau, cfg_scale = _model_and_grid(args)
@@ -122,9 +122,10 @@ def cmd_calibrate(args) -> int:
     psi0.tau = tau.tolist()
     cal = CalibrationConfig(iterations=args.iterations, eps1=args.eps1, eps2=args.eps2, criterion=args.criterion,
                             delta=args.delta, average_last=args.average_last)
-    sampler = dense_reward_sampler(pipe, _reward(args.reward, args.reward_path, args.device), train_prompts, tau,
-                                   prompts_per_iteration=args.prompts, group_size=args.group_size,
-                                   cfg_scale=cfg_scale, seed=args.seed, device=args.device)
+    rewards = fused_rollout_rewards(pipe, _reward(args.reward, args.reward_path, args.device), tau,
+                                    cfg_scale=cfg_scale, device=args.device)
+    sampler = dense_reward_sampler(rewards, train_prompts, prompts_per_iteration=args.prompts,
+                                   group_size=args.group_size, seed=args.seed)
 
     def report(h):
         print(f"[calibrate] iter {h['iteration']:3d}  psi {' '.join(f'{v:.2f}' for v in h['psi'])}  "

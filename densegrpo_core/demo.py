@@ -105,7 +105,7 @@ def train_run(method: str, seed: int, psi: list[float], budget: DemoBudget, sett
 
 def run_demo(out: str, quick: bool = False, device: str = "cpu", seeds=None, workers: int = 1) -> dict:
     from .calibrate import CalibrationConfig, calibrate
-    from .pipeline import dense_reward_sampler, evaluate_ode, load_pipeline
+    from .pipeline import dense_reward_sampler, evaluate_ode, fused_rollout_rewards, load_pipeline
     from .plots import plot_dense_rewards, plot_psi_history, plot_reward_curves
     from .rewards import get_reward
     from .rollout import predicted_nfe
@@ -124,9 +124,9 @@ def run_demo(out: str, quick: bool = False, device: str = "cpu", seeds=None, wor
     tau = flow_grid(TOY_TRAIN["steps"], pipe.default_shift)
     print(f"[demo] calibrating psi ({budget.calib_iterations} iterations, "
           f"N = {budget.calib_prompts * budget.calib_group})", flush=True)
-    sampler = dense_reward_sampler(pipe, reward, train_prompts, tau, prompts_per_iteration=budget.calib_prompts,
-                                   group_size=budget.calib_group, cfg_scale=pipe.default_cfg, seed=1234,
-                                   device=device)
+    sampler = dense_reward_sampler(fused_rollout_rewards(pipe, reward, tau, cfg_scale=pipe.default_cfg, device=device),
+                                   train_prompts, prompts_per_iteration=budget.calib_prompts,
+                                   group_size=budget.calib_group, seed=1234)
     cal = calibrate(sampler, Psi.uniform(FLOW_GRPO_NOISE_LEVEL, TOY_TRAIN["steps"], tau=tau.tolist()),
                     CalibrationConfig(iterations=budget.calib_iterations, average_last=min(5, budget.calib_iterations),
                                       **CALIBRATION))

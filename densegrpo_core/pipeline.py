@@ -11,10 +11,10 @@ from typing import Callable, Sequence
 
 import torch
 
-from .advantages import check_rewards
+from .advantages import check_rewards, dense_rewards
 from .guidance import Cond, GuidedVelocity
-from .rollout import Rollout, ode_sample
-from .schedule import flow_grid
+from .rollout import Rollout, fused_rollout, ode_sample
+from .schedule import flow_grid, sde_noise_scales
 
 
 @dataclass
@@ -116,13 +116,25 @@ def load_pipeline(name: str = "toy", device="cpu") -> tuple[FlowPipeline, list[s
     return pipe, list(toy.train_prompts), list(toy.eval_prompts)
 
 
-def dense_reward_sampler(pipe: FlowPipeline, reward, prompts: Sequence[str], tau: torch.Tensor, *,
-                         prompts_per_iteration: int, group_size: int, cfg_scale: float, seed: int = 0,
-                         device="cpu", max_batch: int = 256):
-    """Closure `(psi (T,), iteration) -> ΔR (N, T)` for calibration: fused rollouts of random prompt groups."""
-    from .advantages import dense_rewards
-    from .rollout import fused_rollout
-    from .schedule import sde_noise_scales
+BatchRewards = Callable[[list, torch.Tensor, torch.Generator], torch.Tensor]  # (prompts, ψ (T,), gen) → R (B, T+1)
+
+
+def fused_rollout_rewards(pipe: FlowPipeline, reward, tau: torch.Tensor, *, cfg_scale: float, device="cpu",
+                          max_batch: int = 256) -> BatchRewards:
+    """`(prompts, psi, gen) -> R (B, T+1)`: one fused rollout of the prompts from noise of `gen`, then R_t (§5)."""
+    def batch_rewards(batch: list, psi: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        x_T = torch.randn((len(batch), *pipe.latent_shape), generator=gen).to(device)
+        ro = fused_rollout(pipe.guide(batch, cfg_scale, max_batch, device), x_T, tau, sde_noise_scales(psi, tau),
+                           generator=gen)
+        return latent_rewards(ro, batch, pipe.decode, reward)
+    return batch_rewards
+
+
+def dense_reward_sampler(batch_rewards: BatchRewards, prompts: Sequence[str], *, prompts_per_iteration: int,
+                         group_size: int, seed: int = 0):
+    """Closure `(psi (T,), iteration) -> ΔR (N, T)` for calibration (MATH.md §8): every iteration draws
+    `prompts_per_iteration` distinct prompts, G samples each, and scores them with `batch_rewards`
+    (`fused_rollout_rewards` headless; the ComfyUI node runs the rollouts inside ComfyUI's sampling)."""
     gen = torch.Generator().manual_seed(seed)
     prompts = list(dict.fromkeys(prompts))
     if prompts_per_iteration > len(prompts):
@@ -132,8 +144,5 @@ def dense_reward_sampler(pipe: FlowPipeline, reward, prompts: Sequence[str], tau
     def sample(psi: torch.Tensor, iteration: int) -> torch.Tensor:
         idx = torch.randperm(len(prompts), generator=gen)[:prompts_per_iteration].tolist()
         batch = [prompts[i] for i in idx for _ in range(group_size)]
-        x_T = torch.randn((len(batch), *pipe.latent_shape), generator=gen).to(device)
-        ro = fused_rollout(pipe.guide(batch, cfg_scale, max_batch, device), x_T, tau,
-                           sde_noise_scales(psi, tau), generator=gen)
-        return dense_rewards(latent_rewards(ro, batch, pipe.decode, reward))
+        return dense_rewards(batch_rewards(batch, psi, gen))
     return sample

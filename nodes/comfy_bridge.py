@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import torch
 
 from densegrpo_core.guidance import DenoiserVelocity, GuidedVelocity
+from densegrpo_core.schedule import validate_grid
 
 
 class NodeInputError(ValueError):
@@ -111,9 +112,13 @@ def resolve_psi(psi, sigmas: torch.Tensor, node: str, where: str = "this node's 
         raise input_error(node, name, str(e)) from None
 
 
-def scheduler_names() -> list[str]:
-    import comfy.samplers
-    return list(comfy.samplers.SCHEDULER_NAMES)
+def sigmas_grid(sigmas: torch.Tensor, node: str) -> torch.Tensor:
+    """SIGMAS as the flow grid τ(T) … τ(0) (MATH.md §1), or a clear error for non-flow sigmas."""
+    try:
+        return validate_grid(sigmas.detach().float().cpu(), "sigmas")
+    except ValueError as e:
+        raise input_error(node, "sigmas", f"are not a flow-matching schedule ({e}); use a flow model "
+                                          f"(SD3/SD3.5, FLUX) and a scheduler ending at 0") from None
 
 
 def progress_hook(total: int) -> Callable[[int], None]:
@@ -130,25 +135,27 @@ def progress_hook(total: int) -> Callable[[int], None]:
 
 def run_with_guided_model(model, positive, negative, cfg: float, noise: torch.Tensor, latent: torch.Tensor,
                           sigmas: torch.Tensor, seed: int, body: Callable, max_batch: int = 64):
-    """Run `body(guide, x_T, sigmas) -> (result, final_latent)` inside ComfyUI's sampling of MODEL.
+    """Run `body(guide, x_T, sigmas, callback) -> (result, final_latent)` inside ComfyUI's sampling of MODEL.
 
     `guide` is the core's GuidedVelocity over ComfyUI's CFG-wrapped denoiser (guidance already applied,
-    so the core's own CFG is off); x_T is the noised start latent in the model's latent space. Returns
-    `result`. The model is loaded/patched by ComfyUI exactly as for its own samplers.
+    so the core's own CFG is off); x_T is the noised start latent in the model's latent space; `callback`
+    is ComfyUI's per-step preview callback (or None). Returns (`result`, the sampled LATENT tensor as
+    ComfyUI's samplers return it). The model is loaded/patched by ComfyUI exactly as for its own samplers.
     """
     import comfy.samplers
     out = {}
 
     def sampler_function(model_k, x, sigmas, extra_args=None, callback=None, disable=None, **_):
         guide = GuidedVelocity(DenoiserVelocity(model_k, dict(extra_args or {})), None, None, 1.0, max_batch)
-        out["result"], final = body(guide, x, sigmas)
+        out["result"], final = body(guide, x, sigmas, callback)
         return final
 
     guider = comfy.samplers.CFGGuider(model)
     guider.set_conds(positive, negative)
     guider.set_cfg(float(cfg))
-    guider.sample(noise, latent, comfy.samplers.KSAMPLER(sampler_function), sigmas, disable_pbar=True, seed=seed)
-    return out["result"]
+    samples = guider.sample(noise, latent, comfy.samplers.KSAMPLER(sampler_function), sigmas, disable_pbar=True,
+                            seed=seed)
+    return out["result"], samples
 
 
 def prepare_latent_and_noise(model, latent: dict, batch: int, seed: int, node: str):

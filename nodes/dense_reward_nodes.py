@@ -13,42 +13,28 @@ import torch
 
 from densegrpo_core.advantages import dense_rewards
 from densegrpo_core.calibrate import CRITERIA, CalibrationConfig, calibrate, sign_counts
-from densegrpo_core.pipeline import score_images
-from densegrpo_core.rollout import fused_rollout
+from densegrpo_core.pipeline import dense_reward_sampler, latent_rewards
+from densegrpo_core.rollout import Rollout, fused_rollout
 from densegrpo_core.schedule import Psi, sde_noise_scales
 
 from . import comfy_bridge as bridge
-from .psi_nodes import PSI_TOOLTIP, PSI_TYPE
-from .reward_nodes import REWARD_TYPE
-from .sampler_nodes import MAX_BATCH_INPUT, flow_grid
+from .sockets import CFG, GROUP, MAX_BATCH_INPUT, REWARD_TYPE, SEED, STEPS, psi_input, scheduler_input
 
-SEED = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                "tooltip": "seed of the start noise and of the SDE noise"})
-STEPS = ("INT", {"default": 10, "min": 1, "max": 100, "tooltip": "sampling steps T (the paper trains with 10)"})
-CFG = ("FLOAT", {"default": 4.5, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "CFG scale"})
-GROUP = ("INT", {"default": 8, "min": 2, "max": 256, "tooltip": "trajectories per prompt (GRPO group size)"})
+REWARD_BATCH = 16   # images per reward call
 
 
 def group_rollout(model, positive, negative, cfg, latent_image, sigmas, psi_t, group, seed, node, max_batch,
-                  hook=None):
+                  hook=None) -> Rollout:
     """A fused rollout of `group` trajectories of one prompt: the core Rollout (model latent space)."""
     samples, noise = bridge.prepare_latent_and_noise(model, latent_image, group, seed, node)
 
-    def body(guide, x_T, sig):
-        tau = flow_grid(sig, node)
+    def body(guide, x_T, sig, callback):
+        tau = bridge.sigmas_grid(sig, node)
         ro = fused_rollout(guide, x_T, tau, sde_noise_scales(psi_t, tau), torch.Generator().manual_seed(int(seed)),
                            on_step=(lambda k, *_: hook()) if hook else None)
         return ro, ro.latents[:, -1]
-    return bridge.run_with_guided_model(model, positive, negative, cfg, noise, samples, sigmas, seed, body, max_batch)
-
-
-def rollout_rewards(ro, decode, reward, prompt: str, reward_batch: int = 16):
-    """Decode the T+1 clean latents of every trajectory and score them: images (B, T+1, H, W, 3), R (B, T+1)."""
-    ends = ro.reward_latents()                                                 # (B, T+1, C, h, w)
-    B, K = ends.shape[:2]
-    images = decode(ends.flatten(0, 1))                                        # (B·(T+1), H, W, 3)
-    R = score_images(images, [prompt] * (B * K), reward, reward_batch).reshape(B, K)
-    return images.reshape(B, K, *images.shape[1:]), R
+    return bridge.run_with_guided_model(model, positive, negative, cfg, noise, samples, sigmas, seed, body,
+                                        max_batch)[0]
 
 
 class DenseRewardVisualizer:
@@ -74,9 +60,7 @@ class DenseRewardVisualizer:
             "prompt": ("STRING", {"multiline": True, "default": "",
                                   "tooltip": "the prompt text the reward scores the images against"}),
             "latent_image": ("LATENT", {"tooltip": "an empty latent of the size to sample (its batch is ignored)"}),
-            "steps": STEPS, "cfg": CFG,
-            "scheduler": (bridge.scheduler_names(), {"default": "normal", "tooltip": "sigma schedule"}),
-            "psi": (PSI_TYPE, {"tooltip": PSI_TOOLTIP}),
+            "steps": STEPS, "cfg": CFG, "scheduler": scheduler_input(), "psi": psi_input(),
             "group_size": GROUP, "seed": SEED,
         }, "optional": {
             "max_batch": MAX_BATCH_INPUT,
@@ -100,13 +84,17 @@ class DenseRewardVisualizer:
             bar(done[0])
         ro = group_rollout(model, positive, negative, cfg, latent_image, sigmas, psi_t, group, seed, node,
                            max_batch, hook)
-        images, R = rollout_rewards(ro, bridge.ComfyDecoder(vae, model), reward_model, prompt.strip())
+        decode = bridge.ComfyDecoder(vae, model)
+        R = latent_rewards(ro, [prompt.strip()] * group, decode, reward_model, REWARD_BATCH)   # (B, T+1)
         bar(int(steps) + 1)
+        shown = ro.reward_latents()[:int(grid_rows)]                            # (rows, T+1, C, h, w)
+        flat = decode(shown.flatten(0, 1))                                      # (rows·(T+1), H, W, 3)
+        images = flat.reshape(*shown.shape[:2], *flat.shape[1:])
         dR = dense_rewards(R)                                                   # (B, T)
         pos, neg = sign_counts(dR)
         title = f"{prompt.strip()[:60]!r}, ψ = {psi_t[0]:.3g}…"
         plot = pil_to_tensor(plot_dense_rewards(R, None, title=title, tau=sigmas.tolist()))
-        grid = image_grid(images[:int(grid_rows)])
+        grid = image_grid(images)
         numbers = {"prompt": prompt.strip(), "sigmas": sigmas.tolist(), "psi": psi_t.tolist(), "R": R.tolist(),
                    "dR": dR.tolist(), "pos": pos.tolist(), "neg": neg.tolist(), "nfe": ro.nfe}
         return (bridge.images_to_comfy(plot), bridge.images_to_comfy(grid), json.dumps(numbers))
@@ -119,7 +107,7 @@ class CalibratePsi:
     CATEGORY = "DenseGRPO/psi"
     FUNCTION = "execute"
     OUTPUT_NODE = True
-    RETURN_TYPES = (PSI_TYPE, "IMAGE", "STRING")
+    RETURN_TYPES = (psi_input()[0], "IMAGE", "STRING")
     RETURN_NAMES = ("psi", "history_plot", "psi_file")
     OUTPUT_TOOLTIPS = ("the calibrated ψ(t) (mean of the last iterations)", "ψ(t) across the calibration iterations",
                        "path of the saved psi.json")
@@ -136,9 +124,8 @@ class CalibratePsi:
             "negative_prompt": ("STRING", {"multiline": False, "default": "",
                                            "tooltip": "negative prompt for CFG (empty = unconditional)"}),
             "latent_image": ("LATENT", {"tooltip": "an empty latent of the training resolution"}),
-            "steps": STEPS, "cfg": CFG,
-            "scheduler": (bridge.scheduler_names(), {"default": "normal", "tooltip": "sigma schedule"}),
-            "psi_init": (PSI_TYPE, {"tooltip": "starting ψ(t) (e.g. uniform 0.7, Flow-GRPO's)"}),
+            "steps": STEPS, "cfg": CFG, "scheduler": scheduler_input(),
+            "psi_init": psi_input("starting ψ(t) (e.g. uniform 0.7, Flow-GRPO's)"),
             "iterations": ("INT", {"default": 20, "min": 1, "max": 1000, "tooltip": "Algorithm 1 iterations"}),
             "prompts_per_iteration": ("INT", {"default": 2, "min": 1, "max": 64,
                                               "tooltip": "prompts drawn per iteration"}),
@@ -174,25 +161,30 @@ class CalibratePsi:
         config = CalibrationConfig(iterations=int(iterations), eps1=float(eps1), eps2=float(eps2),
                                    criterion=criterion, delta=float(delta),
                                    average_last=min(5, int(iterations)))
-        conds = bridge.encode_prompts(clip, prompt_list, node)
+        conds = dict(zip(prompt_list, bridge.encode_prompts(clip, prompt_list, node)))
         negative = bridge.encode_prompts(clip, [negative_prompt], node)[0]
         decode = bridge.ComfyDecoder(vae, model)
-        gen = torch.Generator().manual_seed(int(seed))
         total = int(iterations) * int(prompts_per_iteration)
         bar, done = bridge.progress_hook(total), [0]
 
-        def sample_dense_rewards(psi_t, iteration):
-            dRs = []
-            for i in torch.randint(len(prompt_list), (int(prompts_per_iteration),), generator=gen).tolist():
+        def batch_rewards(batch: list[str], psi_t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+            """R (N, T+1) of the batch's prompt groups, one rollout per group inside ComfyUI's sampling."""
+            R = []
+            for start in range(0, len(batch), group):
                 run_seed = int(torch.randint(2 ** 31, (1,), generator=gen))
-                ro = group_rollout(model, conds[i], negative, cfg, latent_image, sigmas, psi_t, group, run_seed,
-                                   node, max_batch)
-                dRs.append(dense_rewards(rollout_rewards(ro, decode, reward_model, prompt_list[i])[1]))
+                ro = group_rollout(model, conds[batch[start]], negative, cfg, latent_image, sigmas, psi_t, group,
+                                   run_seed, node, max_batch)
+                R.append(latent_rewards(ro, batch[start:start + group], decode, reward_model, REWARD_BATCH))
                 done[0] += 1
                 bar(done[0])
-            return torch.cat(dRs)                                              # (N, T)
+            return torch.cat(R)
 
-        result = calibrate(sample_dense_rewards, psi0, config)
+        try:
+            sampler = dense_reward_sampler(batch_rewards, prompt_list, prompts_per_iteration=int(prompts_per_iteration),
+                                           group_size=group, seed=int(seed))
+        except ValueError as e:
+            raise bridge.input_error(node, "prompts_per_iteration", str(e)) from None
+        result = calibrate(sampler, psi0, config)
         result.psi.meta.update({"steps": int(steps), "scheduler": scheduler, "cfg": float(cfg),
                                 "prompts": len(prompt_list), "group_size": group, "history": result.history})
         folder = os.path.join(folder_paths.get_output_directory(), "densegrpo", "psi")

@@ -6,10 +6,7 @@ import os
 from densegrpo_core.schedule import FLOW_GRPO_NOISE_LEVEL, Psi
 
 from .comfy_bridge import input_error
-
-PSI_TYPE = "DENSEGRPO_PSI"
-PSI_TOOLTIP = ("Per-step SDE noise level ψ(t) (DENSEGRPO_PSI). Uniform = Flow-GRPO's single `a`; a calibrated ψ "
-               "comes from the DenseGRPO Calibrate node. Checked against the step count where it is used.")
+from .sockets import PSI_TOOLTIP, PSI_TYPE
 
 
 def psi_folders() -> list[str]:
@@ -41,13 +38,17 @@ def find_psi_file(name: str, folders: list[str], node: str) -> str:
     raise input_error(node, "psi_file", f"{name!r} was not found in {' or '.join(folders)}")
 
 
-class PsiUniform:
-    DESCRIPTION = "ψ(t) = a at every step: Flow-GRPO's noise level (a = 0.7 in the paper)."
+class PsiNode:
+    """What the ψ nodes share: their category and their DENSEGRPO_PSI output."""
     CATEGORY = "DenseGRPO/psi"
     FUNCTION = "execute"
     RETURN_TYPES = (PSI_TYPE,)
     RETURN_NAMES = ("psi",)
     OUTPUT_TOOLTIPS = (PSI_TOOLTIP,)
+
+
+class PsiUniform(PsiNode):
+    DESCRIPTION = "ψ(t) = a at every step: Flow-GRPO's noise level (a = 0.7 in the paper)."
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -58,13 +59,8 @@ class PsiUniform:
         return (Psi.uniform(float(a), 1),)
 
 
-class PsiFromList:
+class PsiFromList(PsiNode):
     DESCRIPTION = "ψ(t) from comma-separated values, one per sampling step (first value = first, noisiest step)."
-    CATEGORY = "DenseGRPO/psi"
-    FUNCTION = "execute"
-    RETURN_TYPES = (PSI_TYPE,)
-    RETURN_NAMES = ("psi",)
-    OUTPUT_TOOLTIPS = (PSI_TOOLTIP,)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -79,11 +75,9 @@ class PsiFromList:
             raise input_error("DenseGRPO ψ From List", "values", str(e)) from None
 
 
-class PsiLoad:
+class PsiLoad(PsiNode):
     DESCRIPTION = ("Load a psi.json (written by DenseGRPO Calibrate or `python -m densegrpo_core calibrate`) from "
                    "models/densegrpo/ or output/densegrpo/psi/.")
-    CATEGORY = "DenseGRPO/psi"
-    FUNCTION = "execute"
     RETURN_TYPES = (PSI_TYPE, "STRING")
     RETURN_NAMES = ("psi", "values")
     OUTPUT_TOOLTIPS = (PSI_TOOLTIP, "the ψ values as text")

@@ -11,8 +11,8 @@ import os
 from densegrpo_core.rewards import REWARD_REGISTRY, WeightedReward
 
 from . import comfy_bridge as bridge
+from .sockets import REWARD_TYPE
 
-REWARD_TYPE = "REWARD_MODEL"
 FOLDER = "reward_models"
 NONE_FOUND = "(no files found: see the tooltip)"
 

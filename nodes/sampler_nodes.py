@@ -8,40 +8,36 @@ from __future__ import annotations
 import torch
 
 from densegrpo_core.guidance import DenoiserVelocity, GuidedVelocity, denoised_from_velocity
-from densegrpo_core.rollout import sde_chain
-from densegrpo_core.schedule import Psi, sde_noise_scales, validate_grid
+from densegrpo_core.rollout import Rollout, sde_chain
+from densegrpo_core.schedule import Psi, sde_noise_scales
 
 from . import comfy_bridge as bridge
-from .psi_nodes import PSI_TOOLTIP, PSI_TYPE
+from .sockets import CFG, MAX_BATCH_INPUT, SEED, psi_input, scheduler_input
 
 TRAJECTORY_TYPE = "DENSEGRPO_TRAJECTORY"
 SAMPLER_NODE = "DenseGRPO SDE Sampler"
-MAX_BATCH_INPUT = ("INT", {"default": 32, "min": 1, "max": 4096,
-                           "tooltip": "most latents per model call (lower it if you run out of memory)"})
 
 
-def flow_grid(sigmas: torch.Tensor, node: str) -> torch.Tensor:
-    """SIGMAS as the flow grid τ(T) … τ(0) (MATH.md §1), or a clear error for non-flow sigmas."""
-    try:
-        return validate_grid(sigmas.detach().float().cpu(), "sigmas")
-    except ValueError as e:
-        raise bridge.input_error(node, "sigmas", f"are not a flow-matching schedule ({e}); use a flow model "
-                                                 f"(SD3/SD3.5, FLUX) and a scheduler ending at 0") from None
+def sde_trajectory(guide: GuidedVelocity, x: torch.Tensor, sigmas: torch.Tensor, psi: Psi, seed: int,
+                   callback=None, on_step=None) -> Rollout:
+    """The SDE chain of MATH.md §3 with ψ(t) on ComfyUI's SIGMAS; `callback` gets ComfyUI's per-step dict."""
+    tau = bridge.sigmas_grid(sigmas, SAMPLER_NODE)
+    psi_t = bridge.resolve_psi(psi, tau, SAMPLER_NODE).tensor()
+
+    def step(k, x_k, v_k):
+        if callback is not None:
+            callback({"x": x_k, "i": k, "sigma": sigmas[k], "sigma_hat": sigmas[k],
+                      "denoised": denoised_from_velocity(x_k, v_k, sigmas[k])})
+        if on_step is not None:
+            on_step(k)
+    return sde_chain(guide, x, tau, sde_noise_scales(psi_t, tau), torch.Generator().manual_seed(int(seed)), step)
 
 
 def sde_sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
                          psi: Psi, seed: int = 0, max_batch: int = 32, recorder: dict | None = None):
     """k-diffusion-style sampler function (ComfyUI KSAMPLER): the SDE chain of MATH.md §3 with ψ(t)."""
-    tau = flow_grid(sigmas, SAMPLER_NODE)
-    psi_t = bridge.resolve_psi(psi, tau, SAMPLER_NODE).tensor()
     guide = GuidedVelocity(DenoiserVelocity(model, dict(extra_args or {})), None, None, 1.0, max_batch)
-
-    def on_step(k, x_k, v_k):
-        if callback is not None:
-            callback({"x": x_k, "i": k, "sigma": sigmas[k], "sigma_hat": sigmas[k],
-                      "denoised": denoised_from_velocity(x_k, v_k, sigmas[k])})
-
-    ro = sde_chain(guide, x, tau, sde_noise_scales(psi_t, tau), torch.Generator().manual_seed(int(seed)), on_step)
+    ro = sde_trajectory(guide, x, sigmas, psi, seed, callback)
     if recorder is not None:
         recorder["rollout"] = ro
     return ro.latents[:, -1]
@@ -65,10 +61,9 @@ class SDESampler:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "psi": (PSI_TYPE, {"tooltip": PSI_TOOLTIP}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                             "tooltip": "seed of the SDE noise added at every step (the start noise comes from "
-                                        "the NOISE / noise_seed input of the sampling node)"}),
+            "psi": psi_input(),
+            "seed": (SEED[0], {**SEED[1], "tooltip": "seed of the SDE noise added at every step (the start noise "
+                                                     "comes from the NOISE / noise_seed input of the sampling node)"}),
         }, "optional": {"max_batch": MAX_BATCH_INPUT}}
 
     def execute(self, psi, seed, max_batch=32):
@@ -92,31 +87,27 @@ class KSamplerSDE:
             "positive": ("CONDITIONING", {"tooltip": "the prompt's conditioning"}),
             "negative": ("CONDITIONING", {"tooltip": "the negative/unconditional conditioning for CFG"}),
             "latent_image": ("LATENT", {"tooltip": "an empty latent of the size to sample"}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                             "tooltip": "seed of the start noise and of the SDE noise"}),
+            "seed": SEED,
             "steps": ("INT", {"default": 10, "min": 1, "max": 1000, "tooltip": "sampling steps T"}),
-            "cfg": ("FLOAT", {"default": 4.5, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "CFG scale"}),
-            "scheduler": (bridge.scheduler_names(), {"default": "normal",
-                                                     "tooltip": "sigma schedule (normal = Flow-GRPO's for SD3)"}),
-            "psi": (PSI_TYPE, {"tooltip": PSI_TOOLTIP}),
+            "cfg": CFG,
+            "scheduler": scheduler_input(),
+            "psi": psi_input(),
         }, "optional": {"max_batch": MAX_BATCH_INPUT}}
 
     def execute(self, model, positive, negative, latent_image, seed, steps, cfg, scheduler, psi, max_batch=32):
         import comfy.sample
-        import comfy.samplers
         node = "DenseGRPO KSampler (SDE)"
         sigmas = bridge.flow_sigmas(model, scheduler, steps, node)
         samples = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
         bridge.check_latent_channels(samples, bridge.latent_channels(model), node)
         noise = comfy.sample.prepare_noise(samples, int(seed))
-        recorder = {}
-        guider = comfy.samplers.CFGGuider(model)
-        guider.set_conds(positive, negative)
-        guider.set_cfg(float(cfg))
         hook = bridge.progress_hook(int(steps))
-        out = guider.sample(noise, samples, make_sampler(psi, seed, max_batch, recorder), sigmas,
-                            callback=lambda i, *_: hook(i + 1), disable_pbar=True, seed=int(seed))
-        ro = recorder["rollout"]
+
+        def body(guide, x, sig, callback):
+            ro = sde_trajectory(guide, x, sig, psi, seed, callback, on_step=lambda k: hook(k + 1))
+            return ro, ro.latents[:, -1]
+        ro, out = bridge.run_with_guided_model(model, positive, negative, cfg, noise, samples, sigmas, seed, body,
+                                               max_batch)
         trajectory = {"latents": ro.latents.cpu(), "log_probs": ro.log_probs, "sigmas": sigmas,
                       "psi": bridge.resolve_psi(psi, sigmas, node).values}
         lp = ro.log_probs[:, ro.trainable].mean().item() if ro.trainable.any() else float("nan")

@@ -14,10 +14,8 @@ from densegrpo_core.advantages import ADVANTAGE_MODES
 from densegrpo_core.trainer import TrainConfig, check_resumable
 
 from . import comfy_bridge as bridge
-from .dense_reward_nodes import CFG, GROUP, REWARD_TYPE, SEED, STEPS
-from .psi_nodes import PSI_TOOLTIP, PSI_TYPE
+from .sockets import CFG, GROUP, JOB_TYPE, REWARD_TYPE, SEED, STEPS, psi_input, scheduler_input
 
-JOB_TYPE = "DENSEGRPO_JOB"
 EVENT = "densegrpo.job"              # websocket event name of job updates
 TRAIN_NODE = "DenseGRPO Train LoRA"
 _manager = None
@@ -96,7 +94,7 @@ class TrainLoRA:
             "clip": ("CLIP", {"tooltip": "encodes the training prompts"}),
             "vae": ("VAE", {"tooltip": "decodes samples for the reward"}),
             "reward_model": (REWARD_TYPE, {"tooltip": "the reward to maximise"}),
-            "psi": (PSI_TYPE, {"tooltip": PSI_TOOLTIP}),
+            "psi": psi_input(),
             "prompts": ("STRING", {"multiline": True, "default": "",
                                    "tooltip": "training prompts, one per line (or choose prompts_file)"}),
             "negative_prompt": ("STRING", {"default": "", "tooltip": "negative prompt for CFG"}),
@@ -105,9 +103,9 @@ class TrainLoRA:
                                      "tooltip": "file name stem under models/loras/densegrpo/ (sanitised)"}),
             "iterations": ("INT", {"default": 100, "min": 1, "max": 100000, "tooltip": "GRPO iterations"}),
             "group_size": GROUP, "steps": STEPS, "cfg": CFG,
-            "scheduler": (bridge.scheduler_names(), {"default": "normal", "tooltip": (
+            "scheduler": scheduler_input(
                 "the scheduler you will sample with: training uses ComfyUI's sigmas of this scheduler for this "
-                "MODEL, so the LoRA learns exactly the steps your KSampler takes (normal = Flow-GRPO's for SD3)")}),
+                "MODEL, so the LoRA learns exactly the steps your KSampler takes (normal = Flow-GRPO's for SD3)"),
             "advantage_mode": (list(ADVANTAGE_MODES), {"default": "dense_grpo",
                                                        "tooltip": "dense_grpo = DenseGRPO; flow_grpo = baseline"}),
             "learning_rate": ("FLOAT", {"default": 3e-4, "min": 1e-7, "max": 1e-1, "step": 1e-5,

@@ -43,3 +43,79 @@ def test_comfyui_entry_point_registers_nodes_with_display_names():
             f"print('OK', len(ids))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent)
     assert out.returncode == 0 and out.stdout.startswith("OK"), out.stderr
+
+
+# ------------------------------------------------------------------------------------------ layering
+def _modules(package: str) -> dict[str, Path]:
+    """Dotted module name → file for every .py file of a package folder in the repository."""
+    out = {}
+    for path in (ROOT / package).rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _imports(name: str, path: Path, known: dict) -> set[str]:
+    """The modules of `known` that module `name` imports anywhere in its file (top level or inside functions)."""
+    import ast
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
+            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        found |= {t for t in targets if t in known and t != name}
+    return found
+
+
+def test_core_never_imports_comfyui():
+    """ARCHITECTURE.md's one rule: the headless core never imports comfy, folder_paths or server."""
+    import ast
+    bad = []
+    for name, path in _modules("densegrpo_core").items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            bad += [f"{name}: {n}" for n in names
+                    if n.split(".")[0] in ("comfy", "comfy_extras", "folder_paths", "server")]
+    assert not bad
+
+
+def test_core_has_no_import_cycles():
+    mods = _modules("densegrpo_core")
+    graph = {name: _imports(name, path, mods) for name, path in mods.items()}
+    state, cycles = {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, cycles
+
+
+def test_no_module_of_the_core_or_the_nodes_is_over_450_lines():
+    long = {str(p.relative_to(ROOT)): n for pkg in ("densegrpo_core", "nodes")
+            for p in _modules(pkg).values() if (n := len(p.read_text().splitlines())) > 450}
+    assert not long
+
+
+def test_node_modules_do_not_import_each_other():
+    """Shared socket specs live in nodes/sockets.py; a module that defines nodes imports no other such module."""
+    mods = _modules("nodes")
+    node_modules = {name for name, path in mods.items() if "\nNODES = " in path.read_text()}
+    crossing = {name: _imports(name, mods[name], mods) & node_modules for name in node_modules}
+    assert not {k: v for k, v in crossing.items() if v}

@@ -11,8 +11,8 @@ ComfyUI's own MMDiT needs ComfyUI, which the core never imports: `bench/comfy_mm
 registers it as arch "mmdit". Writes `bench.json` and `bench.md`; every figure is measured, except the
 columns that say "predicted" (NFE counts, estimate.py).
 """
-from .config import STAGES, BenchConfig, tiny_config
-from .models import ARCHS, register_arch
+from .config import ARCHS, STAGES, BenchConfig, register_arch, tiny_config
+from . import models  # noqa: F401  (registers the "toy" and "dit" archs)
 from .runs import fit_from_results, run_bench
 
 __all__ = ["ARCHS", "STAGES", "BenchConfig", "fit_from_results", "register_arch", "run_bench", "tiny_config"]

@@ -6,6 +6,15 @@ from dataclasses import dataclass
 from ..advantages import ADVANTAGE_MODES
 
 STAGES = ("rollout", "reward", "update")
+# arch name → network builder (models.py fills it with "toy" and "dit"; `register_arch` adds more):
+# "toy" → build(config, dtype) → (pipe, prompts, reward); others → build(config, dit_config, dtype) →
+# (velocity model, LoRA module or None, the DiTConfig of its sizes)
+ARCHS: dict = {}
+
+
+def register_arch(name: str, builder) -> None:
+    """Add a network to the bench (e.g. bench/comfy_mmdit.py: ComfyUI's own MMDiT, which the core cannot import)."""
+    ARCHS[name] = builder
 
 
 @dataclass
@@ -41,7 +50,6 @@ class BenchConfig:
     def __post_init__(self):
         self.group_sizes = tuple(int(g) for g in self.group_sizes)
         self.grad_checkpointing = tuple(bool(c) for c in self.grad_checkpointing)
-        from .models import ARCHS
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r} (ComfyUI's MMDiT: "
                              f"bench/comfy_mmdit.py registers it)")

@@ -2,15 +2,13 @@
 stand-ins of the real decoder (SD3's VAE) and reward (a ViT-H/14 tower); other networks join by `register_arch`."""
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..pipeline import FlowPipeline, load_pipeline
 from ..rewards import get_reward
-from .config import BenchConfig
+from .config import ARCHS, BenchConfig, register_arch
 from .dit import DiT, DiTConfig, LatentDecoder, RandomTextEncoder
 
 
@@ -87,14 +85,8 @@ def core_dit(config: BenchConfig, dit_cfg: DiTConfig, dtype: torch.dtype):
     return _with_default_dtype(dtype, lambda: DiT(dit_cfg)), None, dit_cfg
 
 
-# arch name → builder: "toy" → build_toy(config, dtype) → (pipe, prompts, reward); any other →
-# builder(config, dit_cfg, dtype) → (velocity model, LoRA module or None, the DiTConfig it has)
-ARCHS: dict[str, Callable] = {"toy": build_toy, "dit": core_dit}
-
-
-def register_arch(name: str, builder: Callable) -> None:
-    """Add a network to the bench (e.g. bench/comfy_mmdit.py: ComfyUI's own MMDiT, which the core cannot import)."""
-    ARCHS[name] = builder
+register_arch("toy", build_toy)
+register_arch("dit", core_dit)
 
 
 def build_pipeline(config: BenchConfig, arch: str):
