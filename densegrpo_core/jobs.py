@@ -7,6 +7,10 @@ events with `ctx.emit` and polls `ctx.should_stop()`. Every state change is writ
 server restart as records (`load_records`). Nothing here imports ComfyUI or torch: the nodes and HTTP
 routes build on it (ARCHITECTURE.md, "ComfyUI background training").
 
+A job may carry a `key` (`settings_key(...)` of the settings that define it): `submit_unique` returns the
+queued or running job with the same key instead of starting a duplicate. `to_dict` reports seconds per
+iteration and an ETA measured from the iteration events of the current run.
+
 States: queued → running → finished; a stop request makes a running job stopping, then stopped when the
 work returns; an exception makes it failed; a queued job that is stopped never runs.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import hashlib
 import json
 import logging
 import math
@@ -34,6 +39,7 @@ MAX_RECORDS = 10_000                 # metrics/evals kept per job: a long run's 
 LARGE_KEYS = frozenset({"rewards"})  # per-sample payloads: kept in `latest` only, not in every metric record
 PERSIST_EVENTS = frozenset({"checkpoint", "lora"})  # also rewrite job.json then: a record knows the progress
 RECORD_NAME = "job.json"
+RATE_WINDOW = 10                     # iterations the seconds-per-iteration figure averages over
 INTERRUPTED = "interrupted by a server restart"
 
 
@@ -74,6 +80,12 @@ def json_safe(value):
     return str(value)
 
 
+def settings_key(settings) -> str:
+    """A short stable digest of JSON-able settings (dict order does not matter): equal settings, equal key."""
+    text = json.dumps(json_safe(settings), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
 def _append_capped(records: list, record: dict) -> None:
     records.append(record)
     if len(records) > MAX_RECORDS:
@@ -100,6 +112,11 @@ class Job:
     latest: dict = field(default_factory=dict)         # the latest event of each type, large payloads included
     resumed_from: str | None = None           # id of the job this one resumes
     meta: dict = field(default_factory=dict)  # the submitter's extra facts (advantage mode, LoRA folder, ...)
+    key: str | None = None                    # settings_key of the settings that define the job (dedupe)
+    start_iteration: int = 0                  # the iteration this run started at (a resume's checkpoint)
+    recorded_rate: float | None = None        # seconds per iteration read back from a record (no live events)
+    _ticks: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RATE_WINDOW + 1),
+                                      init=False, repr=False, compare=False)  # (time, iteration) of recent events
     _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False, compare=False)
 
     def transition(self, new: JobState) -> None:
@@ -123,22 +140,41 @@ class Job:
             self.latest[kind] = event
             if kind == "iteration":
                 self.iteration = int(event["iteration"])
+                self._ticks.append((time.time(), self.iteration))
                 _append_capped(self.metrics, summary)
             elif kind == "eval":
                 _append_capped(self.evals, summary)
             elif kind == "lora" and str(event["path"]) not in self.loras:
                 self.loras.append(str(event["path"]))
 
+    def timing(self) -> tuple[float | None, float | None]:
+        """(seconds per iteration, seconds left) of the current run; None before the first iteration."""
+        with self._lock:
+            ticks = list(self._ticks)
+            if not ticks or self.started is None:
+                return (self.recorded_rate, 0.0 if self.state.terminal else None) if self.recorded_rate else (None, None)
+            if len(ticks) == RATE_WINDOW + 1:
+                (t0, i0), (t1, i1) = ticks[0], ticks[-1]
+            else:
+                (t0, i0), (t1, i1) = (self.started, self.start_iteration), ticks[-1]
+            if i1 <= i0:
+                return None, None
+            per = (t1 - t0) / (i1 - i0)
+            left = per * max(0, self.total - self.iteration) if not self.state.terminal else 0.0
+            return per, left
+
     def to_dict(self, full: bool = False) -> dict:
         """JSON-safe view; without `full`, metrics/evals are counts plus the last record, no traceback/latest."""
         with self._lock:
+            per, left = self.timing()
             d = {"id": self.id, "name": self.name, "device": self.device, "folder": self.folder,
                  "total": self.total, "state": self.state.value, "iteration": self.iteration,
                  "created": self.created, "started": self.started, "finished": self.finished,
                  "error": self.error, "loras": list(self.loras), "resumed_from": self.resumed_from,
                  "meta": self.meta, "metrics_count": len(self.metrics), "evals_count": len(self.evals),
                  "last_metric": self.metrics[-1] if self.metrics else None,
-                 "last_eval": self.evals[-1] if self.evals else None}
+                 "last_eval": self.evals[-1] if self.evals else None, "key": self.key,
+                 "sec_per_iteration": per, "eta_s": left}
             if full:
                 d.update(traceback=self.traceback, metrics=self.metrics, evals=self.evals, latest=self.latest)
             return json_safe(d)
@@ -151,7 +187,8 @@ class Job:
                    started=d.get("started"), finished=d.get("finished"), error=d.get("error"),
                    traceback=d.get("traceback"), metrics=[d["last_metric"]] if d.get("last_metric") else [],
                    evals=[d["last_eval"]] if d.get("last_eval") else [], loras=list(d.get("loras") or []),
-                   resumed_from=d.get("resumed_from"), meta=dict(d.get("meta") or {}))
+                   resumed_from=d.get("resumed_from"), meta=dict(d.get("meta") or {}), key=d.get("key"),
+                   recorded_rate=d.get("sec_per_iteration"))
 
 
 class JobContext:
@@ -194,8 +231,29 @@ class JobManager:
 
     # ------------------------------------------------------------------ public
     def submit(self, name: str, work: Callable[[JobContext], None], *, device: str = "cpu", total: int,
-               resume_of: str | None = None, start_iteration: int = 0, meta: dict | None = None) -> Job:
+               resume_of: str | None = None, start_iteration: int = 0, meta: dict | None = None,
+               key: str | None = None) -> Job:
         """Queue `work` as a job on `device`; it starts when the device's earlier jobs are done."""
+        return self._submit(name, work, device=device, total=total, resume_of=resume_of,
+                            start_iteration=start_iteration, meta=meta, key=key, unique=False)[0]
+
+    def submit_unique(self, key: str, name: str, work: Callable[[JobContext], None], **kwargs) -> tuple[Job, bool]:
+        """Like submit, unless a queued or running job has this key: then (that job, False) and `work` is
+        dropped; otherwise (the new job, True). Atomic: two calls with one key never start two jobs."""
+        return self._submit(name, work, key=key, unique=True, **kwargs)
+
+    def find_active(self, key: str) -> Job | None:
+        """The queued or running job with this key (the newest), or None."""
+        with self._lock:
+            return self._find_active(key)
+
+    def _find_active(self, key: str) -> Job | None:
+        found = [j for j in self._jobs.values()
+                 if j.key == key and j.state in (JobState.QUEUED, JobState.RUNNING)]
+        return max(found, key=lambda j: j.created or 0.0) if found else None
+
+    def _submit(self, name, work, *, device="cpu", total, resume_of=None, start_iteration=0, meta=None,
+                key=None, unique=False) -> tuple[Job, bool]:
         if int(total) < 1 or int(start_iteration) < 0:
             raise ValueError(f"need total >= 1 and start_iteration >= 0, got {total} and {start_iteration}")
         if resume_of is not None:
@@ -203,12 +261,17 @@ class JobManager:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the job manager is shut down: it takes no new jobs")
+            if unique and key is not None:
+                active = self._find_active(key)
+                if active is not None:
+                    return active, False
             job_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(12))
             while job_id in self._jobs or os.path.exists(os.path.join(self.root, job_id)):
                 job_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(12))
             job = Job(id=job_id, name=name, device=str(device), folder=os.path.join(self.root, job_id),
                       total=int(total), iteration=int(start_iteration), created=time.time(),
-                      resumed_from=resume_of, meta=json_safe(dict(meta or {})))
+                      resumed_from=resume_of, meta=json_safe(dict(meta or {})), key=key,
+                      start_iteration=int(start_iteration))
             os.makedirs(job.folder)
             self._jobs[job.id] = job
             self._runs[job.id] = _Run(work, threading.Event(), threading.Event())
@@ -221,7 +284,7 @@ class JobManager:
                                               name=f"densegrpo-jobs-{job.device}")
                     self._workers[job.device] = worker
                     worker.start()
-        return job
+        return job, True
 
     def get(self, job_id: str) -> Job:
         """The job; ValueError for a malformed id (HTTP 400), KeyError for an unknown one (404)."""
@@ -362,7 +425,7 @@ class JobManager:
         job.record(event)
         if event["type"] in PERSIST_EVENTS:
             self._persist(job)
-        self._notify(job.id, {**event, "job_id": job.id})
+        self._notify(job.id, {**event, "job_id": job.id, "job": job.to_dict()})
 
     def _changed(self, job: Job) -> None:
         """After a state change: write the record, tell the listener, release waiters once terminal."""
