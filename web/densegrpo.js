@@ -21,6 +21,7 @@ const state = {
   listed: false,          // GET /densegrpo/jobs answered at least once
   plot: null, plotJob: null,
   frame: 0,
+  loading: new Set(),     // ids whose ?full=1 answer is awaited
 };
 
 // ----------------------------------------------------------------------------------------- helpers
@@ -94,6 +95,12 @@ async function loadDetail(id) {
   });
 }
 
+function ensureDetail(id) {
+  if (!id || state.details.has(id) || state.loading.has(id)) return;
+  state.loading.add(id);
+  loadDetail(id).catch(() => {}).finally(() => { state.loading.delete(id); scheduleRender(); });
+}
+
 function curvePoint(m) {
   return { iteration: m.iteration, reward_mean: m.reward_mean };
 }
@@ -105,11 +112,12 @@ function onEvent(e) {
   if (ev.job) state.jobs.set(ev.job_id, { ...before, ...ev.job });
   const detail = state.details.get(ev.job_id);
   if (detail) {
-    if (ev.type === "iteration") detail.metrics.push(curvePoint(ev));
-    else if (ev.type === "eval") detail.evals.push(curvePoint(ev));
+    const newer = (list) => !list.length || ev.iteration > list[list.length - 1].iteration;
+    if (ev.type === "iteration" && newer(detail.metrics)) detail.metrics.push(curvePoint(ev));
+    else if (ev.type === "eval" && newer(detail.evals)) detail.evals.push(curvePoint(ev));
     else if (ev.type === "plots") detail.plots = ev.iteration;
   }
-  if (!state.selected) state.selected = ev.job_id;
+  if (!state.selected || !before) state.selected = ev.job_id;      // a new job comes into view
   if (ev.type === "state" && TERMINAL.has(ev.state) && before?.state !== ev.state && toastsOn()) {
     const job = ev.job ?? {};
     const what = `${job.name ?? ev.job_id} (${ev.job_id}) at iteration ${job.iteration}/${job.total}`;
@@ -214,7 +222,7 @@ function signCounts(job) {
       el("div", { class: "densegrpo-step" }, String(T - i)));
   });
   return el("div", { class: "densegrpo-section" },
-    el("div", { class: "densegrpo-title" }, `ΔR sign counts per step, iteration ${m.iteration}`,
+    el("div", { class: "densegrpo-title" }, `ΔR signs per step (it. ${m.iteration})`,
       el("span", { class: "densegrpo-legend" }, el("i", { class: "sw pos" }), ">0 ", el("i", { class: "sw neg" }), "<0")),
     el("div", { class: "densegrpo-bars", "data-steps": T }, cols));
 }
@@ -290,6 +298,7 @@ function render() {
   if (!root || !root.isConnected) return;
   const jobs = [...state.jobs.values()].sort((a, b) => (b.created ?? 0) - (a.created ?? 0));
   const selected = state.jobs.get(state.selected);
+  if (selected) ensureDetail(selected.id);
   if (state.plot && (!selected || state.plotJob?.split(":")[0] !== selected.id)) {
     state.plot.destroy();
     state.plot = null; state.plotJob = null;
