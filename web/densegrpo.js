@@ -22,6 +22,7 @@ const state = {
   plot: null, plotJob: null,
   frame: 0,
   loading: new Set(),     // ids whose ?full=1 answer is awaited
+  toasted: new Set(),     // "<id>:<state>" already announced: one toast per job and end state
 };
 
 // ----------------------------------------------------------------------------------------- helpers
@@ -118,7 +119,9 @@ function onEvent(e) {
     else if (ev.type === "plots") detail.plots = ev.iteration;
   }
   if (!state.selected || !before) state.selected = ev.job_id;      // a new job comes into view
-  if (ev.type === "state" && TERMINAL.has(ev.state) && before?.state !== ev.state && toastsOn()) {
+  const announce = `${ev.job_id}:${ev.state}`;
+  if (ev.type === "state" && TERMINAL.has(ev.state) && !state.toasted.has(announce) && toastsOn()) {
+    state.toasted.add(announce);
     const job = ev.job ?? {};
     const what = `${job.name ?? ev.job_id} (${ev.job_id}) at iteration ${job.iteration}/${job.total}`;
     if (ev.state === "failed") toast("error", "DenseGRPO training failed", `${what}: ${job.error ?? "unknown error"}`, 0);

@@ -87,6 +87,8 @@ def seen(comfy, tmp_path_factory):
         raise AssertionError(f"browser scenario failed: {out['error']}\nsteps: {out.get('steps')}\n"
                              f"console: {out.get('console', [])[-30:]}\n(screenshot: {shots}/failure.png)")
     out["screenshots"] = shots
+    with open(os.path.join(folder, "observations.json"), "w") as f:   # for a look after a failure
+        json.dump(out, f, indent=1)
     return out
 
 

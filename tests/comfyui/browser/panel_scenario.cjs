@@ -24,6 +24,9 @@ async function shot(page, name) {
 }
 
 async function openUI(page) {
+  // ComfyUI shows a first-visit templates dialog (over everything) to a user whose settings lack
+  // Comfy.TutorialCompleted, at a moment of its own choosing: record the visit as done, as that dialog does
+  await fetch(`${cfg.url}/api/settings/Comfy.TutorialCompleted`, { method: "POST", body: "true" });
   await page.goto(cfg.url);
   await page.waitForFunction(() => window.app?.graph && window.app.extensionManager && window.comfyAPI?.api?.api,
     null, { timeout: T });
@@ -155,6 +158,7 @@ async function waitHistory(page, n) {
     await page.waitForFunction(() => [...document.querySelectorAll(".p-toast-message")]
       .some((t) => /stopped/i.test(t.textContent)), null, { timeout: T });
     out.toast = await page.locator(".p-toast-message").last().textContent();
+    out.stop_toasts = await page.locator(".p-toast-message", { hasText: "training stopped" }).count();
     await shot(page, "comfyui_panel_stopped.png");
     step("stopped", stopped);
 
