@@ -373,27 +373,32 @@ function injectStyle() {
 }
 
 // ----------------------------------------------------------------------------------------- registration
-api.addEventListener(EVENT, onEvent);      // at import: no "Unknown message type" even before setup
-api.addEventListener("reconnected", () => { if (state.root) loadJobs().catch(() => {}); });
+// Registered once per page, even if ComfyUI serves this folder under two names.
+const LOADED = Symbol.for("densegrpo.panel.loaded");
+if (!window[LOADED]) {
+  window[LOADED] = true;
+  api.addEventListener(EVENT, onEvent);      // at import: no "Unknown message type" even before setup
+  api.addEventListener("reconnected", () => { if (state.root) loadJobs().catch(() => {}); });
 
-app.registerExtension({
-  name: "DenseGRPO.Panel",
-  settings: [{
-    id: TOAST_SETTING, category: ["DenseGRPO", "Panel", "Toasts"], type: "boolean", defaultValue: true,
-    name: "Show a toast when a DenseGRPO training job finishes, stops or fails",
-  }],
-  setup() {
-    app.extensionManager.registerSidebarTab({
-      id: TAB_ID, icon: "pi pi-chart-line", title: "DenseGRPO", tooltip: "DenseGRPO training jobs",
-      type: "custom", render: mount, destroy: unmount,
-    });
-  },
-  nodeCreated(node) {
-    // A new Train node's seed stays fixed after each run, so queueing again does not start another job.
-    // A loaded workflow's saved choice is applied after this and wins.
-    if (node.comfyClass !== TRAIN_NODE) return;
-    const seed = node.widgets?.find((w) => w.name === "seed");
-    const control = seed?.linkedWidgets?.[0] ?? node.widgets?.find((w) => w.name === "control_after_generate");
-    if (control) control.value = "fixed";
-  },
-});
+  app.registerExtension({
+    name: "DenseGRPO.Panel",
+    settings: [{
+      id: TOAST_SETTING, category: ["DenseGRPO", "Panel", "Toasts"], type: "boolean", defaultValue: true,
+      name: "Show a toast when a DenseGRPO training job finishes, stops or fails",
+    }],
+    setup() {
+      app.extensionManager.registerSidebarTab({
+        id: TAB_ID, icon: "pi pi-chart-line", title: "DenseGRPO", tooltip: "DenseGRPO training jobs",
+        type: "custom", render: mount, destroy: unmount,
+      });
+    },
+    nodeCreated(node) {
+      // A new Train node's seed stays fixed after each run, so queueing again does not start another job.
+      // A loaded workflow's saved choice is applied after this and wins.
+      if (node.comfyClass !== TRAIN_NODE) return;
+      const seed = node.widgets?.find((w) => w.name === "seed");
+      const control = seed?.linkedWidgets?.[0] ?? node.widgets?.find((w) => w.name === "control_after_generate");
+      if (control) control.value = "fixed";
+    },
+  });
+}

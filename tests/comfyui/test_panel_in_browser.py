@@ -138,6 +138,11 @@ def test_the_console_has_no_unknown_message_type(seen):
     assert seen["unknown_message_lines"] == []
 
 
+def test_the_extension_loads_once_and_announces_a_stop_once(seen):
+    assert not [l for l in seen["console"] if "densegrpo" in l.lower() and "error" in l.lower()]
+    assert seen["stop_toasts"] == 1
+
+
 def test_websocket_events_name_no_absolute_server_paths(comfy, seen):
     assert {"state", "iteration", "lora", "plots"} <= {e["type"] for e in seen["events"]}
     strings = re.findall(r'"((?:[^"\\]|\\.)*)"', json.dumps(seen["events"]))
