@@ -2,7 +2,7 @@
 
 One scenario (browser/panel_scenario.cjs) plays a new user: load a training workflow on the tiny SD3, press
 Run, open the DenseGRPO tab, watch the iteration rise without queueing again, press Run again with the same
-settings, add a LoRA to the workflow, press Stop, reload the page. The tests below check its observations.
+settings, add a LoRA to the workflow, press Stop, press Resume (and Stop), reload the page. The tests below check its observations.
 
 Needs, besides $COMFYUI_PATH: `node`, the npm package playwright-core (a node_modules folder named by
 $DENSEGRPO_PLAYWRIGHT, or tests/comfyui/browser/node_modules from `npm install playwright-core` there) and a
@@ -126,6 +126,12 @@ def test_add_lora_to_workflow_adds_a_lora_loader_with_that_file(seen):
 def test_stop_in_the_panel_stops_the_job_and_a_toast_says_so(seen):
     assert seen["state_after_stop_click"] in ("stopping", "stopped")
     assert "DenseGRPO training stopped" in seen["toast"] and seen["job_id"] in seen["toast"]
+
+
+def test_resume_in_the_panel_continues_the_stopped_job_with_its_settings(seen):
+    assert seen["resumed"]["resumed_from"] == seen["job_id"]
+    assert seen["resumed"]["iteration"] >= seen["stopped_iteration"]
+    assert seen["resumed"]["total"] == 100000
 
 
 def test_after_a_page_reload_the_job_is_listed_with_its_final_state(seen):

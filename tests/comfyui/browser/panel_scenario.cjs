@@ -164,6 +164,15 @@ async function waitHistory(page, n) {
 
     out.events = await page.evaluate(() => window.__dgEvents);
 
+    // Resume: the job's own workflow is queued again with resume_job set; the new job continues the count
+    await page.locator('.densegrpo-detail button[data-action="resume"]').click();
+    const resumed = await jobRow(page, (r, id) => r.dataset.jobId !== id && r.dataset.state === "running"
+      && r.textContent.includes("browser_panel"), out.job_id);
+    out.resumed = await page.evaluate(async (id) => (await fetch(`/densegrpo/jobs/${id}`)).json(), resumed.id);
+    await page.locator('.densegrpo-detail button[data-action="stop"]').click();
+    await jobRow(page, (r, id) => r.dataset.jobId === id && r.dataset.state === "stopped", resumed.id);
+    step("resumed and stopped", resumed);
+
     // Reload: the job is still listed, with its final state
     await page.reload();
     await openUI(page);
