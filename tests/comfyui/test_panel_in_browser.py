@@ -17,7 +17,6 @@ import subprocess
 
 import pytest
 
-pytestmark = pytest.mark.comfyui
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCENARIO = os.path.join(HERE, "browser", "panel_scenario.cjs")
 NAME = "browser_panel"
@@ -25,21 +24,26 @@ TRAIN = "7"
 
 
 def browser_tools():
-    """(node, playwright node_modules, chromium) or pytest.skip naming what is missing."""
+    """((node, playwright node_modules, chromium), None), or (None, the reason to skip)."""
     node = shutil.which("node")
     if not node:
-        pytest.skip("browser tests: `node` is not on PATH (install Node.js 18+)")
+        return None, "browser tests: `node` is not on PATH (install Node.js 18+)"
     candidates = [os.environ.get("DENSEGRPO_PLAYWRIGHT", ""), os.path.join(HERE, "browser", "node_modules")]
     modules = next((c for c in candidates if c and os.path.isfile(os.path.join(c, "playwright-core", "package.json"))),
                    None)
     if not modules:
-        pytest.skip("browser tests: playwright-core not found (set DENSEGRPO_PLAYWRIGHT to a node_modules folder "
-                    "holding it, or run `npm install playwright-core` in tests/comfyui/browser)")
+        return None, ("browser tests: playwright-core not found (set DENSEGRPO_PLAYWRIGHT to a node_modules folder "
+                      "holding it, or run `npm install --prefix tests/comfyui/browser playwright-core`)")
     chromium = os.environ.get("DENSEGRPO_CHROMIUM") or next(
         (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
     if not chromium or not os.path.exists(chromium):
-        pytest.skip("browser tests: no Chromium found (set DENSEGRPO_CHROMIUM or put chromium on PATH)")
-    return node, modules, chromium
+        return None, "browser tests: no Chromium found (set DENSEGRPO_CHROMIUM or put chromium on PATH)"
+    return (node, modules, chromium), None
+
+
+TOOLS, MISSING = browser_tools()
+# skipped before the session's ComfyUI starts when a browser tool is missing
+pytestmark = [pytest.mark.comfyui, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 
 
 def train_workflow() -> dict:
@@ -65,7 +69,7 @@ def train_workflow() -> dict:
 @pytest.fixture(scope="module")
 def seen(comfy, tmp_path_factory):
     """The scenario's observations (JSON printed by panel_scenario.cjs)."""
-    node, modules, chromium = browser_tools()
+    node, modules, chromium = TOOLS
     folder = tmp_path_factory.mktemp("browser")
     shots = os.environ.get("DENSEGRPO_SCREENSHOT_DIR") or str(folder / "screenshots")
     config = folder / "config.json"
