@@ -7,16 +7,18 @@ events with `ctx.emit` and polls `ctx.should_stop()`. Every state change is writ
 server restart as records (`load_records`). Nothing here imports ComfyUI or torch: the nodes and HTTP
 routes build on it (ARCHITECTURE.md, "ComfyUI background training").
 
+A job may carry a `key` (`settings_key(...)` of the settings that define it): `submit_unique` returns the
+queued or running job with the same key instead of starting a duplicate. `to_dict` reports seconds per
+iteration and an ETA measured from the iteration events of the current run.
+
 States: queued → running → finished; a stop request makes a running job stopping, then stopped when the
 work returns; an exception makes it failed; a queued job that is stopped never runs.
 """
 from __future__ import annotations
 
 import collections
-import enum
 import json
 import logging
-import math
 import os
 import re
 import secrets
@@ -24,136 +26,20 @@ import string
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from .files import atomic_write_json
+from .job_state import Job, JobState, json_safe, settings_key
+
+__all__ = ["Job", "JobContext", "JobManager", "JobState", "json_safe", "settings_key"]
 
 log = logging.getLogger(__name__)
 
 ID_RE = re.compile(r"[a-z0-9]{12}")
-MAX_RECORDS = 10_000                 # metrics/evals kept per job: a long run's history in bounded memory
-LARGE_KEYS = frozenset({"rewards"})  # per-sample payloads: kept in `latest` only, not in every metric record
 PERSIST_EVENTS = frozenset({"checkpoint", "lora"})  # also rewrite job.json then: a record knows the progress
 RECORD_NAME = "job.json"
 INTERRUPTED = "interrupted by a server restart"
-
-
-class JobState(str, enum.Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    FINISHED = "finished"
-    STOPPED = "stopped"
-    FAILED = "failed"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (JobState.FINISHED, JobState.STOPPED, JobState.FAILED)
-
-
-TRANSITIONS = {
-    JobState.QUEUED: {JobState.RUNNING, JobState.STOPPED},
-    JobState.RUNNING: {JobState.STOPPING, JobState.FINISHED, JobState.FAILED},
-    # a stop that arrives after the last iteration still ends the job finished
-    JobState.STOPPING: {JobState.STOPPED, JobState.FAILED, JobState.FINISHED},
-    JobState.FINISHED: set(), JobState.STOPPED: set(), JobState.FAILED: set(),
-}
-
-
-def json_safe(value):
-    """A copy of `value` that `json.dumps(allow_nan=False)` accepts: NaN/inf → None, tensors/arrays → lists."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if value is None or isinstance(value, (str, int)):
-        return value
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if hasattr(value, "tolist"):                       # torch tensors, numpy arrays and scalars
-        return json_safe(value.tolist())
-    return str(value)
-
-
-def _append_capped(records: list, record: dict) -> None:
-    records.append(record)
-    if len(records) > MAX_RECORDS:
-        del records[:len(records) - MAX_RECORDS]
-
-
-@dataclass
-class Job:
-    id: str                                   # short unique id, [a-z0-9]{12}; also the job folder's name
-    name: str                                 # the user's LoRA/job name (sanitised by the caller)
-    device: str                               # "cpu", "cuda:0", ...: one running job per device
-    folder: str                               # job folder: job.json, checkpoint, metrics.jsonl, plots
-    total: int                                # iterations planned
-    state: JobState = JobState.QUEUED
-    iteration: int = 0                        # iterations done (a resumed job starts at its checkpoint's)
-    created: float | None = None              # time.time() of submit
-    started: float | None = None              # time.time() when the work started
-    finished: float | None = None             # time.time() when the job reached a terminal state
-    error: str | None = None                  # "ExceptionType: message" (one line) of the exception that failed it
-    traceback: str | None = None              # the full traceback of that exception
-    metrics: list[dict] = field(default_factory=list)  # "iteration" events without large payloads, the last MAX_RECORDS
-    evals: list[dict] = field(default_factory=list)    # "eval" events, the last MAX_RECORDS
-    loras: list[str] = field(default_factory=list)     # LoRA files written ("lora" events), oldest first
-    latest: dict = field(default_factory=dict)         # the latest event of each type, large payloads included
-    resumed_from: str | None = None           # id of the job this one resumes
-    meta: dict = field(default_factory=dict)  # the submitter's extra facts (advantage mode, LoRA folder, ...)
-    _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False, compare=False)
-
-    def transition(self, new: JobState) -> None:
-        """Move to `new`, stamping start/finish times; an illegal move is a bug and raises RuntimeError."""
-        with self._lock:
-            if new not in TRANSITIONS[self.state]:
-                raise RuntimeError(f"job {self.id}: illegal state change {self.state.value} -> {new.value}")
-            self.state = new
-            if new is JobState.RUNNING:
-                self.started = time.time()
-            if new.terminal:
-                self.finished = time.time()
-
-    def record(self, event: dict) -> None:
-        """Fold one training event into the job: iteration count, metrics, evals, LoRA files, latest."""
-        kind = event.get("type")
-        if not isinstance(kind, str):
-            raise ValueError(f"a job event needs a string 'type', got {str(event)[:200]}")
-        summary = {k: v for k, v in event.items() if k != "type" and k not in LARGE_KEYS}
-        with self._lock:
-            self.latest[kind] = event
-            if kind == "iteration":
-                self.iteration = int(event["iteration"])
-                _append_capped(self.metrics, summary)
-            elif kind == "eval":
-                _append_capped(self.evals, summary)
-            elif kind == "lora" and str(event["path"]) not in self.loras:
-                self.loras.append(str(event["path"]))
-
-    def to_dict(self, full: bool = False) -> dict:
-        """JSON-safe view; without `full`, metrics/evals are counts plus the last record, no traceback/latest."""
-        with self._lock:
-            d = {"id": self.id, "name": self.name, "device": self.device, "folder": self.folder,
-                 "total": self.total, "state": self.state.value, "iteration": self.iteration,
-                 "created": self.created, "started": self.started, "finished": self.finished,
-                 "error": self.error, "loras": list(self.loras), "resumed_from": self.resumed_from,
-                 "meta": self.meta, "metrics_count": len(self.metrics), "evals_count": len(self.evals),
-                 "last_metric": self.metrics[-1] if self.metrics else None,
-                 "last_eval": self.evals[-1] if self.evals else None}
-            if full:
-                d.update(traceback=self.traceback, metrics=self.metrics, evals=self.evals, latest=self.latest)
-            return json_safe(d)
-
-    @classmethod
-    def from_record(cls, d: dict, folder: str) -> "Job":
-        """A job back from its job.json (which keeps only the last metric and eval of the lists)."""
-        return cls(id=d["id"], name=d["name"], device=d["device"], folder=folder, total=int(d["total"]),
-                   state=JobState(d["state"]), iteration=int(d.get("iteration", 0)), created=d.get("created"),
-                   started=d.get("started"), finished=d.get("finished"), error=d.get("error"),
-                   traceback=d.get("traceback"), metrics=[d["last_metric"]] if d.get("last_metric") else [],
-                   evals=[d["last_eval"]] if d.get("last_eval") else [], loras=list(d.get("loras") or []),
-                   resumed_from=d.get("resumed_from"), meta=dict(d.get("meta") or {}))
 
 
 class JobContext:
@@ -196,8 +82,29 @@ class JobManager:
 
     # ------------------------------------------------------------------ public
     def submit(self, name: str, work: Callable[[JobContext], None], *, device: str = "cpu", total: int,
-               resume_of: str | None = None, start_iteration: int = 0, meta: dict | None = None) -> Job:
+               resume_of: str | None = None, start_iteration: int = 0, meta: dict | None = None,
+               key: str | None = None) -> Job:
         """Queue `work` as a job on `device`; it starts when the device's earlier jobs are done."""
+        return self._submit(name, work, device=device, total=total, resume_of=resume_of,
+                            start_iteration=start_iteration, meta=meta, key=key, unique=False)[0]
+
+    def submit_unique(self, key: str, name: str, work: Callable[[JobContext], None], **kwargs) -> tuple[Job, bool]:
+        """Like submit, unless a queued or running job has this key: then (that job, False) and `work` is
+        dropped; otherwise (the new job, True). Atomic: two calls with one key never start two jobs."""
+        return self._submit(name, work, key=key, unique=True, **kwargs)
+
+    def find_active(self, key: str) -> Job | None:
+        """The queued or running job with this key (the newest), or None."""
+        with self._lock:
+            return self._find_active(key)
+
+    def _find_active(self, key: str) -> Job | None:
+        found = [j for j in self._jobs.values()
+                 if j.key == key and j.state in (JobState.QUEUED, JobState.RUNNING)]
+        return max(found, key=lambda j: j.created or 0.0) if found else None
+
+    def _submit(self, name, work, *, device="cpu", total, resume_of=None, start_iteration=0, meta=None,
+                key=None, unique=False) -> tuple[Job, bool]:
         if int(total) < 1 or int(start_iteration) < 0:
             raise ValueError(f"need total >= 1 and start_iteration >= 0, got {total} and {start_iteration}")
         if resume_of is not None:
@@ -205,12 +112,17 @@ class JobManager:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the job manager is shut down: it takes no new jobs")
+            if unique and key is not None:
+                active = self._find_active(key)
+                if active is not None:
+                    return active, False
             job_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(12))
             while job_id in self._jobs or os.path.exists(os.path.join(self.root, job_id)):
                 job_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(12))
             job = Job(id=job_id, name=name, device=str(device), folder=os.path.join(self.root, job_id),
                       total=int(total), iteration=int(start_iteration), created=time.time(),
-                      resumed_from=resume_of, meta=json_safe(dict(meta or {})))
+                      resumed_from=resume_of, meta=json_safe(dict(meta or {})), key=key,
+                      start_iteration=int(start_iteration))
             os.makedirs(job.folder)
             self._jobs[job.id] = job
             self._runs[job.id] = _Run(work, threading.Event(), threading.Event())
@@ -223,7 +135,7 @@ class JobManager:
                                               name=f"densegrpo-jobs-{job.device}")
                     self._workers[job.device] = worker
                     worker.start()
-        return job
+        return job, True
 
     def get(self, job_id: str) -> Job:
         """The job; ValueError for a malformed id (HTTP 400), KeyError for an unknown one (404)."""
@@ -364,7 +276,7 @@ class JobManager:
         job.record(event)
         if event["type"] in PERSIST_EVENTS:
             self._persist(job)
-        self._notify(job.id, {**event, "job_id": job.id})
+        self._notify(job.id, {**event, "job_id": job.id, "job": job.to_dict()})
 
     def _changed(self, job: Job) -> None:
         """After a state change: write the record, tell the listener, release waiters once terminal."""

@@ -1,5 +1,6 @@
-"""Reward model nodes: one loader per built-in reward (files from models/reward_models/), a custom
-`module:function` loader, a weighted sum, a scorer for any IMAGE, and a node that frees the cached models.
+"""Reward model nodes: one loader per built-in reward (files from models/reward_models/), a loader for the
+custom rewards the user installed in models/reward_models/custom/ (a workflow can only choose among
+those: it never names a module to import), a weighted sum, a scorer for any IMAGE, and a node that frees the cached models.
 
 The loaders are generated from the core's reward registry, so a reward added there gets its node here.
 """
@@ -15,6 +16,8 @@ from .sockets import REWARD_TYPE
 
 FOLDER = "reward_models"
 NONE_FOUND = "(no files found: see the tooltip)"
+CUSTOM_FOLDER = "custom"
+NO_CUSTOM = "(no custom rewards: see the tooltip)"
 
 
 def register_folder() -> None:
@@ -105,9 +108,17 @@ def make_loader(spec) -> type:
     return Loader
 
 
+def custom_reward_dirs() -> list[str]:
+    """models/reward_models/custom/ (and the custom/ folder of every extra reward_models path)."""
+    return [os.path.join(base, CUSTOM_FOLDER) for base in reward_model_dirs()]
+
+
 class LoadCustomReward:
-    DESCRIPTION = ("A reward from your own Python function `package.module:function(images, prompts) -> scores`, "
-                   "images (B, H, W, 3) in [0, 1]. The module must be importable by ComfyUI's Python.")
+    NODE = "DenseGRPO Load Custom Reward"
+    DESCRIPTION = ("A reward from your own Python file in models/reward_models/custom/: the file defines "
+                   "`def reward(images, prompts) -> scores` (images (B, H, W, 3) in [0, 1], one score per image), "
+                   "or lists several functions in `REWARDS = [\"name\", ...]`. Only files you put there can be chosen "
+                   "(a shared workflow cannot make ComfyUI import anything else); restart or refresh after adding one.")
     CATEGORY = "DenseGRPO/rewards"
     FUNCTION = "execute"
     RETURN_TYPES = (REWARD_TYPE,)
@@ -116,18 +127,41 @@ class LoadCustomReward:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"function": ("STRING", {"default": "my_package.rewards:score",
-                                                     "tooltip": "package.module:function"})}}
+        from densegrpo_core.rewards.custom_files import list_custom_rewards
+        choices = list_custom_rewards(custom_reward_dirs()) or [NO_CUSTOM]
+        return {"required": {"function": (choices, {"tooltip": (
+            "<file>.py:<function> among the rewards installed in models/reward_models/custom/ "
+            "(a file's `def reward(images, prompts)`, or the names in its REWARDS list)")})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, function):
+        """Runs before the prompt: anything but an installed custom reward is refused here."""
+        try:
+            cls.resolve(function)
+        except bridge.NodeInputError as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def resolve(cls, function) -> tuple[str, str]:
+        from densegrpo_core.rewards.custom_files import resolve_custom_reward
+        folders = custom_reward_dirs()
+        if function in (None, "", NO_CUSTOM):
+            raise bridge.input_error(cls.NODE, "function", f"is empty: put a Python file with `def reward(images, "
+                                                           f"prompts)` in {folders[0]} and refresh")
+        try:
+            return resolve_custom_reward(function, folders)
+        except ValueError as e:
+            raise bridge.input_error(cls.NODE, "function", f"{e} (workflows can only choose installed rewards; "
+                                                           f"the headless CLI keeps --reward module:function)") from None
 
     def execute(self, function):
-        from densegrpo_core.rewards import get_reward
-        if ":" not in function:
-            raise bridge.input_error("DenseGRPO Load Custom Reward", "function",
-                                     f"must be 'package.module:function', got {function!r}")
+        from densegrpo_core.rewards.custom_files import load_reward_file
+        path, name = self.resolve(function)
         try:
-            return (get_reward(function.strip()),)
+            return (load_reward_file(path, name),)
         except ValueError as e:
-            raise bridge.input_error("DenseGRPO Load Custom Reward", "function", str(e)) from None
+            raise bridge.input_error(self.NODE, "function", str(e)) from None
 
 
 class CombineRewards:
@@ -219,7 +253,7 @@ _LOADER_IDS = {"pickscore": "DenseGRPO_LoadPickScore", "pickscore_flowgrpo": "De
 
 NODES = {node_id: (make_loader(REWARD_REGISTRY[name]), f"DenseGRPO Load {REWARD_REGISTRY[name].display_name}")
          for name, node_id in _LOADER_IDS.items() if name in REWARD_REGISTRY}
-NODES.update({"DenseGRPO_LoadCustomReward": (LoadCustomReward, "DenseGRPO Load Custom Reward (module:function)"),
+NODES.update({"DenseGRPO_LoadCustomReward": (LoadCustomReward, "DenseGRPO Load Custom Reward"),
               "DenseGRPO_CombineRewards": (CombineRewards, "DenseGRPO Combine Rewards"),
               "DenseGRPO_ScoreImages": (ScoreImages, "DenseGRPO Score Images"),
               "DenseGRPO_ReleaseRewardModels": (ReleaseRewardModels, "DenseGRPO Release Reward Models")})

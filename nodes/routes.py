@@ -1,8 +1,26 @@
-"""HTTP routes of the job manager: GET /densegrpo/jobs, GET /densegrpo/jobs/{id}, POST /densegrpo/jobs/{id}/stop.
+"""HTTP routes of the job manager (the sidebar panel of web/densegrpo.js reads them):
 
-Ids are validated by the manager: a malformed id answers 400, an unknown one 404.
+- GET  /densegrpo/jobs                      every job, newest first
+- GET  /densegrpo/jobs/{id}[?full=1]        one job (full: metrics, evals, latest events)
+- POST /densegrpo/jobs/{id}/stop            ask it to stop
+- GET  /densegrpo/jobs/{id}/resume_prompt   the job's own prompt with resume_job set (POST it to /prompt)
+- GET  /densegrpo/jobs/{id}/files/{name}    reward_curve.png, dense_rewards.png or samples.png of the job
+
+Ids are validated by the manager: a malformed id answers 400, an unknown one 404. Answers name files
+relative to ComfyUI's folders (nodes/public.py), never by absolute server path.
 """
 from __future__ import annotations
+
+import json
+import os
+
+JOB_FILES = ("reward_curve.png", "dense_rewards.png", "samples.png")
+PROMPT_FILE = "prompt.json"          # the API prompt that started a job (written by the Train node)
+
+
+def public_job(job, full: bool = False) -> dict:
+    from .public import comfy_roots, public_view
+    return public_view(job.to_dict(full=full), comfy_roots())
 
 
 def _lookup(request, web):
@@ -16,6 +34,22 @@ def _lookup(request, web):
         return None, web.json_response({"error": f"unknown job id {job_id!r}"}, status=404)
 
 
+def resume_prompt(job, manager) -> dict:
+    """The prompt that started `job`, its Train node set to resume it; ValueError if it cannot be resumed."""
+    manager.resumable(job.id)
+    path = os.path.join(job.folder, PROMPT_FILE)
+    if not os.path.isfile(path) or not job.meta.get("node_id"):
+        raise ValueError(f"job {job.id} has no stored workflow to resume from: queue its Train node with "
+                         f"resume_job = {job.id}")
+    with open(path, encoding="utf-8") as f:
+        prompt = json.load(f)
+    node = prompt.get(str(job.meta["node_id"]))
+    if not isinstance(node, dict) or node.get("class_type") != "DenseGRPO_TrainLoRA":
+        raise ValueError(f"job {job.id}: its stored workflow has no Train node {job.meta['node_id']}")
+    node.setdefault("inputs", {})["resume_job"] = job.id
+    return prompt
+
+
 def register(routes) -> None:
     """Add the routes to ComfyUI's aiohttp route table (PromptServer.instance.routes)."""
     from aiohttp import web
@@ -24,17 +58,39 @@ def register(routes) -> None:
 
     @routes.get("/densegrpo/jobs")
     async def list_jobs(request):
-        return web.json_response({"jobs": [j.to_dict() for j in get_manager().list()]})
+        return web.json_response({"jobs": [public_job(j) for j in get_manager().list()]})
 
     @routes.get("/densegrpo/jobs/{job_id}")
     async def get_job(request):
         job, error = _lookup(request, web)
-        return error or web.json_response(job.to_dict(full=request.query.get("full") == "1"))
+        return error or web.json_response(public_job(job, full=request.query.get("full") == "1"))
 
     @routes.post("/densegrpo/jobs/{job_id}/stop")
     async def stop_job(request):
         job, error = _lookup(request, web)
-        return error or web.json_response(get_manager().stop(job.id).to_dict())
+        return error or web.json_response(public_job(get_manager().stop(job.id)))
+
+    @routes.get("/densegrpo/jobs/{job_id}/resume_prompt")
+    async def get_resume_prompt(request):
+        job, error = _lookup(request, web)
+        if error:
+            return error
+        try:
+            return web.json_response({"prompt": resume_prompt(job, get_manager())})
+        except ValueError as e:
+            from .public import comfy_roots, public_string
+            return web.json_response({"error": public_string(str(e), comfy_roots())}, status=409)
+
+    @routes.get("/densegrpo/jobs/{job_id}/files/{name}")
+    async def get_job_file(request):
+        job, error = _lookup(request, web)
+        if error:
+            return error
+        name = request.match_info["name"]
+        path = os.path.join(job.folder, name)
+        if name not in JOB_FILES or not os.path.isfile(path):
+            return web.json_response({"error": f"no file {name[:40]!r} for job {job.id}"}, status=404)
+        return web.FileResponse(path, headers={"Cache-Control": "no-store"})
 
 
 def register_with_comfyui() -> bool:

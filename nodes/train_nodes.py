@@ -3,15 +3,23 @@
 The Train node validates, encodes the prompts, takes private copies of the patched MODEL and the VAE on
 the executor thread and hands them to a background job (densegrpo_core.jobs). LoRAs land in
 models/loras/densegrpo/ so LoraLoaderModelOnly lists them; job folders live in output/densegrpo/jobs/.
+
+Queueing the Train node again with the same settings while its job is queued or running returns that job
+(the settings key covers every widget, the prompts, the reward, ψ and a fingerprint of the MODEL). While
+a job runs, its Train node shows iteration / total, reward and ETA (send_progress_text) and every event
+goes to the browser as a `densegrpo.job` websocket message (web/densegrpo.js draws the sidebar panel).
 """
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import threading
 
 from densegrpo_core.advantages import ADVANTAGE_MODES
 from densegrpo_core.trainer import TrainConfig, check_resumable
+
+from densegrpo_core.files import atomic_write_json
 
 from . import comfy_bridge as bridge
 from .sockets import CFG, GROUP, JOB_TYPE, REWARD_TYPE, SEED, STEPS, psi_input, scheduler_input
@@ -20,6 +28,9 @@ EVENT = "densegrpo.job"              # websocket event name of job updates
 TRAIN_NODE = "DenseGRPO Train LoRA"
 _manager = None
 _manager_lock = threading.Lock()
+_progress_targets: dict[str, tuple[str, str | None]] = {}   # job id -> (Train node id, browser client id)
+SEED_TOOLTIP = ("seed of the prompt order, the start noise and the SDE noise; the DenseGRPO front-end keeps it "
+                "fixed after each run, so queueing again does not start another job")
 
 
 def lora_dir() -> str:
@@ -33,16 +44,55 @@ def jobs_root() -> str:
 
 
 def _send(job_id: str, event: dict) -> None:
-    """Forward a job event to the browser (thread safe); large payloads stay on the server."""
+    """Forward a job event to the browser (thread safe): large payloads stay on the server, file names are
+    relative to ComfyUI's folders; the Train node that started the job shows the progress."""
     try:
         from server import PromptServer
     except ImportError:
         return
-    if PromptServer.instance is not None:
-        small = {k: v for k, v in event.items() if k not in ("rewards", "job")}
-        if "job" in event:
-            small["job"] = event["job"]
-        PromptServer.instance.send_sync(EVENT, {"job_id": job_id, **small})
+    if PromptServer.instance is None:
+        return
+    from .public import comfy_roots, public_view
+    small = public_view({k: v for k, v in event.items() if k not in ("rewards",)}, comfy_roots())
+    PromptServer.instance.send_sync(EVENT, {**small, "job_id": job_id})
+    target = _progress_targets.get(job_id)
+    if target and isinstance(event.get("job"), dict) and event.get("type") in ("iteration", "state"):
+        PromptServer.instance.send_progress_text(progress_text(event["job"]), target[0], target[1])
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def progress_text(job: dict) -> str:
+    """One line for the Train node: state, iteration / total, last reward, s/it and ETA."""
+    last = job.get("last_metric") or {}
+    parts = [f"DenseGRPO job {job['id']} {job['state']}", f"iteration {job['iteration']}/{job['total']}"]
+    if isinstance(last.get("reward_mean"), (int, float)):
+        parts.append(f"reward {last['reward_mean']:.4f}")
+    if job.get("sec_per_iteration"):
+        parts.append(f"{job['sec_per_iteration']:.2f} s/it")
+    if job["state"] in ("queued", "running") and job.get("eta_s") is not None:
+        parts.append(f"ETA {_duration(job['eta_s'])}")
+    if job.get("error"):
+        parts.append(f"error: {job['error']}")
+    return " · ".join(parts)
+
+
+def model_fingerprint(model) -> dict:
+    """What identifies a MODEL for the duplicate check without hashing it: its class, size, the LoRAs/patches
+    ComfyUI will apply (keys and strengths) and a few weights."""
+    from densegrpo_core.jobs import settings_key
+    params = list(model.model.diffusion_model.parameters())
+    head = [float(p.detach().flatten()[:16].float().sum()) for p in (params[:1] + params[-1:])]
+    patches = sorted((k, [(p[0], p[2]) for p in v]) for k, v in (getattr(model, "patches", None) or {}).items())
+    return {"class": type(model.model).__name__, "numel": sum(p.numel() for p in params), "head": head,
+            "patches": settings_key(patches)}
 
 
 def get_manager():
@@ -114,7 +164,7 @@ class TrainLoRA:
                                "tooltip": "KL weight β to the base model (paper: 0.04 for text rewards)"}),
             "save_every": ("INT", {"default": 10, "min": 1, "max": 100000,
                                    "tooltip": "save the LoRA and a checkpoint every N iterations (and at the end)"}),
-            "seed": SEED,
+            "seed": ("INT", {**SEED[1], "tooltip": SEED_TOOLTIP}),
         }, "optional": {
             "prompts_file": (input_txt_files(), {"tooltip": "a .txt file in ComfyUI's input folder, one prompt "
                                                             "per line (overrides the prompts text)"}),
@@ -138,13 +188,31 @@ class TrainLoRA:
                                                                         "except while scoring"}),
             "free_cached_models": ("BOOLEAN", {"default": False, "tooltip": "unload ComfyUI's cached models "
                                                                             "first, to make room for the job"}),
-        }}
+        }, "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, prompts=None, prompts_file=None, resume_job=None):
+        """Checked when the prompt is queued, before anything runs (linked inputs arrive as None)."""
+        node = TRAIN_NODE
+        if prompts_file not in (None, "", "(none)"):
+            import folder_paths
+            if prompts_file not in input_txt_files() or not os.path.isfile(folder_paths.get_annotated_filepath(prompts_file)):
+                return f"{node}: input 'prompts_file' {prompts_file!r} is not a .txt file in ComfyUI's input folder"
+        elif prompts is not None and not str(prompts).strip():
+            return f"{node}: input 'prompts' is empty: write one training prompt per line, or choose a prompts_file"
+        if resume_job is not None and str(resume_job).strip():
+            try:
+                get_manager().resumable(str(resume_job).strip())
+            except (KeyError, ValueError) as e:
+                from .public import comfy_roots, public_string
+                return f"{node}: input 'resume_job' {public_string(str(e).strip(chr(39) + chr(34)), comfy_roots())}"
+        return True
 
     def execute(self, model, clip, vae, reward_model, psi, prompts, negative_prompt, latent_image, lora_name,
                 iterations, group_size, steps, cfg, scheduler, advantage_mode, learning_rate, beta, save_every, seed,
                 prompts_file="(none)", prompts_per_iteration=2, lora_rank=32, lora_alpha=64.0, clip_range=1e-4,
                 train_batch=8, max_batch=32, resume_job="", allow_over_memory=False, free_cached_models=False,
-                gradient_checkpointing=True, bf16_autocast=False, offload_reward=False):
+                gradient_checkpointing=True, bf16_autocast=False, offload_reward=False, unique_id=None, prompt=None):
         from densegrpo_core.train_job import training_work
 
         from .comfy_training import clone_tensors, private_pipeline
@@ -184,6 +252,15 @@ class TrainLoRA:
                 raise bridge.input_error(node, "resume_job", f"{resume_job.strip()}: {e} (use the same settings)") from None
         samples = latent_image["samples"]
         bridge.check_latent_channels(samples, bridge.latent_channels(model), node)
+        from densegrpo_core.jobs import settings_key
+        key = settings_key({"config": dataclasses.asdict(config), "prompts": prompt_list, "negative": negative_prompt,
+                            "name": name, "resume": resume_job.strip(), "latent": list(samples.shape[1:]),
+                            "model": model_fingerprint(model), "reward": config.reward,
+                            "reward_class": type(reward_model).__name__})
+        client = self.client_id()
+        active = manager.find_active(key)
+        if active is not None:                       # the same settings while its job is queued or running
+            return self.duplicate(active, unique_id, client)
         conds = {p: c for p, c in zip(prompt_list, bridge.encode_prompts(clip, prompt_list, node))}
         negative = bridge.encode_prompts(clip, [negative_prompt], node)[0]
         context_tokens = max(int(c[0][0].shape[1]) for c in conds.values())
@@ -197,13 +274,49 @@ class TrainLoRA:
         pipe.decode.to(model.load_device)
         work = training_work(config, pipe, reward_model, prompt_list, lora_dir=lora_dir(), lora_name=name,
                              resume_checkpoint=resume_ckpt, sample_prompts=prompt_list[:4])
-        job = manager.submit(name, work, device=config.device, total=int(iterations),
-                             resume_of=resume_job.strip() or None,
-                             start_iteration=manager.get(resume_job.strip()).iteration if resume_ckpt else 0,
-                             meta={"advantage_mode": advantage_mode, "lora_dir": lora_dir()})
+        job, created = manager.submit_unique(
+            key, name, work, device=config.device, total=int(iterations), resume_of=resume_job.strip() or None,
+            start_iteration=manager.get(resume_job.strip()).iteration if resume_ckpt else 0,
+            meta={"advantage_mode": advantage_mode, "lora_dir": lora_dir(), "model": type(model.model).__name__,
+                  "reward": config.reward, "node_id": None if unique_id is None else str(unique_id)})
+        if not created:
+            return self.duplicate(job, unique_id, client)
+        self.remember(job, unique_id, client, prompt)
         status = (f"job {job.id} {job.state.value}: {advantage_mode} LoRA '{name}', {iterations} iterations, "
                   f"{len(prompt_list)} prompts, G={group_size}, T={steps}; estimate {est.summary()}"
                   + (f", resuming {resume_job.strip()}" if resume_ckpt else ""))
+        return {"ui": {"text": [status]}, "result": (job.id, status)}
+
+    @staticmethod
+    def client_id():
+        try:
+            from server import PromptServer
+            return getattr(PromptServer.instance, "client_id", None)
+        except ImportError:
+            return None
+
+    @staticmethod
+    def remember(job, unique_id, client, prompt) -> None:
+        """Where to show the job's progress, and the prompt that started it (for Resume in the panel)."""
+        if unique_id is not None:
+            _progress_targets[job.id] = (str(unique_id), client)
+            _send_text(job, unique_id, client)
+        if isinstance(prompt, dict):
+            from .routes import PROMPT_FILE
+            path = os.path.join(job.folder, PROMPT_FILE)
+            try:
+                atomic_write_json(path, prompt, indent=None)
+            except (OSError, TypeError, ValueError):
+                pass                                  # Resume from the panel is then unavailable, nothing else
+
+    @staticmethod
+    def duplicate(job, unique_id, client):
+        if unique_id is not None:
+            _progress_targets[job.id] = (str(unique_id), client)
+            _send_text(job, unique_id, client)
+        status = (f"job {job.id} {job.state.value}: already training with these settings (iteration "
+                  f"{job.iteration}/{job.total}); no second job started. Change a setting or the name to start "
+                  f"another, or stop it in the DenseGRPO panel")
         return {"ui": {"text": [status]}, "result": (job.id, status)}
 
     @staticmethod
@@ -226,6 +339,15 @@ class TrainLoRA:
                 f"{free / 2**30:.1f} GiB on {device}: lower group_size, max_batch, steps or lora_rank, free "
                 f"ComfyUI's cached models, or allow it")
         return est
+
+
+def _send_text(job, unique_id, client) -> None:
+    try:
+        from server import PromptServer
+    except ImportError:
+        return
+    if PromptServer.instance is not None:
+        PromptServer.instance.send_progress_text(progress_text(job.to_dict()), str(unique_id), client)
 
 
 def job_inputs():
@@ -262,8 +384,9 @@ class JobNode:
 
 
 class TrainingStatus(JobNode):
-    DESCRIPTION = ("Show a DenseGRPO training job: state, iteration, reward curve, the latest R_t/ΔR_t plot and "
-                   "sample images. Queue it again to refresh (it never caches).")
+    DESCRIPTION = ("Show a DenseGRPO training job as node outputs: state, iteration, reward curve, the latest "
+                   "R_t/ΔR_t plot and sample images, as of when it runs (it never caches). The DenseGRPO sidebar "
+                   "panel shows the same live, without queueing anything.")
     RETURN_TYPES = ("STRING", "IMAGE")
     RETURN_NAMES = ("status", "plots")
     OUTPUT_TOOLTIPS = ("the job's state as text", "reward curve, dense-reward plot and samples (when available)")

@@ -320,3 +320,71 @@ def test_a_stopped_trainer_job_resumes_from_its_checkpoint(manager):
     assert second.state is JobState.FINISHED, second.traceback
     assert [m["iteration"] for m in second.metrics] == [2, 3] and second.iteration == 3
     assert second.latest["done"]["stopped"] is False
+
+
+# ---------------------------------------------------------------- duplicates (issue 13)
+def blocking_work(release: threading.Event):
+    def work(ctx):
+        release.wait(WAIT)
+    return work
+
+
+def test_settings_key_ignores_dict_order_and_changes_with_any_setting():
+    assert jobs.settings_key({"a": 1, "b": [1, 2]}) == jobs.settings_key({"b": [1, 2], "a": 1})
+    assert jobs.settings_key({"a": 1, "b": [1, 2]}) != jobs.settings_key({"a": 1, "b": [1, 3]})
+
+
+def test_submit_unique_returns_the_running_job_with_the_same_key(manager):
+    release = threading.Event()
+    first, created = manager.submit_unique("k1", "a", blocking_work(release), total=1)
+    second, created_again = manager.submit_unique("k1", "a", blocking_work(release), total=1)
+    release.set()
+    assert created and not created_again and second is first
+    assert len(manager.list()) == 1
+
+
+def test_submit_unique_with_another_key_starts_a_second_job(manager):
+    release = threading.Event()
+    first, _ = manager.submit_unique("k1", "a", blocking_work(release), total=1)
+    second, created = manager.submit_unique("k2", "a", blocking_work(release), total=1)
+    release.set()
+    assert created and second.id != first.id
+
+
+def test_submit_unique_after_the_job_ended_starts_a_new_one(manager):
+    first, _ = manager.submit_unique("k1", "a", lambda ctx: None, total=1)
+    manager.wait(first.id, WAIT)
+    second, created = manager.submit_unique("k1", "a", lambda ctx: None, total=1)
+    assert created and second.id != first.id
+
+
+def test_a_queued_duplicate_is_found_too(manager):
+    release = threading.Event()
+    manager.submit_unique("k1", "a", blocking_work(release), total=1)            # runs
+    queued, _ = manager.submit_unique("k2", "b", blocking_work(release), total=1)  # waits for the device
+    again, created = manager.submit_unique("k2", "b", blocking_work(release), total=1)
+    release.set()
+    assert queued.state in (JobState.QUEUED, JobState.RUNNING) and again is queued and not created
+
+
+def test_seconds_per_iteration_and_eta_come_from_the_iteration_events(manager):
+    done = threading.Event()
+    seen = {}
+
+    def work(ctx):
+        for i in (1, 2, 3):
+            ctx.emit({"type": "iteration", "iteration": i})
+        seen.update(ctx.job.to_dict())
+        done.set()
+
+    job = manager.wait(manager.submit("a", work, total=10).id, WAIT)
+    assert seen["sec_per_iteration"] is not None and seen["sec_per_iteration"] >= 0
+    assert seen["eta_s"] == pytest.approx(seen["sec_per_iteration"] * 7)
+    assert job.to_dict()["eta_s"] == 0.0
+
+
+def test_events_carry_the_job_summary(rec, manager):
+    job = manager.wait(manager.submit("a", lambda ctx: ctx.emit({"type": "iteration", "iteration": 1}),
+                                      total=1).id, WAIT)
+    (event,) = [e for j, e in rec.events if e["type"] == "iteration"]
+    assert event["job"]["id"] == job.id and event["job"]["iteration"] == 1

@@ -2,6 +2,7 @@
 once, the shared MODEL is untouched, stop over HTTP, LoRA files that the stock loader applies, resume,
 name sanitising, the job routes, the status node."""
 import glob
+import json
 import os
 import re
 import shutil
@@ -229,3 +230,29 @@ def test_resume_with_other_settings_is_refused_naming_the_setting(comfy, stopped
     p["train"]["inputs"]["group_size"] = 3
     with pytest.raises(ComfyError, match="input 'resume_job'.*group_size=2"):
         comfy.run(p)
+
+
+def test_job_routes_name_files_relative_to_comfyuis_folders(comfy, stopped_job):
+    full = comfy.get(f"/densegrpo/jobs/{stopped_job['id']}?full=1")
+    listed = comfy.get("/densegrpo/jobs")
+    for answer in (full, listed):
+        text = json.dumps(answer)
+        assert comfy.base_dir not in text and '"/' not in text
+    assert full["folder"] == f"densegrpo/jobs/{stopped_job['id']}"
+    assert all(re.fullmatch(r"densegrpo/x_\d{5}\.safetensors", name) for name in full["loras"])
+    assert "traceback" not in full
+
+
+def test_the_panel_serves_a_jobs_plots_and_nothing_else(comfy, stopped_job):
+    from harness import ComfyHTTPError
+    status, body = comfy.request("GET", f"/densegrpo/jobs/{stopped_job['id']}/files/samples.png")
+    assert status == 200 and body[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ComfyHTTPError) as info:
+        comfy.get(f"/densegrpo/jobs/{stopped_job['id']}/files/job.json")
+    assert info.value.status == 404
+
+
+def test_resume_prompt_is_the_jobs_workflow_set_to_resume_it(comfy, stopped_job):
+    prompt = comfy.get(f"/densegrpo/jobs/{stopped_job['id']}/resume_prompt")["prompt"]
+    assert prompt["train"]["class_type"] == "DenseGRPO_TrainLoRA"
+    assert prompt["train"]["inputs"]["resume_job"] == stopped_job["id"]

@@ -1,0 +1,166 @@
+"""The DenseGRPO sidebar panel in ComfyUI's real front-end, driven in headless Chromium (issue 13).
+
+One scenario (browser/panel_scenario.cjs) plays a new user: load a training workflow on the tiny SD3, press
+Run, open the DenseGRPO tab, watch the iteration rise without queueing again, press Run again with the same
+settings, add a LoRA to the workflow, press Stop, press Resume (and Stop), reload the page. The tests below check its observations.
+
+Needs, besides $COMFYUI_PATH: `node`, the npm package playwright-core (a node_modules folder named by
+$DENSEGRPO_PLAYWRIGHT, or tests/comfyui/browser/node_modules from `npm install playwright-core` there) and a
+Chromium ($DENSEGRPO_CHROMIUM, else chromium on PATH); skipped with the reason when one is missing.
+$DENSEGRPO_SCREENSHOT_DIR keeps the screenshots (comfyui_panel_running.png, comfyui_panel_stopped.png).
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCENARIO = os.path.join(HERE, "browser", "panel_scenario.cjs")
+NAME = "browser_panel"
+TRAIN = "7"
+
+
+def browser_tools():
+    """((node, playwright node_modules, chromium), None), or (None, the reason to skip)."""
+    node = shutil.which("node")
+    if not node:
+        return None, "browser tests: `node` is not on PATH (install Node.js 18+)"
+    candidates = [os.environ.get("DENSEGRPO_PLAYWRIGHT", ""), os.path.join(HERE, "browser", "node_modules")]
+    modules = next((c for c in candidates if c and os.path.isfile(os.path.join(c, "playwright-core", "package.json"))),
+                   None)
+    if not modules:
+        return None, ("browser tests: playwright-core not found (set DENSEGRPO_PLAYWRIGHT to a node_modules folder "
+                      "holding it, or run `npm install --prefix tests/comfyui/browser playwright-core`)")
+    chromium = os.environ.get("DENSEGRPO_CHROMIUM") or next(
+        (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    if not chromium or not os.path.exists(chromium):
+        return None, "browser tests: no Chromium found (set DENSEGRPO_CHROMIUM or put chromium on PATH)"
+    return (node, modules, chromium), None
+
+
+TOOLS, MISSING = browser_tools()
+# skipped before the session's ComfyUI starts when a browser tool is missing
+pytestmark = [pytest.mark.comfyui, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
+
+
+def train_workflow() -> dict:
+    """API-format workflow: tiny SD3 → Passthrough (a nonce to make ComfyUI run the Train node again on the
+    same MODEL) → DenseGRPO Train LoRA, JPEG-compressibility reward, a long run that the test stops."""
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny_sd3.safetensors", "weight_dtype": "default"}},
+        "2": {"class_type": "DenseGRPOTest_TinyCLIP", "inputs": {}},
+        "3": {"class_type": "VAELoader", "inputs": {"vae_name": "taesd3"}},
+        "4": {"class_type": "DenseGRPO_LoadJPEGCompressibility", "inputs": {"device": "cpu"}},
+        "5": {"class_type": "DenseGRPO_PsiUniform", "inputs": {"a": 0.7}},
+        "6": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "8": {"class_type": "DenseGRPOTest_Passthrough", "inputs": {"model": ["1", 0], "nonce": 0}},
+        TRAIN: {"class_type": "DenseGRPO_TrainLoRA", "inputs": {
+            "model": ["8", 0], "clip": ["2", 0], "vae": ["3", 0], "reward_model": ["4", 0], "psi": ["5", 0],
+            "prompts": "a red cube\na blue ball", "negative_prompt": "", "latent_image": ["6", 0],
+            "lora_name": NAME, "iterations": 100000, "group_size": 2, "steps": 3, "cfg": 2.0,
+            "scheduler": "normal", "advantage_mode": "dense_grpo", "learning_rate": 1e-2, "beta": 0.01,
+            "save_every": 1, "seed": 0, "prompts_per_iteration": 1, "lora_rank": 4, "lora_alpha": 4.0,
+            "train_batch": 2, "resume_job": ""}}}
+
+
+@pytest.fixture(scope="module")
+def seen(comfy, tmp_path_factory):
+    """The scenario's observations (JSON printed by panel_scenario.cjs)."""
+    node, modules, chromium = TOOLS
+    folder = tmp_path_factory.mktemp("browser")
+    shots = os.environ.get("DENSEGRPO_SCREENSHOT_DIR") or str(folder / "screenshots")
+    config = folder / "config.json"
+    config.write_text(json.dumps({"url": comfy.url, "prompt": train_workflow(), "train_node": TRAIN,
+                                  "playwright": modules, "chromium": chromium, "screenshots": shots,
+                                  "timeout_ms": 180_000}))
+    try:
+        res = subprocess.run([node, SCENARIO, str(config)], capture_output=True, text=True, timeout=900)
+    finally:                                          # never leave a training job running for the next tests
+        for job in comfy.get("/densegrpo/jobs")["jobs"]:
+            if job["name"] == NAME and job["state"] in ("queued", "running"):
+                comfy.post(f"/densegrpo/jobs/{job['id']}/stop")
+    try:
+        out = json.loads(res.stdout)
+    except ValueError:
+        raise AssertionError(f"the browser scenario printed no result (rc {res.returncode}):\n"
+                             f"{res.stdout[-3000:]}\n{res.stderr[-6000:]}") from None
+    if out.get("error"):
+        raise AssertionError(f"browser scenario failed: {out['error']}\nsteps: {out.get('steps')}\n"
+                             f"console: {out.get('console', [])[-30:]}\n(screenshot: {shots}/failure.png)")
+    out["screenshots"] = shots
+    with open(os.path.join(folder, "observations.json"), "w") as f:   # for a look after a failure
+        json.dump(out, f, indent=1)
+    return out
+
+
+def test_a_new_train_node_keeps_its_seed_fixed_after_each_run(seen):
+    assert seen["seed_control"] == "fixed"
+
+
+def test_the_job_appears_in_the_panel_and_its_iteration_rises_without_queueing_again(seen):
+    assert seen["later_iteration"] > seen["first_iteration"] >= 1
+    assert seen["prompts_posted_while_watching"] == 1
+    assert re.search(r"iteration \d+/100000 · reward -?\d+\.\d+ · \d+\.\d+ s/it · ETA", seen["later_text"])
+
+
+def test_the_train_node_shows_iteration_reward_and_eta_while_its_job_runs(seen):
+    assert re.search(r"DenseGRPO job [a-z0-9]{12} running · iteration \d+/100000 · reward -?\d+\.\d+ · "
+                     r"\d+\.\d+ s/it · ETA", seen["node_progress_text"])
+
+
+def test_the_selected_job_shows_reward_curve_sign_counts_samples_and_lora_files(seen):
+    text = seen["detail_text"]
+    assert "reward" in text and "ΔR signs per step" in text and "latest samples" in text
+    assert re.search(rf"densegrpo/{NAME}_\d{{5}}\.safetensors", text)
+
+
+def test_queueing_the_same_workflow_again_while_it_trains_returns_its_job(seen):
+    assert seen["jobs_after_second_run"] == [{"id": seen["job_id"], "state": "running"}]
+    assert f"job {seen['job_id']} running: already training with these settings" in seen["second_run_text"]
+
+
+def test_add_lora_to_workflow_adds_a_lora_loader_with_that_file(seen):
+    assert seen["lora_node"]["type"] == "LoraLoaderModelOnly"
+    assert re.fullmatch(rf"densegrpo/{NAME}_\d{{5}}\.safetensors", seen["lora_node"]["lora"])
+
+
+def test_stop_in_the_panel_stops_the_job_and_a_toast_says_so(seen):
+    assert seen["state_after_stop_click"] in ("stopping", "stopped")
+    assert "DenseGRPO training stopped" in seen["toast"] and seen["job_id"] in seen["toast"]
+
+
+def test_resume_in_the_panel_continues_the_stopped_job_with_its_settings(seen):
+    assert seen["resumed"]["resumed_from"] == seen["job_id"]
+    assert seen["resumed"]["iteration"] >= seen["stopped_iteration"]
+    assert seen["resumed"]["total"] == 100000
+
+
+def test_after_a_page_reload_the_job_is_listed_with_its_final_state(seen):
+    assert seen["after_reload"]["id"] == seen["job_id"]
+    assert seen["after_reload"]["state"] == "stopped"
+    assert seen["after_reload"]["iteration"] == seen["stopped_iteration"]
+
+
+def test_the_console_has_no_unknown_message_type(seen):
+    assert seen["unknown_message_lines"] == []
+
+
+def test_the_extension_loads_once_and_announces_a_stop_once(seen):
+    assert not [l for l in seen["console"] if "densegrpo" in l.lower() and "error" in l.lower()]
+    assert seen["stop_toasts"] == 1
+
+
+def test_websocket_events_name_no_absolute_server_paths(comfy, seen):
+    assert {"state", "iteration", "lora", "plots"} <= {e["type"] for e in seen["events"]}
+    strings = re.findall(r'"((?:[^"\\]|\\.)*)"', json.dumps(seen["events"]))
+    assert not [s for s in strings if s.startswith("/") or comfy.base_dir in s]
+    lora = next(e for e in seen["events"] if e["type"] == "lora")
+    assert re.fullmatch(rf"densegrpo/{NAME}_\d{{5}}\.safetensors", lora["path"])
+
+
+def test_screenshots_of_the_running_and_stopped_panel_are_saved(seen):
+    for name in ("comfyui_panel_running.png", "comfyui_panel_stopped.png"):
+        assert os.path.getsize(os.path.join(seen["screenshots"], name)) > 10_000
