@@ -113,6 +113,7 @@ def run_demo(out: str, quick: bool = False, device: str = "cpu", seeds=None, wor
 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    commit = source_commit()                 # read now: the checkout may move on while the demo runs
     budget = QUICK if quick else FULL
     seeds = list(seeds) if seeds else ([0] if quick else [0, 1, 2])
     os.makedirs(out, exist_ok=True)
@@ -158,7 +159,7 @@ def run_demo(out: str, quick: bool = False, device: str = "cpu", seeds=None, wor
     summary = {"format": SUMMARY_FORMAT, "task": "toy: coloured shapes on backgrounds (16x16), toy reward",
                "device": device, "seeds": seeds, "quick": quick, "pretrained_eval_reward": base["reward_mean"],
                "eval_prompts": len(eval_prompts), "eval_seeds": list(budget.eval_seeds), "methods": {},
-               "commit": source_commit(), "psi": psi.values, "grid": "sd3", "tau": tau.tolist(), "workers": workers,
+               "commit": commit, "psi": psi.values, "grid": "sd3", "tau": tau.tolist(), "workers": workers,
                "nfe_per_trajectory": {"fused": predicted_nfe(TOY_TRAIN["steps"], fused=True),
                                       "naive": predicted_nfe(TOY_TRAIN["steps"], fused=False)}}
     curves = {}

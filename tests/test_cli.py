@@ -34,6 +34,24 @@ def test_calibrate_writes_psi_json_and_plot(tmp_path):
     assert Image.open(tmp_path / "psi.png").size[0] > 100
 
 
+def test_calibrated_psi_records_the_sd3_scheduler_grid_by_default(tmp_path):
+    """T = 10, shift 3 (the toy's): psi.json's tau is Flow-GRPO's SD3 scheduler grid (MATH.md §1)."""
+    r = cli("calibrate", "--out", str(tmp_path), "--iterations", "1", "--prompts", "1", "--group-size", "2")
+    assert r.returncode == 0, r.stderr
+    tau = json.loads((tmp_path / "psi.json").read_text())["tau"]
+    expected = [1.0, 0.960, 0.913, 0.858, 0.790, 0.707, 0.602, 0.465, 0.278, 0.0089, 0.0]
+    assert tau == pytest.approx(expected, abs=1e-3)
+
+
+def test_a_psi_file_from_another_grid_is_refused_by_the_cli(tmp_path):
+    r = cli("calibrate", "--out", str(tmp_path), "--iterations", "1", "--prompts", "1", "--group-size", "2",
+            "--steps", "4", "--grid", "shifted_linspace")
+    assert r.returncode == 0, r.stderr
+    r = cli("visualize", "--out", str(tmp_path / "v"), "--steps", "4", "--group-size", "2",
+            "--psi", str(tmp_path / "psi.json"))
+    assert r.returncode == 2 and "calibrated on the grid" in r.stderr and "used on the sampling grid" in r.stderr
+
+
 def test_visualize_writes_plot_and_numbers(tmp_path):
     r = cli("visualize", "--out", str(tmp_path), "--steps", "4", "--group-size", "3")
     assert r.returncode == 0, r.stderr
