@@ -94,7 +94,7 @@ class Trainer:
         for p in lora.lora_parameters(model):   # float32 master weights on bf16/fp16 base weights (peft copies
             p.data = p.data.float()             # the base dtype); autocast still runs the matmuls in bf16
         if config.init_lora:
-            lora.load_lora(config.init_lora, model)
+            lora.load_lora(config.init_lora, model, prefix=self.pipe.lora_prefix)
         self.model = model
         self.params = lora.lora_parameters(model)
         if config.grad_checkpointing:
@@ -293,12 +293,20 @@ class Trainer:
                     p.copy_(w)
 
     def evaluate(self) -> dict:
-        """Mean reward of plain-ODE samples on the evaluation prompts (EMA weights when enabled)."""
+        """Mean reward of plain-ODE samples on the evaluation prompts (EMA weights when enabled); with
+        `eval_images`, rank 0 saves their grid as out_dir/samples/eval_<iteration>.png (a row per prompt)."""
         config = self.config
         with self.ema_weights():
             res = evaluate_ode(self.pipe, self.reward, self.eval_prompts, seeds=config.eval_seeds,
                                tau=self.grid(config.eval_steps), cfg_scale=self.cfg_scale, device=self.device,
                                max_batch=self.max_batch, autocast_dtype=self.autocast_dtype)
+        if config.eval_images and self.rank == 0:
+            from .plots import save_image_grid
+            images = torch.cat([self.pipe.decode(x.to(self.device)).float().cpu()
+                                for x in res["latents"].split(config.reward_batch)])
+            os.makedirs(os.path.join(config.out_dir, "samples"), exist_ok=True)
+            save_image_grid(images, os.path.join(config.out_dir, "samples", f"eval_{self.iteration_done:05d}.png"),
+                            ncol=len(config.eval_seeds))
         return {"iteration": self.iteration_done, "reward_mean": res["reward_mean"],
                 "reward_std": res["reward_std"], "n": res["n"]}
 
@@ -317,7 +325,10 @@ class Trainer:
     def export_lora(self, path: str) -> str:
         """Write the (EMA, if enabled) LoRA atomically in ComfyUI's key format."""
         with self.ema_weights():
-            lora.save_lora(path, self.model, self.lora_metadata())
+            lora.save_lora(path, self.model, self.lora_metadata(), prefix=self.pipe.lora_prefix)
+            if self.config.export_diffusers:
+                lora.save_lora(os.path.splitext(path)[0] + "_diffusers.safetensors", self.model,
+                               self.lora_metadata(), prefix=self.pipe.lora_prefix, layout="diffusers")
         return path
 
     def save_checkpoint(self) -> str | None:
@@ -334,7 +345,8 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
         try:
-            lora.save_lora(os.path.join(tmp, "lora.safetensors"), self.model, self.lora_metadata())
+            lora.save_lora(os.path.join(tmp, "lora.safetensors"), self.model, self.lora_metadata(),
+                           prefix=self.pipe.lora_prefix)
             torch.save({"format": CHECKPOINT_FORMAT, "iteration": self.iteration_done,
                         "optimizer": self.optimizer.state_dict(), "prompt_gen": self.prompt_gen.get_state(),
                         "noise_gens": states, "ema": self.ema}, os.path.join(tmp, "state.pt"))
@@ -362,7 +374,7 @@ class Trainer:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{state_path} is not a {CHECKPOINT_FORMAT} checkpoint")
         check_resumable(self.config, path)
-        lora.load_lora(os.path.join(path, "lora.safetensors"), self.model)
+        lora.load_lora(os.path.join(path, "lora.safetensors"), self.model, prefix=self.pipe.lora_prefix)
         self.optimizer.load_state_dict(state["optimizer"])
         self.prompt_gen.set_state(state["prompt_gen"])
         if len(state["noise_gens"]) != self.world:
