@@ -257,13 +257,13 @@ def load_diffusers_pipeline(folder: str, device="cpu", *, prompts: Sequence[str]
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     cache = PromptCache(table, null)
+    sched = diffusers_scheduler_config(folder)
     if kind == "sd3":
-        model, shift = SD3Velocity(transformer), float(diffusers_scheduler_config(folder).get("shift", 3.0))
-        channels, default_cfg, arch = transformer.config.in_channels, 4.5 if cfg_scale is None else cfg_scale, "diffusers_sd3"
+        model, channels, arch = SD3Velocity(transformer), transformer.config.in_channels, "diffusers_sd3"
+        shift, default_cfg = float(sched.get("shift", 3.0)), 4.5 if cfg_scale is None else cfg_scale
     else:
-        config = diffusers_scheduler_config(folder)
-        shift = flux_shift((h // 2) * (w // 2), config) if config.get("use_dynamic_shifting") else float(config.get("shift", 1.0))
         model, channels, arch = FluxVelocity(transformer, (h, w), guidance), transformer.config.in_channels // 4, "diffusers_flux"
+        shift = flux_shift((h // 2) * (w // 2), sched) if sched.get("use_dynamic_shifting") else float(sched.get("shift", 1.0))
         default_cfg = 1.0 if cfg_scale is None else cfg_scale
         if default_cfg != 1.0:
             raise ValueError("FLUX has no classifier-free guidance here (cfg_scale must be 1); set `guidance`, the "

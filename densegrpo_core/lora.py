@@ -279,7 +279,8 @@ def save_lora(path: str | os.PathLike, model: nn.Module, metadata: dict | None =
     if layout not in ("comfyui", "diffusers"):
         raise ValueError(f"LoRA layout must be 'comfyui' or 'diffusers', got {layout!r}")
     sd = lora_state_dict(model, prefix) if layout == "comfyui" else peft_state_dict(model, prefix)
-    meta["layout"] = layout
+    if layout == "diffusers":
+        meta["layout"] = "diffusers: lora_A/lora_B, alpha/rank folded into lora_B"
     tensors = {k: (v if k.endswith(".alpha") else v.to(dtype)).detach().cpu().contiguous() for k, v in sd.items()}
     atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata=meta))
 

@@ -224,39 +224,53 @@ class Trainer:
         active = (A[:, steps] != 0).any(dim=1).nonzero().flatten() if steps else A.new_zeros(0, dtype=torch.long)
         stats = {"loss": [], "policy_loss": [], "kl": [], "ratio_mean": [], "clip_frac": []}
         n_opt, grad_norms = 0, []
-        if len(active) == 0:
+        n_mb = self._max_over_ranks(-(-len(active) // config.train_batch))   # every rank takes as many steps
+        if n_mb == 0:
             return {"skipped_samples": B, "optimizer_steps": 0, **{k: 0.0 for k in stats}, "grad_norm": 0.0}
         guide = self.pipe.guide(prompts, self.cfg_scale, self.max_batch, self.device,
                                 detach_uncond=not config.uncond_grad)
         self.model.train()
         for _ in range(config.inner_epochs):
             order = active[torch.randperm(len(active), generator=self.noise_gen)]
-            minibatches = list(order.split(config.train_batch))
-            for mb_i, mb in enumerate(minibatches):
-                step_order = [steps[j] for j in torch.randperm(len(steps), generator=self.noise_gen).tolist()]
-                rows = mb.to(self.device)
-                for k in step_order:
-                    tau, tau_next, sigma = self.tau[k].item(), self.tau[k + 1].item(), self.sigmas[k].item()
-                    x = ro.latents[mb, k].to(self.device)                        # (b, ...)
-                    x_next = ro.latents[mb, k + 1].to(self.device)
-                    with self._autocast():
-                        v = guide.velocity(x, tau, rows)
-                    mean = sde_step_mean(x, v, tau, tau_next, sigma)              # float32, with grad
-                    log_prob = gaussian_log_prob(x_next, mean, sde_step_std(tau, tau_next, sigma))
-                    with torch.no_grad(), lora.adapters_disabled(self.model), self._autocast():
-                        mean_ref = sde_step_mean(x, guide.velocity(x, tau, rows), tau, tau_next, sigma)
-                    loss, s = grpo_loss(log_prob, ro.log_probs[mb, k].to(self.device), A[mb, k].to(self.device),
-                                        mean, mean_ref, sigma, config.clip_range, config.beta)
-                    (loss / (len(step_order) * config.grad_accum)).backward()
-                    for key in stats:
-                        stats[key].append(s[key])
-                if (mb_i + 1) % config.grad_accum == 0 or mb_i == len(minibatches) - 1:
+            minibatches = [mb for mb in order.split(config.train_batch) if len(mb)]   # none if nothing active
+            for mb_i in range(n_mb):
+                if mb_i < len(minibatches):          # a rank with fewer active samples contributes zero gradient
+                    self._accumulate(ro, guide, minibatches[mb_i], A, steps, stats)
+                if (mb_i + 1) % config.grad_accum == 0 or mb_i == n_mb - 1:
                     grad_norms.append(self._optimizer_step())
                     n_opt += 1
         self.model.eval()
         return {"skipped_samples": B - len(active), "optimizer_steps": n_opt,
                 "grad_norm": sum(grad_norms) / len(grad_norms),
-                **{k: sum(v) / len(v) for k, v in stats.items()}}
+                **{k: sum(v) / len(v) if v else 0.0 for k, v in stats.items()}}
+
+    def _accumulate(self, ro, guide, mb: torch.Tensor, A: torch.Tensor, steps: list[int], stats: dict) -> None:
+        """Backpropagate the loss of one minibatch of trajectories over the trained steps, shuffled (MATH.md §7)."""
+        config = self.config
+        step_order = [steps[j] for j in torch.randperm(len(steps), generator=self.noise_gen).tolist()]
+        rows = mb.to(self.device)
+        for k in step_order:
+            tau, tau_next, sigma = self.tau[k].item(), self.tau[k + 1].item(), self.sigmas[k].item()
+            x = ro.latents[mb, k].to(self.device)                        # (b, ...)
+            x_next = ro.latents[mb, k + 1].to(self.device)
+            with self._autocast():
+                v = guide.velocity(x, tau, rows)
+            mean = sde_step_mean(x, v, tau, tau_next, sigma)              # float32, with grad
+            log_prob = gaussian_log_prob(x_next, mean, sde_step_std(tau, tau_next, sigma))
+            with torch.no_grad(), lora.adapters_disabled(self.model), self._autocast():
+                mean_ref = sde_step_mean(x, guide.velocity(x, tau, rows), tau, tau_next, sigma)
+            loss, s = grpo_loss(log_prob, ro.log_probs[mb, k].to(self.device), A[mb, k].to(self.device),
+                                mean, mean_ref, sigma, config.clip_range, config.beta)
+            (loss / (len(step_order) * config.grad_accum)).backward()
+            for key in stats:
+                stats[key].append(s[key])
+
+    def _max_over_ranks(self, n: int) -> int:
+        if self.world == 1:
+            return n
+        t = torch.tensor([n], device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return int(t.item())
 
     def _optimizer_step(self) -> float:
         if self.world > 1:

@@ -21,6 +21,8 @@ from densegrpo_core.rollout import ode_sample  # noqa: E402
 from densegrpo_core.schedule import flow_grid, time_shift  # noqa: E402
 from densegrpo_core.trainer import TrainConfig, Trainer  # noqa: E402
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
 PROMPTS = ["a red cube", "a blue ball", "a green tree"]
 EVAL = ["a cat"]
 
@@ -248,7 +250,7 @@ def test_cli_train_with_a_diffusers_folder_writes_a_lora(folders, tmp_path):
         'lora_alpha = 4\neval_every = 0\nsave_every = 0\n')
     r = subprocess.run([sys.executable, "-m", "densegrpo_core", "train", "--config", str(tmp_path / "cfg.toml"),
                         "--no-progress"], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=os.path.dirname(os.path.dirname(__file__)))
+                       env=ENV, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     assert os.path.isfile(tmp_path / "out" / "lora.safetensors")
     assert json.loads((tmp_path / "out" / "model.json").read_text())["resolution"] == 16
@@ -258,5 +260,17 @@ def test_cli_train_with_a_diffusers_folder_writes_a_lora(folders, tmp_path):
 def test_cli_train_names_a_missing_prompts_file(folders, tmp_path):
     (tmp_path / "cfg.toml").write_text(f'model = "{folders["sd35"]}"\ntrain_prompts = "{tmp_path}/missing.txt"\n')
     r = subprocess.run([sys.executable, "-m", "densegrpo_core", "train", "--config", str(tmp_path / "cfg.toml")],
-                       capture_output=True, text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+                       capture_output=True, text=True, timeout=120, env=ENV, cwd=ROOT)
     assert r.returncode == 2 and "missing.txt" in r.stderr
+
+
+def test_two_gloo_ranks_under_torchrun_keep_identical_loras(folders, tmp_path):
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        os.path.join(os.path.dirname(__file__), "ddp_worker.py"), str(out), folders["sd35"]],
+                       capture_output=True, text=True, timeout=300, env=ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in (0, 1))
+    assert r0["world"] == r1["world"] == 2 and r0["lora"].abs().sum() > 0
+    torch.testing.assert_close(r0["lora"], r1["lora"], atol=0, rtol=0)
+    assert sorted(os.listdir(out)) == ["checkpoint", "lora.safetensors", "metrics.jsonl"]
