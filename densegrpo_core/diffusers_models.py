@@ -220,14 +220,14 @@ def load_diffusers_pipeline(folder: str, device="cpu", *, prompts: Sequence[str]
                             width: int | None = None, dtype="float32", transformer_file: str | None = None,
                             negative_prompt: str = "", cfg_scale: float | None = None,
                             guidance: float = FLUX_GUIDANCE, max_sequence_length: int | None = None):
-    """A FlowPipeline over the SD3/SD3.5 or FLUX pipeline folder (model_index.json decides).
+    """The fields of a FlowPipeline (pipeline.load_pipeline builds it) over the SD3/SD3.5 or FLUX pipeline
+    folder (model_index.json decides).
 
     `prompts` are encoded once (with `negative_prompt` for SD3's CFG) and the text encoders freed; `height` ×
     `width` pixels (default: the transformer's sample size) must be divisible by VAE scale × patch size.
     SD3: CFG 4.5, shift from the scheduler config. FLUX: no CFG, guidance embedding `guidance`, the shift
     FluxPipeline computes for this resolution (`flux_shift`).
     """
-    from .pipeline import FlowPipeline
     kind, cls_name = pipeline_kind(folder)
     torch_dtype = _dtype(dtype)
     import diffusers
@@ -272,10 +272,9 @@ def load_diffusers_pipeline(folder: str, device="cpu", *, prompts: Sequence[str]
             "width": w * vae_scale, "dtype": str(torch_dtype).removeprefix("torch."),
             **({"transformer_file": os.path.basename(transformer_file)} if transformer_file else {}),
             **({"guidance": guidance} if kind == "flux" else {"negative_prompt": negative_prompt})}
-    return FlowPipeline(model=model.to(device), encode=cache.encode, null_cond=cache.null_cond if null else None,
-                        decode=VAEDecoder(vae).to(device), latent_shape=(channels, h, w), arch=arch,
-                        default_shift=shift, default_cfg=default_cfg, info=info, lora_module=transformer,
-                        lora_prefix=LORA_PREFIX)
+    return dict(model=model.to(device), encode=cache.encode, null_cond=cache.null_cond if null else None,
+                decode=VAEDecoder(vae).to(device), latent_shape=(channels, h, w), arch=arch, default_shift=shift,
+                default_cfg=default_cfg, info=info, lora_module=transformer, lora_prefix=LORA_PREFIX)
 
 
 def diffusers_scheduler_config(folder: str) -> dict:

@@ -125,7 +125,7 @@ def load_pipeline(name: str = "toy", device="cpu", *, train_prompts: Sequence[st
         raise ValueError(f"unknown model {name!r}: neither 'toy' nor an existing diffusers pipeline folder")
     from .diffusers_models import load_diffusers_pipeline
     train, evals = list(train_prompts or []), list(eval_prompts or [])
-    pipe = load_diffusers_pipeline(name, device, prompts=train + evals, **options)
+    pipe = FlowPipeline(**load_diffusers_pipeline(name, device, prompts=train + evals, **options))
     return pipe, train, evals
 
 
