@@ -274,3 +274,13 @@ def test_two_gloo_ranks_under_torchrun_keep_identical_loras(folders, tmp_path):
     assert r0["world"] == r1["world"] == 2 and r0["lora"].abs().sum() > 0
     torch.testing.assert_close(r0["lora"], r1["lora"], atol=0, rtol=0)
     assert sorted(os.listdir(out)) == ["checkpoint", "lora.safetensors", "metrics.jsonl"]
+
+
+def test_the_paper_config_is_a_valid_train_config():
+    import tomllib
+    with open(os.path.join(ROOT, "configs", "sd35m_pickscore_dense_grpo.toml"), "rb") as f:
+        raw = tomllib.load(f)
+    spec = ModelSpec.pop_from(raw)
+    config = TrainConfig.from_dict(raw)
+    assert (spec.resolution, config.steps, config.group_size, config.lora_rank, config.lora_alpha) == (512, 10, 24, 32, 64)
+    assert (config.lr, config.beta, config.batch_size, config.prompts_per_rank(16)) == (3e-4, 0.01, 48 * 24, 3)
