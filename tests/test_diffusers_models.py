@@ -277,10 +277,17 @@ def test_two_gloo_ranks_under_torchrun_keep_identical_loras(folders, tmp_path):
 
 
 def test_the_paper_config_is_a_valid_train_config():
-    import tomllib
-    with open(os.path.join(ROOT, "configs", "sd35m_pickscore_dense_grpo.toml"), "rb") as f:
-        raw = tomllib.load(f)
+    from densegrpo_core.cli import _load_toml
+    raw = _load_toml(os.path.join(ROOT, "configs", "sd35m_pickscore_dense_grpo.toml"))
     spec = ModelSpec.pop_from(raw)
     config = TrainConfig.from_dict(raw)
     assert (spec.resolution, config.steps, config.group_size, config.lora_rank, config.lora_alpha) == (512, 10, 24, 32, 64)
     assert (config.lr, config.beta, config.batch_size, config.prompts_per_rank(16)) == (3e-4, 0.01, 48 * 24, 3)
+
+
+def test_gpu_bench_script_accepts_a_diffusers_folder(folders, tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import gpu_sd35m
+    assert gpu_sd35m.main(["--tiny", "--diffusers", folders["sd35"], "--out", str(tmp_path), "--group-sizes", "2"]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["config"]["arch"] == "diffusers" and result["runs"]
