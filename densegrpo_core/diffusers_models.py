@@ -240,6 +240,10 @@ def load_diffusers_pipeline(folder: str, device="cpu", *, prompts: Sequence[str]
     default_px = (transformer.config.get("sample_size", 128) if kind == "sd3" else 128) * vae_scale  # as diffusers
     h = latent_size(height or default_px, "height", vae_scale * patch, vae_scale)
     w = latent_size(width or default_px, "width", vae_scale * patch, vae_scale)
+    max_patches = transformer.config.get("pos_embed_max_size") if kind == "sd3" else None
+    if max_patches and max(h, w) // patch > max_patches:
+        raise ValueError(f"{max(h, w) * vae_scale} px exceeds this SD3 transformer's position table "
+                         f"(pos_embed_max_size {max_patches}: at most {max_patches * patch * vae_scale} px a side)")
     prompts = list(dict.fromkeys(prompts))
     if not prompts:
         raise ValueError(f"no prompts to encode for {folder!r}: give train_prompts (a .txt file or a list)")

@@ -70,19 +70,19 @@ def _vae(seed: int, shift: float):
                          shift_factor=shift, use_quant_conv=False, use_post_quant_conv=False).eval()
 
 
-def tiny_sd35_transformer(seed: int = 0):
+def tiny_sd35_transformer(seed: int = 0, pos_embed_max_size: int = 8):
     from diffusers import SD3Transformer2DModel
     torch.manual_seed(seed)
     return SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
                                  attention_head_dim=64, num_attention_heads=2, joint_attention_dim=64,
-                                 caption_projection_dim=SD3_DIM, pooled_projection_dim=64, pos_embed_max_size=8,
+                                 caption_projection_dim=SD3_DIM, pooled_projection_dim=64, pos_embed_max_size=pos_embed_max_size,
                                  dual_attention_layers=(0, 1), qk_norm="rms_norm").eval()
 
 
-def build_tiny_sd35(tmp: str, seed: int = 0):
+def build_tiny_sd35(tmp: str, seed: int = 0, pos_embed_max_size: int = 8):
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
     return StableDiffusion3Pipeline(
-        transformer=tiny_sd35_transformer(seed), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        transformer=tiny_sd35_transformer(seed, pos_embed_max_size), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=_vae(seed + 1, shift=0.06), text_encoder=_clip(32, True, seed + 2), tokenizer=_tokenizer(tmp, "tok1"),
         text_encoder_2=_clip(32, True, seed + 3), tokenizer_2=_tokenizer(tmp, "tok2"),
         text_encoder_3=_t5(64, seed + 4), tokenizer_3=_tokenizer(tmp, "tok3"))
@@ -102,8 +102,9 @@ def build_tiny_flux(tmp: str, seed: int = 0):
                         text_encoder_2=_t5(32, seed + 3), tokenizer_2=_tokenizer(tmp, "tok2"))
 
 
-def save_tiny_sd35(folder: str, seed: int = 0) -> str:
-    build_tiny_sd35(folder + ".tok", seed).save_pretrained(folder)
+def save_tiny_sd35(folder: str, seed: int = 0, pos_embed_max_size: int = 8) -> str:
+    """pos_embed_max_size patches a side: 8 = up to 32 px images (VAE scale 2, patch 2)."""
+    build_tiny_sd35(folder + ".tok", seed, pos_embed_max_size).save_pretrained(folder)
     return folder
 
 

@@ -291,3 +291,8 @@ def test_gpu_bench_script_accepts_a_diffusers_folder(folders, tmp_path):
     assert gpu_sd35m.main(["--tiny", "--diffusers", folders["sd35"], "--out", str(tmp_path), "--group-sizes", "2"]) == 0
     result = json.loads((tmp_path / "bench.json").read_text())
     assert result["config"]["arch"] == "diffusers" and result["runs"]
+
+
+def test_a_resolution_beyond_the_sd3_position_table_is_named(folders):
+    with pytest.raises(ValueError, match="64 px exceeds .*pos_embed_max_size 8: at most 32 px"):
+        load_pipeline(folders["sd35"], train_prompts=PROMPTS, height=64, width=64)
