@@ -4,6 +4,7 @@ Run from the repository root on a CUDA machine (about 5-8 minutes on an H100/H20
 
     .venv/bin/python bench/gpu_sd35m.py                      # core DiT at SD3.5-M size
     .venv/bin/python bench/gpu_sd35m.py --comfyui ~/ComfyUI  # ComfyUI's own MMDiT at SD3.5-M config instead
+    .venv/bin/python bench/gpu_sd35m.py --diffusers models/stable-diffusion-3.5-medium   # a real diffusers folder
 
 It measures, per iteration, seconds and peak memory (torch.cuda.max_memory_allocated) of the rollout,
 decode + reward and update stages for flow_grpo and dense_grpo at G = 8 and 24, with and without gradient
@@ -37,13 +38,15 @@ COMMAND = "python bench/gpu_sd35m.py"
 
 def plan(args) -> BenchConfig:
     """The GPU plan (or its tiny twin): checkpointing on first, so a time budget cuts the slowest runs."""
-    common = dict(out=args.out, arch="mmdit" if args.comfyui and not args.tiny else "dit", steps=10, group_sizes=tuple(args.group_sizes), prompts=1,
+    arch = "diffusers" if args.diffusers else "mmdit" if args.comfyui and not args.tiny else "dit"
+    common = dict(out=args.out, arch=arch, steps=10, group_sizes=tuple(args.group_sizes), prompts=1,
                   grad_checkpointing=(True, False), dtype="bfloat16", iterations=args.iterations, memory=True,
                   compare_naive=False, budget_s=args.budget_s, fit_constants=not (args.tiny or args.no_write_constants))
     if args.tiny:
-        return BenchConfig(**{**common, "steps": 3, "group_sizes": (2, 3), "fit_constants": False}, width=32, depth=2,
-                           heads=2, latent_size=8, latent_channels=4, context_tokens=4, max_batch=8, train_batch=2,
-                           lora_rank=4, device=args.device or "cpu")
+        sizes = dict(width=32, depth=2, heads=2, latent_channels=4) if arch != "diffusers" else {}
+        return BenchConfig(**{**common, "steps": 3, "group_sizes": (2, 3), "fit_constants": False}, **sizes,
+                           latent_size=8, context_tokens=4, max_batch=8, train_batch=2, lora_rank=4,
+                           device=args.device or "cpu")
     return BenchConfig(**common, max_batch=args.max_batch, train_batch=8, lora_rank=32, device=args.device or "cuda")
 
 
@@ -66,6 +69,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.path.join(ROOT, "bench_out", "gpu_sd35m"), help="output folder")
     p.add_argument("--comfyui", default=None, help="a ComfyUI folder: use its MMDiT instead of the core DiT")
+    p.add_argument("--diffusers", default=None,
+                   help="a local diffusers SD3/SD3.5 pipeline folder: measure its transformer (real weights)")
     p.add_argument("--device", default=None, help="default: cuda (cpu with --tiny)")
     p.add_argument("--group-sizes", type=lambda t: [int(v) for v in t.split(",")], default=[8, 24],
                    help="G values (default 8,24)")
@@ -75,6 +80,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-write-constants", action="store_true", help="do not write the fitted constants")
     p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run of this script on a tiny model")
     args = p.parse_args(argv)
+    if args.diffusers:                   # a diffusers folder's transformer (bench/diffusers_model.py: "diffusers")
+        from diffusers_model import register as register_diffusers
+        register_diffusers(args.diffusers)
     if args.comfyui:                     # ComfyUI's own MMDiT (bench/comfy_mmdit.py registers it as "mmdit")
         from comfy_mmdit import register
         register(args.comfyui)

@@ -71,11 +71,19 @@ def _stop_flag() -> threading.Event:
     return flag
 
 
-def _model_and_grid(args):
-    """The pipeline named by --model, its training prompts, the grid (--grid, --steps, --shift), the CFG scale."""
-    from .pipeline import load_pipeline
+def _model_and_grid(args, prompts=None):
+    """The pipeline named by --model, its training prompts, the grid (--grid, --steps, --shift), the CFG scale.
+
+    A diffusers folder encodes `prompts` (sample's --prompt) or the --prompts file once at load time."""
+    from .data import ModelSpec
     from .schedule import flow_grid
-    pipe, train_prompts, _ = load_pipeline(args.model, args.device)
+    given = prompts or getattr(args, "prompts_file", None)
+    if args.model == "toy":
+        spec = ModelSpec(train_prompts=given)
+    else:
+        spec = ModelSpec(model=args.model, train_prompts=given, resolution=args.resolution,
+                         transformer_file=args.transformer_file)
+    pipe, train_prompts, _ = spec.load(args.device, args.dtype or _default_dtype(args.model, args.device))
     tau = flow_grid(args.steps, pipe.default_shift if args.shift is None else args.shift, args.grid)
     return pipe, train_prompts, tau, pipe.default_cfg if args.cfg is None else args.cfg
 
@@ -87,12 +95,13 @@ def cmd_sample(args) -> int:
     from .pipeline import score_latents
     from .rollout import fused_rollout, ode_sample
     from .schedule import sde_noise_scales
-    pipe, _, tau, cfg_scale = _model_and_grid(args)
+    pipe, _, tau, cfg_scale = _model_and_grid(args, prompts=args.prompt)
     if args.lora:
         from .lora import inject_lora, load_lora, read_lora_metadata
         meta = read_lora_metadata(args.lora)
-        inject_lora(pipe.model, meta.get("base_arch", pipe.arch), rank=int(meta["rank"]), alpha=float(meta["alpha"]))
-        load_lora(args.lora, pipe.model)
+        net = pipe.lora_module or pipe.model
+        inject_lora(net, meta.get("base_arch", pipe.arch), rank=int(meta["rank"]), alpha=float(meta["alpha"]))
+        load_lora(args.lora, net, prefix=pipe.lora_prefix)
     prompts = [p for p in args.prompt for _ in range(args.num)]
     gen = torch.Generator().manual_seed(args.seed)
     x_T = torch.randn((len(prompts), *pipe.latent_shape), generator=gen).to(args.device)
@@ -183,19 +192,30 @@ def _load_toml(path: str) -> dict:
         raise InputError(f"config file {path} is not valid TOML: {e}") from None
 
 
+def _default_dtype(model: str, device: str) -> str:
+    """bfloat16 for a diffusers model on CUDA (weights and autocast), float32 otherwise."""
+    return "bfloat16" if model != "toy" and str(device).startswith("cuda") else "float32"
+
+
 def cmd_train(args) -> int:
     import torch
 
-    from .pipeline import load_pipeline
+    from .data import ModelSpec
+    from .files import atomic_write_json
     from .trainer import TrainConfig, Trainer
     raw = _load_toml(args.config) if args.config else {}
-    model = raw.pop("model", "toy")
+    if args.model is not None:
+        raw["model"] = args.model
+    spec = ModelSpec.pop_from(raw)          # model and data keys; the rest are TrainConfig fields
     if args.resume and not args.out:
         raw["out_dir"] = os.path.dirname(os.path.abspath(args.resume.rstrip("/")))
     for key in ("out", "reward", "reward_path", "device", "iterations"):
         val = getattr(args, key)
         if val is not None:
             raw["out_dir" if key == "out" else key] = val
+    if spec.model != "toy":
+        raw.setdefault("dtype", _default_dtype(spec.model, raw.get("device", "cpu")))
+        raw.setdefault("eval_images", True)
     config = TrainConfig.from_dict(raw)
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         backend = "nccl" if config.device.startswith("cuda") else "gloo"
@@ -203,7 +223,10 @@ def cmd_train(args) -> int:
         if config.device.startswith("cuda"):
             config.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
             torch.cuda.set_device(config.device)
-    pipe, train_prompts, eval_prompts = load_pipeline(model, config.device)
+    pipe, train_prompts, eval_prompts = spec.load(config.device, config.dtype)
+    if int(os.environ.get("RANK", 0)) == 0:
+        os.makedirs(config.out_dir, exist_ok=True)
+        atomic_write_json(os.path.join(config.out_dir, "model.json"), spec.to_dict())
     stop = _stop_flag()
     trainer = Trainer(config, pipe, _reward(config.reward, config.reward_path, config.device), train_prompts, eval_prompts,
                       should_stop=stop.is_set)
@@ -267,6 +290,10 @@ REWARD_PATH_HELP = ("the reward model's local file or folder (e.g. ComfyUI/model
                     "name=PATH,name=PATH for a weighted sum; nothing is downloaded")
 
 
+MODEL_HELP = ("model: toy (built in) or the path of a diffusers pipeline folder (SD3, SD3.5 or FLUX; "
+              "model_index.json decides; loaded with local files only)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .schedule import GRIDS
     p = argparse.ArgumentParser(prog="python -m densegrpo_core",
@@ -274,7 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp, steps=10):
-        sp.add_argument("--model", default="toy", help="model to use (built in: toy)")
+        sp.add_argument("--model", default="toy", help=MODEL_HELP)
+        sp.add_argument("--resolution", type=int, default=None, help="image side in pixels (diffusers models)")
+        sp.add_argument("--transformer-file", default=None,
+                        help="single-file transformer checkpoint replacing the diffusers folder's")
+        sp.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                        help="model weights and compute (default: bfloat16 for diffusers models on CUDA)")
+        sp.add_argument("--prompts-file", default=None,
+                        help="training prompts, one a line (a diffusers model encodes them at load time)")
         sp.add_argument("--device", default="cpu", help="cpu or cuda")
         sp.add_argument("--steps", type=int, default=steps, help="sampling steps T")
         sp.add_argument("--shift", type=float, default=None, help="grid shift (default: the model's)")
@@ -326,9 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="visualize", help="output folder")
     sp.set_defaults(fn=cmd_visualize)
 
-    sp = sub.add_parser("train", help="GRPO-train a LoRA (config in TOML; keys = TrainConfig fields + model)")
+    sp = sub.add_parser("train", help="GRPO-train a LoRA (config in TOML; keys = TrainConfig fields + the "
+                                      "model/data keys of data.ModelSpec)")
     sp.add_argument("--config", default=None, help="TOML file with TrainConfig fields")
     sp.add_argument("--resume", default=None, help="checkpoint folder to continue from")
+    sp.add_argument("--model", default=None, help=MODEL_HELP + " (overrides config)")
     sp.add_argument("--out", default=None, help="output folder (overrides out_dir)")
     sp.add_argument("--reward", default=None, help=REWARD_HELP + " (overrides config)")
     sp.add_argument("--reward-path", type=_reward_path_arg, default=None, help=REWARD_PATH_HELP + " (overrides config)")

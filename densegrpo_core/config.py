@@ -71,6 +71,8 @@ class TrainConfig:
     eval_steps: int = 10                # ODE steps for evaluation (paper: 40)
     eval_seeds: tuple[int, ...] = (0, 1)  # initial-noise seeds per evaluation prompt
     save_every: int = 10                # checkpoint + LoRA export every N iterations (and on stop/end)
+    eval_images: bool = False           # save each evaluation's images as out_dir/samples/eval_<iteration>.png
+    export_diffusers: bool = False      # also write lora_diffusers.safetensors (diffusers/peft keys, α/r folded)
     # --- memory and speed (docs/benchmarks.md) ---
     grad_checkpointing: bool = False    # recompute block activations in the backward pass: much less update memory,
                                         # one more forward per trained step; same loss and gradients

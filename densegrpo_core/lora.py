@@ -45,14 +45,30 @@ TARGET_PRESETS: dict[str, str] = {
     # ComfyUI comfy/ldm/flux/{model,layers}.py Flux: DoubleStreamBlock img/txt attention and MLP
     # (nn.Sequential: 0 = Linear, 1 = GELU, 2 = Linear) and SingleStreamBlock's two fused linears
     "flux": r"(?:double_blocks\.\d+\.(?:img|txt)_(?:attn\.(?:qkv|proj)|mlp\.[02])|single_blocks\.\d+\.linear[12])",
+    # diffusers SD3Transformer2DModel (SD3/SD3.5): JointTransformerBlock attention q/k/v/out, the added context
+    # projections, SD3.5's attn2, both feed-forwards (FeedForward.net: 0 = GELU(proj), 2 = Linear). The last
+    # block's context query is dropped by `_discarded_outputs` (context_pre_only: its output is never used)
+    "diffusers_sd3": r"transformer_blocks\.\d+\.(?:attn\.(?:to_[qkv]|to_out\.0|add_[qkv]_proj|to_add_out)"
+                     r"|attn2\.(?:to_[qkv]|to_out\.0)|ff(?:_context)?\.net\.(?:0\.proj|2))",
+    # diffusers FluxTransformer2DModel: double-stream blocks as SD3's, single-stream blocks' q/k/v and fused MLP/out
+    "diffusers_flux": r"(?:transformer_blocks\.\d+\.(?:attn\.(?:to_[qkv]|to_out\.0|add_[qkv]_proj|to_add_out)"
+                      r"|ff(?:_context)?\.net\.(?:0\.proj|2))"
+                      r"|single_transformer_blocks\.\d+\.(?:attn\.to_[qkv]|proj_mlp|proj_out))",
 }
 
 
 # ----------------------------------------------------------------------------- targets
+def _discarded_outputs(model: nn.Module) -> set[str]:
+    """Linears whose output nothing uses: the context query of a diffusers joint block with `context_pre_only`
+    (the last SD3 block computes it, but drops the context half of the attention output)."""
+    return {f"{name}.attn.add_q_proj" for name, m in model.named_modules()
+            if getattr(m, "context_pre_only", False) is True and hasattr(m, "attn")}
+
+
 def _matching_linears(model: nn.Module, pattern: str) -> list[str]:
-    regex = re.compile(pattern)
+    regex, discarded = re.compile(pattern), _discarded_outputs(model)
     return [name for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and regex.fullmatch(name)]
+            if isinstance(module, nn.Linear) and regex.fullmatch(name) and name not in discarded]
 
 
 def _resolve_targets(model: nn.Module, preset_or_regex: str) -> tuple[str, list[str]]:
@@ -200,9 +216,41 @@ def _metadata_str(value) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
+def peft_state_dict(model: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    """LoRA weights in diffusers/peft's key form, scale folded in: `{prefix}P.lora_A.weight` = lora_down (r, in),
+    `{prefix}P.lora_B.weight` = (α/r)·lora_up (out, r), no alpha key (diffusers' loader then uses scale 1)."""
+    sd = {}
+    for name, layer in _lora_layers(model).items():
+        rank, alpha = _rank_and_alpha(layer, name)
+        sd[f"{prefix}{name}.lora_A.weight"] = layer.lora_A[ADAPTER].weight.detach().clone()
+        sd[f"{prefix}{name}.lora_B.weight"] = layer.lora_B[ADAPTER].weight.detach() * (alpha / rank)
+    return sd
+
+
+def _from_peft_layout(tensors: dict[str, torch.Tensor], layers: dict, prefix: str) -> dict[str, torch.Tensor]:
+    """A diffusers/peft-layout file (lora_A / lora_B, α/r folded into B) in save_lora's layout for these layers."""
+    out = {}
+    for key, tensor in tensors.items():
+        if key.endswith(".lora_A.weight"):
+            out[key.removesuffix(".lora_A.weight") + ".lora_down.weight"] = tensor
+        elif key.endswith(".lora_B.weight"):
+            base = key.removesuffix(".lora_B.weight")
+            layer = layers.get(base.removeprefix(prefix))
+            rank, alpha = _rank_and_alpha(layer, base) if layer is not None else (1, 1.0)
+            out[base + ".lora_up.weight"] = tensor.float() * (rank / alpha)
+            out[base + ".alpha"] = torch.tensor(alpha)
+        else:
+            out[key] = tensor
+    return out
+
+
 def save_lora(path: str | os.PathLike, model: nn.Module, metadata: dict | None = None,
-              dtype: torch.dtype = torch.float32, prefix: str = COMFY_PREFIX) -> None:
+              dtype: torch.dtype = torch.float32, prefix: str = COMFY_PREFIX, layout: str = "comfyui") -> None:
     """Write the LoRA as a ComfyUI-loadable safetensors file, atomically (temp file + rename, never half-written).
+
+    layout "comfyui" (default): lora_up / lora_down / alpha keys, which ComfyUI loads at the right strength;
+    "diffusers": lora_A / lora_B with α/r folded into B and no alpha key (`peft_state_dict`), for diffusers'
+    `load_lora_weights` and peft. Both reload with `load_lora`.
 
     Metadata (values stringified: str as is, anything else as JSON) carries `densegrpo.format`, `rank`,
     `alpha` and `targets` from the model, plus the caller's entries (ψ, reward, iteration, config hash, ...);
@@ -228,8 +276,12 @@ def save_lora(path: str | os.PathLike, model: nn.Module, metadata: dict | None =
     meta.update({"densegrpo.format": LORA_FORMAT, "rank": str(rank), "alpha": _metadata_str(alpha)})
     if hasattr(model, "_densegrpo_lora_targets"):
         meta["targets"] = model._densegrpo_lora_targets
-    tensors = {k: (v if k.endswith(".alpha") else v.to(dtype)).detach().cpu().contiguous()
-               for k, v in lora_state_dict(model, prefix).items()}
+    if layout not in ("comfyui", "diffusers"):
+        raise ValueError(f"LoRA layout must be 'comfyui' or 'diffusers', got {layout!r}")
+    sd = lora_state_dict(model, prefix) if layout == "comfyui" else peft_state_dict(model, prefix)
+    if layout == "diffusers":
+        meta["layout"] = "diffusers: lora_A/lora_B, alpha/rank folded into lora_B"
+    tensors = {k: (v if k.endswith(".alpha") else v.to(dtype)).detach().cpu().contiguous() for k, v in sd.items()}
     atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata=meta))
 
 
@@ -254,7 +306,7 @@ def read_lora_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 def load_lora(path: str | os.PathLike, model: nn.Module, strict: bool = True,
               prefix: str = COMFY_PREFIX) -> dict[str, str]:
-    """Copy a ComfyUI-format LoRA file (as written by save_lora) into a model that already carries LoRA layers.
+    """Copy a LoRA file (save_lora's ComfyUI or diffusers layout) into a model that already carries LoRA layers.
 
     Every key and shape is checked before anything is copied; errors name the key. With strict, keys missing
     from the file or not belonging to an adapted module are errors; otherwise only the matching modules load.
@@ -269,6 +321,8 @@ def load_lora(path: str | os.PathLike, model: nn.Module, strict: bool = True,
         raise ValueError(f"{path!r} is not a readable safetensors file: {e}") from None
     metadata = read_lora_metadata(path)
     layers = _lora_layers(model)
+    if any(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in tensors):   # diffusers/peft layout
+        tensors = _from_peft_layout(tensors, layers, prefix)
     expected = {f"{prefix}{name}.{part}" for name in layers for part in ("lora_down.weight", "lora_up.weight", "alpha")}
     unexpected, missing = sorted(set(tensors) - expected), sorted(expected - set(tensors))
     if strict and (unexpected or missing):

@@ -6,6 +6,7 @@ torch module can fill it.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -30,6 +31,8 @@ class FlowPipeline:
     info: dict = field(default_factory=dict)            # provenance shown in logs and LoRA metadata
     lora_module: torch.nn.Module | None = None          # the diffusion network inside `model` that gets the
                                                         # LoRA (its module names are the file's keys); None = model
+    lora_prefix: str = "diffusion_model."               # key prefix of the LoRA file: ComfyUI's for ComfyUI/toy
+                                                        # models, "transformer." for diffusers transformers
 
     def guide(self, prompts: Sequence[str], cfg_scale: float, max_batch: int = 256,
               device: torch.device | str = "cpu", detach_uncond: bool = True) -> GuidedVelocity:
@@ -103,17 +106,27 @@ def evaluate_ode(pipe: FlowPipeline, reward, prompts: Sequence[str], *, seeds: S
             "n": len(prompts), "latents": x0.float().cpu(), "scores": scores}
 
 
-def load_pipeline(name: str = "toy", device="cpu") -> tuple[FlowPipeline, list[str], list[str]]:
-    """A pipeline by name with its training and evaluation prompts. Built in: "toy" (the shipped tiny DiT)."""
-    if name != "toy":
-        raise ValueError(f"unknown model {name!r}; the headless CLI ships 'toy' (use the ComfyUI nodes "
-                         f"or the Python API with your own FlowPipeline for other models)")
-    from .toy import load_toy
-    toy = load_toy(device=device)
-    pipe = FlowPipeline(model=toy.model, encode=toy.encode, null_cond=toy.null_cond, decode=toy.decode,
-                        latent_shape=tuple(toy.latent_shape), arch="toy", default_shift=toy.shift,
-                        default_cfg=toy.cfg_scale, info={"name": "toy"})
-    return pipe, list(toy.train_prompts), list(toy.eval_prompts)
+def load_pipeline(name: str = "toy", device="cpu", *, train_prompts: Sequence[str] | None = None,
+                  eval_prompts: Sequence[str] | None = None, **options) -> tuple[FlowPipeline, list[str], list[str]]:
+    """A pipeline by name with its training and evaluation prompts: "toy" (the shipped tiny DiT, its own prompts
+    unless given) or the path of a diffusers SD3/SD3.5/FLUX pipeline folder (`diffusers_models`; `options` are
+    its loader's: height, width, dtype, transformer_file, negative_prompt, guidance, max_sequence_length)."""
+    if name == "toy":
+        if options:
+            raise ValueError(f"the toy model takes no model options, got {sorted(options)}")
+        from .toy import load_toy
+        toy = load_toy(device=device)
+        pipe = FlowPipeline(model=toy.model, encode=toy.encode, null_cond=toy.null_cond, decode=toy.decode,
+                            latent_shape=tuple(toy.latent_shape), arch="toy", default_shift=toy.shift,
+                            default_cfg=toy.cfg_scale, info={"name": "toy"})
+        return (pipe, list(toy.train_prompts if train_prompts is None else train_prompts),
+                list(toy.eval_prompts if eval_prompts is None else eval_prompts))
+    if not os.path.exists(name):
+        raise ValueError(f"unknown model {name!r}: neither 'toy' nor an existing diffusers pipeline folder")
+    from .diffusers_models import load_diffusers_pipeline
+    train, evals = list(train_prompts or []), list(eval_prompts or [])
+    pipe = FlowPipeline(**load_diffusers_pipeline(name, device, prompts=train + evals, **options))
+    return pipe, train, evals
 
 
 BatchRewards = Callable[[list, torch.Tensor, torch.Generator], torch.Tensor]  # (prompts, ψ (T,), gen) → R (B, T+1)

@@ -260,6 +260,18 @@ def image_grid(images, pad: int = 2):
     return out
 
 
+def save_image_grid(images, path: str | os.PathLike, ncol: int) -> str:
+    """Save images (N, H, W, 3) in [0, 1] as one PNG, `ncol` per row (N a multiple of ncol), atomically."""
+    from PIL import Image
+
+    from .files import atomic_write
+    images = images.float().clamp(0, 1)
+    grid = image_grid(images.reshape(-1, ncol, *images.shape[1:]))
+    im = Image.fromarray((grid.cpu().numpy() * 255).round().astype("uint8"))
+    atomic_write(os.fspath(path), lambda tmp: im.save(tmp, format="PNG"))
+    return os.fspath(path)
+
+
 def pil_to_tensor(image):
     """A PIL RGB image → (H, W, 3) float32 tensor in [0, 1]."""
     import torch

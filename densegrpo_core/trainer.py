@@ -94,7 +94,7 @@ class Trainer:
         for p in lora.lora_parameters(model):   # float32 master weights on bf16/fp16 base weights (peft copies
             p.data = p.data.float()             # the base dtype); autocast still runs the matmuls in bf16
         if config.init_lora:
-            lora.load_lora(config.init_lora, model)
+            lora.load_lora(config.init_lora, model, prefix=self.pipe.lora_prefix)
         self.model = model
         self.params = lora.lora_parameters(model)
         if config.grad_checkpointing:
@@ -224,39 +224,53 @@ class Trainer:
         active = (A[:, steps] != 0).any(dim=1).nonzero().flatten() if steps else A.new_zeros(0, dtype=torch.long)
         stats = {"loss": [], "policy_loss": [], "kl": [], "ratio_mean": [], "clip_frac": []}
         n_opt, grad_norms = 0, []
-        if len(active) == 0:
+        n_mb = self._max_over_ranks(-(-len(active) // config.train_batch))   # every rank takes as many steps
+        if n_mb == 0:
             return {"skipped_samples": B, "optimizer_steps": 0, **{k: 0.0 for k in stats}, "grad_norm": 0.0}
         guide = self.pipe.guide(prompts, self.cfg_scale, self.max_batch, self.device,
                                 detach_uncond=not config.uncond_grad)
         self.model.train()
         for _ in range(config.inner_epochs):
             order = active[torch.randperm(len(active), generator=self.noise_gen)]
-            minibatches = list(order.split(config.train_batch))
-            for mb_i, mb in enumerate(minibatches):
-                step_order = [steps[j] for j in torch.randperm(len(steps), generator=self.noise_gen).tolist()]
-                rows = mb.to(self.device)
-                for k in step_order:
-                    tau, tau_next, sigma = self.tau[k].item(), self.tau[k + 1].item(), self.sigmas[k].item()
-                    x = ro.latents[mb, k].to(self.device)                        # (b, ...)
-                    x_next = ro.latents[mb, k + 1].to(self.device)
-                    with self._autocast():
-                        v = guide.velocity(x, tau, rows)
-                    mean = sde_step_mean(x, v, tau, tau_next, sigma)              # float32, with grad
-                    log_prob = gaussian_log_prob(x_next, mean, sde_step_std(tau, tau_next, sigma))
-                    with torch.no_grad(), lora.adapters_disabled(self.model), self._autocast():
-                        mean_ref = sde_step_mean(x, guide.velocity(x, tau, rows), tau, tau_next, sigma)
-                    loss, s = grpo_loss(log_prob, ro.log_probs[mb, k].to(self.device), A[mb, k].to(self.device),
-                                        mean, mean_ref, sigma, config.clip_range, config.beta)
-                    (loss / (len(step_order) * config.grad_accum)).backward()
-                    for key in stats:
-                        stats[key].append(s[key])
-                if (mb_i + 1) % config.grad_accum == 0 or mb_i == len(minibatches) - 1:
+            minibatches = [mb for mb in order.split(config.train_batch) if len(mb)]   # none if nothing active
+            for mb_i in range(n_mb):
+                if mb_i < len(minibatches):          # a rank with fewer active samples contributes zero gradient
+                    self._accumulate(ro, guide, minibatches[mb_i], A, steps, stats)
+                if (mb_i + 1) % config.grad_accum == 0 or mb_i == n_mb - 1:
                     grad_norms.append(self._optimizer_step())
                     n_opt += 1
         self.model.eval()
         return {"skipped_samples": B - len(active), "optimizer_steps": n_opt,
                 "grad_norm": sum(grad_norms) / len(grad_norms),
-                **{k: sum(v) / len(v) for k, v in stats.items()}}
+                **{k: sum(v) / len(v) if v else 0.0 for k, v in stats.items()}}
+
+    def _accumulate(self, ro, guide, mb: torch.Tensor, A: torch.Tensor, steps: list[int], stats: dict) -> None:
+        """Backpropagate the loss of one minibatch of trajectories over the trained steps, shuffled (MATH.md §7)."""
+        config = self.config
+        step_order = [steps[j] for j in torch.randperm(len(steps), generator=self.noise_gen).tolist()]
+        rows = mb.to(self.device)
+        for k in step_order:
+            tau, tau_next, sigma = self.tau[k].item(), self.tau[k + 1].item(), self.sigmas[k].item()
+            x = ro.latents[mb, k].to(self.device)                        # (b, ...)
+            x_next = ro.latents[mb, k + 1].to(self.device)
+            with self._autocast():
+                v = guide.velocity(x, tau, rows)
+            mean = sde_step_mean(x, v, tau, tau_next, sigma)              # float32, with grad
+            log_prob = gaussian_log_prob(x_next, mean, sde_step_std(tau, tau_next, sigma))
+            with torch.no_grad(), lora.adapters_disabled(self.model), self._autocast():
+                mean_ref = sde_step_mean(x, guide.velocity(x, tau, rows), tau, tau_next, sigma)
+            loss, s = grpo_loss(log_prob, ro.log_probs[mb, k].to(self.device), A[mb, k].to(self.device),
+                                mean, mean_ref, sigma, config.clip_range, config.beta)
+            (loss / (len(step_order) * config.grad_accum)).backward()
+            for key in stats:
+                stats[key].append(s[key])
+
+    def _max_over_ranks(self, n: int) -> int:
+        if self.world == 1:
+            return n
+        t = torch.tensor([n], device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return int(t.item())
 
     def _optimizer_step(self) -> float:
         if self.world > 1:
@@ -293,12 +307,20 @@ class Trainer:
                     p.copy_(w)
 
     def evaluate(self) -> dict:
-        """Mean reward of plain-ODE samples on the evaluation prompts (EMA weights when enabled)."""
+        """Mean reward of plain-ODE samples on the evaluation prompts (EMA weights when enabled); with
+        `eval_images`, rank 0 saves their grid as out_dir/samples/eval_<iteration>.png (a row per prompt)."""
         config = self.config
         with self.ema_weights():
             res = evaluate_ode(self.pipe, self.reward, self.eval_prompts, seeds=config.eval_seeds,
                                tau=self.grid(config.eval_steps), cfg_scale=self.cfg_scale, device=self.device,
                                max_batch=self.max_batch, autocast_dtype=self.autocast_dtype)
+        if config.eval_images and self.rank == 0:
+            from .plots import save_image_grid
+            images = torch.cat([self.pipe.decode(x.to(self.device)).float().cpu()
+                                for x in res["latents"].split(config.reward_batch)])
+            os.makedirs(os.path.join(config.out_dir, "samples"), exist_ok=True)
+            save_image_grid(images, os.path.join(config.out_dir, "samples", f"eval_{self.iteration_done:05d}.png"),
+                            ncol=len(config.eval_seeds))
         return {"iteration": self.iteration_done, "reward_mean": res["reward_mean"],
                 "reward_std": res["reward_std"], "n": res["n"]}
 
@@ -317,7 +339,10 @@ class Trainer:
     def export_lora(self, path: str) -> str:
         """Write the (EMA, if enabled) LoRA atomically in ComfyUI's key format."""
         with self.ema_weights():
-            lora.save_lora(path, self.model, self.lora_metadata())
+            lora.save_lora(path, self.model, self.lora_metadata(), prefix=self.pipe.lora_prefix)
+            if self.config.export_diffusers:
+                lora.save_lora(os.path.splitext(path)[0] + "_diffusers.safetensors", self.model,
+                               self.lora_metadata(), prefix=self.pipe.lora_prefix, layout="diffusers")
         return path
 
     def save_checkpoint(self) -> str | None:
@@ -334,7 +359,8 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
         try:
-            lora.save_lora(os.path.join(tmp, "lora.safetensors"), self.model, self.lora_metadata())
+            lora.save_lora(os.path.join(tmp, "lora.safetensors"), self.model, self.lora_metadata(),
+                           prefix=self.pipe.lora_prefix)
             torch.save({"format": CHECKPOINT_FORMAT, "iteration": self.iteration_done,
                         "optimizer": self.optimizer.state_dict(), "prompt_gen": self.prompt_gen.get_state(),
                         "noise_gens": states, "ema": self.ema}, os.path.join(tmp, "state.pt"))
@@ -362,7 +388,7 @@ class Trainer:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{state_path} is not a {CHECKPOINT_FORMAT} checkpoint")
         check_resumable(self.config, path)
-        lora.load_lora(os.path.join(path, "lora.safetensors"), self.model)
+        lora.load_lora(os.path.join(path, "lora.safetensors"), self.model, prefix=self.pipe.lora_prefix)
         self.optimizer.load_state_dict(state["optimizer"])
         self.prompt_gen.set_state(state["prompt_gen"])
         if len(state["noise_gens"]) != self.world:

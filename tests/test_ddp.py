@@ -8,7 +8,8 @@ import torch
 
 def test_two_ranks_stay_in_sync_and_only_rank0_writes(tmp_path):
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # this checkout's package, not an installed one
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         os.path.join(os.path.dirname(__file__), "ddp_worker.py"), str(out)],
                        capture_output=True, text=True, timeout=300, env=env)

@@ -102,8 +102,9 @@ def build_pipeline(config: BenchConfig, arch: str):
     reward.vit.to(dtype=dtype)
     encoder = RandomTextEncoder(dcfg, config.device)
     pipe = FlowPipeline(model=model, encode=encoder, null_cond=encoder.null, decode=decoder,
-                        latent_shape=dcfg.latent_shape, arch="mmdit", default_shift=3.0, default_cfg=4.5,
-                        info={"name": arch}, lora_module=lora_module)
+                        latent_shape=dcfg.latent_shape, arch=getattr(model, "lora_preset", "mmdit"), default_shift=3.0,
+                        default_cfg=4.5, info={"name": arch}, lora_module=lora_module,
+                        lora_prefix=getattr(model, "lora_prefix", "diffusion_model."))
     return pipe, [f"bench prompt {i}" for i in range(64)], reward
 
 
@@ -112,6 +113,7 @@ def describe(config: BenchConfig, arch: str, width: int) -> str:
     if arch == "toy":
         return "Toy DiT (shipped weights, toy decoder and reward)"
     model = {"dit": "Core DiT (bench/dit.py, random weights)",
-             "mmdit": "ComfyUI MMDiT (SD3.5-M config, random weights)"}.get(arch, f"{arch} (random weights)")
+             "mmdit": "ComfyUI MMDiT (SD3.5-M config, random weights)",
+             "diffusers": "diffusers SD3Transformer2DModel (a local pipeline folder's weights)"}.get(arch, f"{arch} (random weights)")
     return f"{model}, {'full-size' if full_stand_ins(config, width) else 'small'} decoder/reward stand-ins"
 
