@@ -325,8 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--quick", action="store_true", help="small budget, one seed (a few minutes on 2 CPU cores)")
     sp.add_argument("--device", default="cpu", help="cpu or cuda")
     sp.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default: 0 quick, 0 1 2 full)")
-    sp.add_argument("--workers", type=int, default=1,
-                    help="train the (method, seed) runs in this many processes, CPU threads split between them")
+    sp.add_argument("--workers", type=int, default=None,
+                    help="train the (method, seed) runs in this many processes, CPU threads split between them "
+                         "(default: one per CPU core on the CPU, one on CUDA; the figures do not depend on it)")
     sp.set_defaults(fn=cmd_demo)
 
     sp = sub.add_parser("sample", help="generate images with the toy model (ODE, or SDE with --psi)")

@@ -103,7 +103,7 @@ def train_run(method: str, seed: int, psi: list[float], budget: DemoBudget, sett
             "lora": res.lora_path, "last_rewards": trainer.last_rewards}
 
 
-def run_demo(out: str, quick: bool = False, device: str = "cpu", seeds=None, workers: int = 1) -> dict:
+def run_demo(out: str, quick: bool = False, device: str = "cpu", seeds=None, workers: int | None = 1) -> dict:
     from .calibrate import CalibrationConfig, calibrate
     from .pipeline import dense_reward_sampler, evaluate_ode, fused_rollout_rewards, load_pipeline
     from .plots import plot_dense_rewards, plot_psi_history, plot_reward_curves
@@ -111,11 +111,13 @@ def run_demo(out: str, quick: bool = False, device: str = "cpu", seeds=None, wor
     from .rollout import predicted_nfe
     from .schedule import Psi, flow_grid
 
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
     commit = source_commit()                 # read now: the checkout may move on while the demo runs
     budget = QUICK if quick else FULL
     seeds = list(seeds) if seeds else ([0] if quick else [0, 1, 2])
+    if workers is None:                      # one process per CPU core on the CPU, up to one per run; one on CUDA
+        workers = 1 if device != "cpu" else max(1, min(os.cpu_count() or 1, len(METHODS) * len(seeds)))
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     os.makedirs(out, exist_ok=True)
     reward = get_reward("toy")
     t_start = time.perf_counter()
