@@ -216,7 +216,7 @@ class TrainLoRA:
                 gradient_checkpointing=True, bf16_autocast=False, offload_reward=False, unique_id=None, prompt=None):
         from densegrpo_core.train_job import training_work
 
-        from .comfy_memory import check_memory, job_work
+        from .comfy_memory import check_memory, job_work, weight_dtypes
         from .comfy_training import clone_tensors, private_pipeline
         node = TRAIN_NODE
         prompt_list = read_prompts(prompts, prompts_file, node)
@@ -271,6 +271,8 @@ class TrainLoRA:
             comfy.model_management.unload_all_models()
             comfy.model_management.soft_empty_cache()
         est = check_memory(model, config, samples.shape[1:], context_tokens, allow_over_memory, node)
+        stored, computed = weight_dtypes(model)
+        weights_text = f"base weights {stored}" + (f", computed in {computed} per layer" if computed else "")
         latent = clone_tensors(samples[:1].float().to(model.load_device))
         pipe = private_pipeline(model, vae, conds, negative, latent, node)
         pipe.decode.to(model.load_device)
@@ -287,7 +289,7 @@ class TrainLoRA:
             return self.duplicate(job, unique_id, client)
         self.remember(job, unique_id, client, prompt)
         status = (f"job {job.id} {job.state.value}: {advantage_mode} LoRA '{name}', {iterations} iterations, "
-                  f"{len(prompt_list)} prompts, G={group_size}, T={steps}; estimate {est.summary()}"
+                  f"{len(prompt_list)} prompts, G={group_size}, T={steps}; estimate {est.summary()}; {weights_text}"
                   + (f", resuming {resume_job.strip()}" if resume_ckpt else ""))
         return {"ui": {"text": [status]}, "result": (job.id, status)}
 
