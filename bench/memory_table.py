@@ -43,11 +43,11 @@ def sd35(depth: int, ops, x_self_attn: int, pos_max: int):
                  device="meta", operations=ops)
 
 
-def flux_dev(ops):
+def flux_dev(ops, double: int = 19, single: int = 38):
     """ComfyUI's Flux at FLUX.1-dev's configuration (19 double, 38 single blocks, hidden 3072), on meta, bf16."""
     from comfy.ldm.flux.model import Flux
     return Flux(in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=3072, mlp_ratio=4.0,
-                num_heads=24, depth=19, depth_single_blocks=38, axes_dim=[16, 56, 56], theta=10000, patch_size=2,
+                num_heads=24, depth=double, depth_single_blocks=single, axes_dim=[16, 56, 56], theta=10000, patch_size=2,
                 qkv_bias=True, guidance_embed=True, txt_ids_dims=[], dtype=torch.bfloat16, device="meta",
                 operations=ops)
 

@@ -15,9 +15,9 @@ tokens, width and depth. Batch arithmetic follows the trainer (MATH.md §9 for t
 Memory = weights (bytes per base parameter: 4 fp32, 2 bf16/fp16, 1 fp8, `BASE_DTYPE_BYTES`) + LoRA (fp32) +
 optimizer state + the largest stage (activations ∝ rows · tokens · width · activation bytes, times depth when
 autograd keeps every block). Weights stored in another dtype than the one the network computes in (fp8 base
-weights, cast per layer to bf16/fp32 as ComfyUI's ops do) add their cast copies: one block's at a time in a
-no-grad forward or under checkpointing, every block's in an update without checkpointing (autograd keeps the
-cast weight of each Linear for the input gradient). Time = forward FLOPs / an effective FLOP/s.
+weights, cast per layer to bf16/fp32 as ComfyUI's ops do) add their cast copies: one layer's at a time in a
+no-grad forward, one block's under checkpointing, every block's in an update without checkpointing (autograd
+keeps the cast weight of each Linear for the input gradient). Time = forward FLOPs / an effective FLOP/s.
 The proportionality constants are fitted to measurements (`fit_constants`, from `python -m densegrpo_core
 bench`): the CPU ones below were measured on this project's CPU; the CUDA ones are placeholders until
 `bench/gpu_sd35m.py` is run on a GPU, which refits them. They are data: `estimate_constants.json`.
@@ -84,6 +84,7 @@ class ModelInfo:
     block_params: int = 0       # base parameters inside the transformer blocks
     cast_params: int = 0        # block parameters stored in another dtype than the compute dtype (fp8 weights):
                                 # cast per layer for every forward
+    largest_layer_params: int = 0  # weights of the largest Linear in the blocks (one layer's cast at a time)
 
     @property
     def sequence(self) -> int:
@@ -177,8 +178,10 @@ def model_info(model: nn.Module, latent_shape: tuple[int, ...], context_tokens: 
         compute_dtype = next(iter(dtypes))
     compute = BASE_DTYPE_BYTES.get(dtype_name(compute_dtype), 0) if compute_dtype is not None else 0
     cast = sum(p.numel() for p in block_base if compute and dtype_name(p.dtype) != dtype_name(compute_dtype))
+    layers = [m.weight.numel() for b in blocks.values() for m in b.modules() if isinstance(m, nn.Linear)]
     return ModelInfo(params=sum(p.numel() for p in base), weight_bytes=weight_bytes,
                      compute_bytes=compute, block_params=sum(p.numel() for p in block_base), cast_params=cast,
+                     largest_layer_params=max(layers, default=0),
                      buffer_bytes=sum(b.numel() * b.element_size() for b in model.buffers()),
                      lora_params_per_rank=_lora_params_per_rank(model, lora_targets), width=int(width),
                      depth=sum(len(b) for b in blocks.values()), tokens=tokens, context_tokens=int(ctx),
@@ -292,9 +295,10 @@ def cast_block_bytes(info: ModelInfo) -> float:
 
 def rollout_bytes(w: Workload, info: ModelInfo, c: Constants) -> float:
     """Peak above the stage start of a rollout: one chunk's transient activations + the latents in flight (+ one
-    block's cast weights)."""
+    layer's cast weight: no-grad frees each cast after its matmul)."""
+    cast_layer = info.largest_layer_params * info.compute_bytes if info.cast_params else 0
     return c.act_infer * w.rollout_rows * info.sequence * info.width * w.act_bytes \
-        + c.latent_copies * w.rollout_latents * info.latent_elems * 4 + cast_block_bytes(info)
+        + c.latent_copies * w.rollout_latents * info.latent_elems * 4 + cast_layer
 
 
 def update_bytes(w: Workload, info: ModelInfo, c: Constants, lora_params: int) -> float:

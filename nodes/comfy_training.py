@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import types
 from collections import OrderedDict
 
 import torch
@@ -54,6 +55,50 @@ def clone_tensors(obj):
         return obj
 
 
+def _rope1(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+    """Flux's rotary embedding in plain torch (ComfyUI's fallback formula, out of place): differentiable."""
+    x_ = x.to(dtype=freqs_cis.dtype).reshape(*x.shape[:-1], -1, 1, 2)
+    return (freqs_cis[..., 0] * x_[..., 0] + freqs_cis[..., 1] * x_[..., 1]).reshape(*x.shape).type_as(x)
+
+
+class _Trainable(torch.overrides.TorchFunctionMode):
+    """What ComfyUI's Flux blocks need to be trained by autograd, only while gradients are recorded:
+    `x += y` on a tensor in the graph computes `x + y` (it arrives here as `add_`; Python rebinds the name to
+    the result, and the blocks, which add their residuals in place, never call a bare `add_`), and comfy_kitchen's rotary-embedding kernel, which has no backward, is computed in plain torch."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if torch.is_grad_enabled():
+            name = str(getattr(func, "_qualified_op_name", None) or getattr(func, "__name__", ""))
+            if name == "add_" and getattr(args[0], "requires_grad", False):   # `x += y` arrives as add_
+                return torch.add(*args, **kwargs)
+            if name == "comfy_kitchen::apply_rope":
+                q, k, freqs = args
+                return _rope1(q, freqs), _rope1(k, freqs)
+            if name == "comfy_kitchen::apply_rope1":
+                return _rope1(*args)
+        return func(*args, **kwargs)
+
+
+def _train_safe_forward(self, *args, **kwargs):
+    if not torch.is_grad_enabled():
+        return type(self).forward(self, *args, **kwargs)
+    with _Trainable():                     # thread-local, also entered by a checkpoint's recompute
+        return type(self).forward(self, *args, **kwargs)
+
+
+def make_blocks_trainable(diffusion_model) -> int:
+    """Run Flux's double/single stream blocks in a form autograd can train (`_Trainable`) while gradients are
+    recorded; without gradients (rollouts, the KL reference) they compute exactly as in ComfyUI. Returns the
+    number of blocks wrapped."""
+    n = 0
+    for name in ("double_blocks", "single_blocks"):
+        for block in getattr(diffusion_model, name, None) or ():
+            block.forward = types.MethodType(_train_safe_forward, block)
+            n += 1
+    return n
+
+
 def check_weight_dtypes(base, node: str) -> None:
     """Train float32/float16/bfloat16 weights, or fp8 weights that ComfyUI casts per layer (manual cast ops)."""
     dtypes = {p.dtype for p in base.diffusion_model.parameters()}
@@ -88,6 +133,7 @@ def private_base_model(model_patcher, node: str):
     for name in list(private._modules):
         if name not in ("diffusion_model", "model_sampling"):
             private._modules[name] = clone_module(private._modules[name])
+    make_blocks_trainable(private.diffusion_model)
     offload_comfy_copy(model_patcher)
     private.diffusion_model.to(device)
     return private
