@@ -63,14 +63,15 @@ def _rope1(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
 
 class _Trainable(torch.overrides.TorchFunctionMode):
     """What ComfyUI's Flux blocks need to be trained by autograd, only while gradients are recorded:
-    `x += y` on a tensor in the graph computes `x + y` (it arrives here as `add_`; Python rebinds the name to
-    the result, and the blocks, which add their residuals in place, never call a bare `add_`), and comfy_kitchen's rotary-embedding kernel, which has no backward, is computed in plain torch."""
+    `x += y` with either side in the graph computes `x + y` (it arrives here as `add_`; Python rebinds the name
+    to the result, and the blocks, which add their residuals in place, never call a bare `add_`; in place, it
+    would also change a checkpointed block's saved input), and comfy_kitchen's rotary-embedding kernel, which has no backward, is computed in plain torch."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if torch.is_grad_enabled():
             name = str(getattr(func, "_qualified_op_name", None) or getattr(func, "__name__", ""))
-            if name == "add_" and getattr(args[0], "requires_grad", False):   # `x += y` arrives as add_
+            if name == "add_" and any(getattr(a, "requires_grad", False) for a in args):  # `x += y` is add_
                 return torch.add(*args, **kwargs)
             if name == "comfy_kitchen::apply_rope":
                 q, k, freqs = args
