@@ -12,8 +12,12 @@ tokens, width and depth. Batch arithmetic follows the trainer (MATH.md §9 for t
                       forward with grad, its backward and a no-grad reference forward (+ a recompute with
                       gradient checkpointing)
 
-Memory = weights + LoRA (fp32) + optimizer state + the largest stage (activations ∝ rows · tokens · width
-· activation bytes, times depth when autograd keeps every block). Time = forward FLOPs / an effective FLOP/s.
+Memory = weights (bytes per base parameter: 4 fp32, 2 bf16/fp16, 1 fp8, `BASE_DTYPE_BYTES`) + LoRA (fp32) +
+optimizer state + the largest stage (activations ∝ rows · tokens · width · activation bytes, times depth when
+autograd keeps every block). Weights stored in another dtype than the one the network computes in (fp8 base
+weights, cast per layer to bf16/fp32 as ComfyUI's ops do) add their cast copies: one layer's at a time in a
+no-grad forward, one block's under checkpointing, every block's in an update without checkpointing (autograd
+keeps the cast weight of each Linear for the input gradient). Time = forward FLOPs / an effective FLOP/s.
 The proportionality constants are fitted to measurements (`fit_constants`, from `python -m densegrpo_core
 bench`): the CPU ones below were measured on this project's CPU; the CUDA ones are placeholders until
 `bench/gpu_sd35m.py` is run on a GPU, which refits them. They are data: `estimate_constants.json`.
@@ -75,6 +79,12 @@ class ModelInfo:
     context_tokens: int         # text tokens attending jointly with the image (0 if text enters as a vector)
     latent_elems: int           # elements of one latent (C·H·W)
     flops_per_row: float        # FLOPs of one forward for one latent (one row, no CFG)
+    compute_bytes: int = 0      # bytes of the dtype the network computes in (its weights' dtype, or the dtype fp8
+                                # weights are cast to); 0 = unknown: the config's (2 under bf16 autocast, else 4)
+    block_params: int = 0       # base parameters inside the transformer blocks
+    cast_params: int = 0        # block parameters stored in another dtype than the compute dtype (fp8 weights):
+                                # cast per layer for every forward
+    largest_layer_params: int = 0  # weights of the largest Linear in the blocks (one layer's cast at a time)
 
     @property
     def sequence(self) -> int:
@@ -122,11 +132,35 @@ def forward_flops(model: nn.Module, blocks: dict, tokens: int, context_tokens: i
     return flops
 
 
+BASE_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
+FLOAT8_DTYPES = ("float8_e4m3fn", "float8_e5m2")
+
+
+def dtype_name(dtype) -> str:
+    """"bfloat16" for torch.bfloat16 (or the string itself)."""
+    return str(dtype).replace("torch.", "")
+
+
+def with_base_dtype(info: ModelInfo, dtype, compute_dtype="bfloat16") -> ModelInfo:
+    """The same network with its base weights stored in `dtype` ("float32", "bfloat16", "float16",
+    "float8_e4m3fn", "float8_e5m2" or the torch dtype): fp8 weights are 1 byte per parameter and computed in
+    `compute_dtype`, cast per layer."""
+    name = dtype_name(dtype)
+    if name not in BASE_DTYPE_BYTES:
+        raise ValueError(f"base weight dtype must be one of {sorted(BASE_DTYPE_BYTES)}, got {name!r}")
+    fp8 = name in FLOAT8_DTYPES
+    compute = BASE_DTYPE_BYTES[dtype_name(compute_dtype)] if fp8 else BASE_DTYPE_BYTES[name]
+    return dataclasses.replace(info, weight_bytes=float(BASE_DTYPE_BYTES[name]), compute_bytes=compute,
+                               cast_params=info.block_params if fp8 else 0)
+
+
 def model_info(model: nn.Module, latent_shape: tuple[int, ...], context_tokens: int | None = None,
-               patch_size: int | None = None, lora_targets: str = "auto") -> ModelInfo:
+               patch_size: int | None = None, lora_targets: str = "auto", compute_dtype=None) -> ModelInfo:
     """Count a diffusion network (the toy DiT, the core DiT, ComfyUI's MMDiT or Flux, or any model with a block
     list `enable_gradient_checkpointing` finds). `context_tokens`: text tokens in its joint attention (the
-    core DiT knows its own; SD3: 154; Flux: 256 or 512); `patch_size` defaults to the model's, else 2."""
+    core DiT knows its own; SD3: 154; Flux: 256 or 512); `patch_size` defaults to the model's, else 2.
+    `compute_dtype`: the dtype it computes in (ComfyUI: the model's manual-cast dtype for fp8 weights);
+    default: its weights' dtype when they are all one float dtype of 2 or 4 bytes. Works on `meta` tensors."""
     from .memory import find_block_lists
     blocks = find_block_lists(model)
     config = getattr(model, "cfg", None)
@@ -138,7 +172,16 @@ def model_info(model: nn.Module, latent_shape: tuple[int, ...], context_tokens: 
     tokens = (H // patch) * (W // patch)
     base = [p for n, p in model.named_parameters() if "lora_" not in n]
     weight_bytes = sum(p.numel() * p.element_size() for p in base) / max(1, sum(p.numel() for p in base))
+    block_base = [p for b in blocks.values() for n, p in b.named_parameters() if "lora_" not in n]
+    dtypes = {dtype_name(p.dtype) for p in base}
+    if compute_dtype is None and len(dtypes) == 1 and BASE_DTYPE_BYTES.get(next(iter(dtypes)), 1) > 1:
+        compute_dtype = next(iter(dtypes))
+    compute = BASE_DTYPE_BYTES.get(dtype_name(compute_dtype), 0) if compute_dtype is not None else 0
+    cast = sum(p.numel() for p in block_base if compute and dtype_name(p.dtype) != dtype_name(compute_dtype))
+    layers = [m.weight.numel() for b in blocks.values() for m in b.modules() if isinstance(m, nn.Linear)]
     return ModelInfo(params=sum(p.numel() for p in base), weight_bytes=weight_bytes,
+                     compute_bytes=compute, block_params=sum(p.numel() for p in block_base), cast_params=cast,
+                     largest_layer_params=max(layers, default=0),
                      buffer_bytes=sum(b.numel() * b.element_size() for b in model.buffers()),
                      lora_params_per_rank=_lora_params_per_rank(model, lora_targets), width=int(width),
                      depth=sum(len(b) for b in blocks.values()), tokens=tokens, context_tokens=int(ctx),
@@ -199,8 +242,9 @@ class Workload:
     optimizer_bytes_per_param: float  # AdamW: 8 (two fp32 moments); 8-bit AdamW: 2
 
 
-def workload(config) -> Workload:
-    """The counts of `config` (a TrainConfig or anything with its fields)."""
+def workload(config, info: ModelInfo | None = None) -> Workload:
+    """The counts of `config` (a TrainConfig or anything with its fields); with `info`, activations are no
+    wider than the network's compute dtype (a bf16 network computes in bf16 without autocast too)."""
     T, B = config.steps, config.batch_size
     cfg_rows = 1 if config.cfg_scale == 1.0 else 2                  # None = the model's default, which uses CFG
     dense = config.advantage_mode in DENSE_MODES
@@ -218,7 +262,7 @@ def workload(config) -> Workload:
                     update_ref_rows=min(config.train_batch, B) * cfg_rows,
                     update_forwards=B * grad_rows * trained * config.inner_epochs,
                     update_nograd_forwards=B * (2 * cfg_rows - grad_rows) * trained * config.inner_epochs,
-                    act_bytes=2 if config.dtype == "bfloat16" else 4,
+                    act_bytes=min(2 if config.dtype == "bfloat16" else 4, (info.compute_bytes if info else 0) or 4),
                     checkpointing=bool(getattr(config, "grad_checkpointing", False)),
                     optimizer_bytes_per_param=2.0 if getattr(config, "optimizer", "adamw") == "adamw8bit" else 8.0)
 
@@ -230,6 +274,13 @@ class Estimate:
     seconds_per_iteration: float
     breakdown: dict = field(default_factory=dict)   # bytes per component, seconds per stage, the counts
 
+    @property
+    def reserve_bytes(self) -> float:
+        """What a job allocates beyond the base weights and reward models it already holds when it starts: LoRA,
+        optimizer state and the largest stage (what a ComfyUI job reserves from ComfyUI's model management)."""
+        b = self.breakdown
+        return self.peak_bytes - b["weights_bytes"] - b["reward_models_bytes"]
+
     def summary(self) -> str:
         b = self.breakdown
         return (f"~{self.peak_bytes / 2**30:.1f} GiB peak (weights {b['weights_bytes'] / 2**30:.1f}, largest stage "
@@ -237,10 +288,17 @@ class Estimate:
                 f"~{self.seconds_per_iteration:.0f} s / iteration")
 
 
+def cast_block_bytes(info: ModelInfo) -> float:
+    """Compute-dtype copies of one block's weights when they are stored in another dtype (fp8), else 0."""
+    return info.cast_params / max(1, info.depth) * info.compute_bytes
+
+
 def rollout_bytes(w: Workload, info: ModelInfo, c: Constants) -> float:
-    """Peak above the stage start of a rollout: one chunk's transient activations + the latents in flight."""
+    """Peak above the stage start of a rollout: one chunk's transient activations + the latents in flight (+ one
+    layer's cast weight: no-grad frees each cast after its matmul)."""
+    cast_layer = info.largest_layer_params * info.compute_bytes if info.cast_params else 0
     return c.act_infer * w.rollout_rows * info.sequence * info.width * w.act_bytes \
-        + c.latent_copies * w.rollout_latents * info.latent_elems * 4
+        + c.latent_copies * w.rollout_latents * info.latent_elems * 4 + cast_layer
 
 
 def update_bytes(w: Workload, info: ModelInfo, c: Constants, lora_params: int) -> float:
@@ -248,12 +306,14 @@ def update_bytes(w: Workload, info: ModelInfo, c: Constants, lora_params: int) -
 
     Without checkpointing autograd keeps every block's activations, and the no-grad reference forward runs
     on top of them. With it only the block inputs are kept; the peak is then the backward's recompute of one
-    block (the reference forward, no larger, ran before it)."""
+    block (the reference forward, no larger, ran before it). Cast weights (fp8 base): every block's are kept
+    without checkpointing, one block's (recomputed) with it."""
     unit = w.update_rows * info.sequence * info.width * w.act_bytes
     ref = w.update_ref_rows * info.sequence * info.width * w.act_bytes
+    cast = cast_block_bytes(info)
     if w.checkpointing:
-        return c.act_ckpt * unit * info.depth + max(c.act_train * unit, c.act_infer * ref) + 4 * lora_params
-    return c.act_train * unit * info.depth + c.act_infer * ref + 4 * lora_params
+        return c.act_ckpt * unit * info.depth + max(c.act_train * unit, c.act_infer * ref) + 4 * lora_params + cast
+    return c.act_train * unit * info.depth + c.act_infer * ref + 4 * lora_params + cast * (info.depth + 1)
 
 
 def estimate(config, info: ModelInfo, device: DeviceInfo | None = None, constants: Constants | None = None,
@@ -263,7 +323,7 @@ def estimate(config, info: ModelInfo, device: DeviceInfo | None = None, constant
     `reward_model_bytes`: weights of the decoder and reward model(s) on the device; with `offload_reward`
     they count only in the reward stage."""
     c = constants or constants_for(device.kind if device is not None else "cpu")
-    w = workload(config)
+    w = workload(config, info)
     lora_params = config.lora_rank * info.lora_params_per_rank
     stages = {"rollout": rollout_bytes(w, info, c),
               "reward": c.reward_bytes_per_image * w.images_per_call,
@@ -297,7 +357,7 @@ def rollout_max_batch(budget_bytes: float, info: ModelInfo, config, constants: C
                       kind: str = "cpu") -> int:
     """The most rows per rollout forward whose transient activations fit in `budget_bytes` (≥ 1 guided row)."""
     c = constants or constants_for(kind)
-    w = workload(config)
+    w = workload(config, info)
     per_row = c.act_infer * info.sequence * info.width * w.act_bytes
     return max(w.cfg_rows, int(budget_bytes // per_row))
 
@@ -320,7 +380,8 @@ def fit_constants(records: list[dict], base: Constants, source: str) -> Constant
     for r in records:
         # records from before the detached unconditional pass (MATH.md §7) backpropagated through both
         config = TrainConfig.from_dict({"uncond_grad": True, **r["config"]})
-        rows.append((r, workload(config), ModelInfo(**r["model"]), config.lora_rank * r["model"]["lora_params_per_rank"]))
+        info = ModelInfo(**r["model"])
+        rows.append((r, workload(config, info), info, config.lora_rank * r["model"]["lora_params_per_rank"]))
     c = dataclasses.replace(base, source=source)
 
     def slope(xs, ys, old):

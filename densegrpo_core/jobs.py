@@ -245,6 +245,7 @@ class JobManager:
         except BaseException as e:  # noqa: BLE001 - whatever the work raises ends this job, never the worker
             error = f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__
             tb = traceback.format_exc()
+        run.work = None                        # its closure holds the private model copy: free it with the job
         with self._lock, job._lock:
             if error is not None:
                 job.error, job.traceback = error, tb

@@ -140,12 +140,26 @@ def inject_lora(model: nn.Module, targets: str = "auto", rank: int = 32, alpha: 
     with torch.random.fork_rng(devices=[]):         # peft builds and initialises the layers on the CPU
         torch.random.default_generator.manual_seed(seed)
         inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+        _float32_lora_on_fp8_bases(model)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in lora_parameters(model):
         p.requires_grad_(True)
     model._densegrpo_lora_targets = label  # the preset "auto" chose, recorded in saved files
     return model
+
+
+def _float32_lora_on_fp8_bases(model: nn.Module) -> None:
+    """peft gives a LoRA its base layer's dtype; on fp8 base weights that would quantize it to 8 bits. Those
+    LoRAs are drawn again in float32 (lora_down as peft draws it, lora_up zero): fp32 masters from the start,
+    computing in the input's dtype while the base layer keeps its own (fp8-casting) forward."""
+    for layer in _lora_layers(model).values():
+        down, up = layer.lora_A[ADAPTER], layer.lora_B[ADAPTER]
+        if down.weight.dtype.itemsize == 1:
+            down.to(torch.float32)
+            up.to(torch.float32)
+            nn.init.kaiming_uniform_(down.weight, a=math.sqrt(5))
+            nn.init.zeros_(up.weight)
 
 
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:

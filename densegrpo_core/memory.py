@@ -62,6 +62,10 @@ def _checkpointed_forward(self: nn.Module, *args, **kwargs):
     inner = prior if prior is not None else types.MethodType(type(self).forward, self)
     if not torch.is_grad_enabled():           # rollouts and the KL reference: nothing to save, run as is
         return inner(*args, **kwargs)
+    # dict arguments are copied: the recompute must see them as they were, even if the caller changes them
+    # after the call (ComfyUI's Flux sets transformer_options["block_index"] before every block)
+    kwargs = {k: dict(v) if isinstance(v, dict) else v for k, v in kwargs.items()}
+    args = tuple(dict(a) if isinstance(a, dict) else a for a in args)
     return torch.utils.checkpoint.checkpoint(inner, *args, use_reentrant=False, **kwargs)
 
 

@@ -2,7 +2,8 @@
 background training"; COMFYUI.md pitfalls).
 
 Everything here that touches ComfyUI's model management runs on the executor thread, inside the Train
-node's execute: the model is loaded with its patches (LoRAs the workflow applied) and then copied. The
+node's execute: the model is loaded with its patches (LoRAs the workflow applied), copied, and ComfyUI's own
+copy is offloaded before the job's copy takes its place on the device (comfy_memory: weights held once). The
 copy is built under `torch.inference_mode(False)` with every parameter and buffer cloned, so the job
 thread can backpropagate through it and never shares a tensor with the MODEL other prompts use. The job
 thread then only calls plain torch modules: no model management, no progress bar, no interrupt flag.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import types
 from collections import OrderedDict
 
 import torch
@@ -19,22 +21,26 @@ from densegrpo_core.guidance import velocity_from_denoised
 from densegrpo_core.pipeline import FlowPipeline
 
 from . import comfy_bridge as bridge
+from .comfy_memory import offload_comfy_copy
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
 
 
-def clone_module(module: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy whose parameters and buffers are fresh, normal (non-inference) tensors, frozen."""
+def clone_module(module: torch.nn.Module, device=None) -> torch.nn.Module:
+    """A deep copy whose parameters and buffers are fresh, normal (non-inference) tensors, frozen, on `device`
+    (default: where they are). Each tensor is copied once, straight to `device` (deepcopy's memo is filled
+    with the copies first), so a copy to the CPU never holds a second copy on the GPU."""
     with torch.inference_mode(False), torch.no_grad():
-        out = copy.deepcopy(module)
-        for m in out.modules():
-            for name, p in list(m._parameters.items()):
-                if p is not None:
-                    m._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
-            for name, b in list(m._buffers.items()):
-                if b is not None:
-                    m._buffers[name] = b.detach().clone()
-    return out
+        memo = {}
+        for m in module.modules():
+            for p in m._parameters.values():
+                if p is not None and id(p) not in memo:
+                    memo[id(p)] = torch.nn.Parameter(p.detach().to(device or p.device, copy=True), requires_grad=False)
+            for b in m._buffers.values():
+                if b is not None and id(b) not in memo:
+                    memo[id(b)] = b.detach().to(device or b.device, copy=True)
+        return copy.deepcopy(module, memo)
 
 
 def clone_tensors(obj):
@@ -49,25 +55,88 @@ def clone_tensors(obj):
         return obj
 
 
+def _rope1(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+    """Flux's rotary embedding in plain torch (ComfyUI's fallback formula, out of place): differentiable."""
+    x_ = x.to(dtype=freqs_cis.dtype).reshape(*x.shape[:-1], -1, 1, 2)
+    return (freqs_cis[..., 0] * x_[..., 0] + freqs_cis[..., 1] * x_[..., 1]).reshape(*x.shape).type_as(x)
+
+
+class _Trainable(torch.overrides.TorchFunctionMode):
+    """What ComfyUI's Flux blocks need to be trained by autograd, only while gradients are recorded:
+    `x += y` with either side in the graph computes `x + y` (it arrives here as `add_`; Python rebinds the name
+    to the result, and the blocks, which add their residuals in place, never call a bare `add_`; in place, it
+    would also change a checkpointed block's saved input), and comfy_kitchen's rotary-embedding kernel, which has no backward, is computed in plain torch."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if torch.is_grad_enabled():
+            name = str(getattr(func, "_qualified_op_name", None) or getattr(func, "__name__", ""))
+            if name == "add_" and any(getattr(a, "requires_grad", False) for a in args):  # `x += y` is add_
+                return torch.add(*args, **kwargs)
+            if name == "comfy_kitchen::apply_rope":
+                q, k, freqs = args
+                return _rope1(q, freqs), _rope1(k, freqs)
+            if name == "comfy_kitchen::apply_rope1":
+                return _rope1(*args)
+        return func(*args, **kwargs)
+
+
+def _train_safe_forward(self, *args, **kwargs):
+    if not torch.is_grad_enabled():
+        return type(self).forward(self, *args, **kwargs)
+    with _Trainable():                     # thread-local, also entered by a checkpoint's recompute
+        return type(self).forward(self, *args, **kwargs)
+
+
+def make_blocks_trainable(diffusion_model) -> int:
+    """Run Flux's double/single stream blocks in a form autograd can train (`_Trainable`) while gradients are
+    recorded; without gradients (rollouts, the KL reference) they compute exactly as in ComfyUI. Returns the
+    number of blocks wrapped."""
+    n = 0
+    for name in ("double_blocks", "single_blocks"):
+        for block in getattr(diffusion_model, name, None) or ():
+            block.forward = types.MethodType(_train_safe_forward, block)
+            n += 1
+    return n
+
+
+def check_weight_dtypes(base, node: str) -> None:
+    """Train float32/float16/bfloat16 weights, or fp8 weights that ComfyUI casts per layer (manual cast ops)."""
+    dtypes = {p.dtype for p in base.diffusion_model.parameters()}
+    odd = dtypes - set(FLOAT_DTYPES) - set(FP8_DTYPES)
+    if odd or (dtypes & set(FP8_DTYPES) and getattr(base, "manual_cast_dtype", None) is None):
+        raise bridge.input_error(node, "model", f"has {', '.join(sorted(map(str, dtypes)))} weights; LoRA training "
+                                                f"needs float32, float16, bfloat16 or fp8 (e4m3fn / e5m2) weights "
+                                                f"that ComfyUI casts per layer (load it with a weight_dtype of "
+                                                f"UNETLoader)")
+
+
 def private_base_model(model_patcher, node: str):
-    """A copy of the MODEL's BaseModel with its own diffusion network (patched weights) and model sampling."""
+    """A copy of the MODEL's BaseModel with its own diffusion network (patched weights) and model sampling, on
+    the model's device, while ComfyUI's own copy is offloaded (comfy_memory): the weights are on the device once.
+
+    ComfyUI loads the model with its patches; the patched weights are copied to the offload device (the CPU)
+    when the model lives elsewhere, ComfyUI's copy is unloaded through its model management, and the copy then
+    moves to the device. fp8 weights stay fp8 in the copy, with ComfyUI's ops that cast them per layer."""
     import comfy.model_management
     bridge.require_flow_model(model_patcher, node)
     comfy.model_management.load_models_gpu([model_patcher], force_full_load=True)  # applies the patches
     base = model_patcher.model
-    dtype = next(base.diffusion_model.parameters()).dtype
-    if dtype not in FLOAT_DTYPES:
-        raise bridge.input_error(node, "model", f"has {dtype} weights; LoRA training needs float32, float16 or "
-                                                f"bfloat16 weights (load the model with weight_dtype 'default')")
+    check_weight_dtypes(base, node)
+    device = model_patcher.load_device
+    staging = model_patcher.offload_device
     private = copy.copy(base)                                   # shallow: config, methods, flags
     private.__dict__ = dict(base.__dict__)
     for attr in ("_modules", "_parameters", "_buffers"):
         private.__dict__[attr] = OrderedDict(base.__dict__[attr])
-    private.diffusion_model = clone_module(base.diffusion_model)
+    private.diffusion_model = clone_module(base.diffusion_model, staging)
     private.model_sampling = clone_module(base.model_sampling)
     for name in list(private._modules):
         if name not in ("diffusion_model", "model_sampling"):
             private._modules[name] = clone_module(private._modules[name])
+    make_blocks_trainable(private.diffusion_model)
+    offload_comfy_copy(model_patcher)
+    private.diffusion_model.to(device)
     return private
 
 

@@ -1,7 +1,8 @@
 """Background GRPO-LoRA training from a workflow: Train (starts a job, returns at once), Status, Stop.
 
 The Train node validates, encodes the prompts, takes private copies of the patched MODEL and the VAE on
-the executor thread and hands them to a background job (densegrpo_core.jobs). LoRAs land in
+the executor thread and hands them to a background job (densegrpo_core.jobs); ComfyUI's own copy of the
+weights is offloaded and the job's memory reserved meanwhile (comfy_memory). LoRAs land in
 models/loras/densegrpo/ so LoraLoaderModelOnly lists them; job folders live in output/densegrpo/jobs/.
 
 Queueing the Train node again with the same settings while its job is queued or running returns that job
@@ -215,6 +216,7 @@ class TrainLoRA:
                 gradient_checkpointing=True, bf16_autocast=False, offload_reward=False, unique_id=None, prompt=None):
         from densegrpo_core.train_job import training_work
 
+        from .comfy_memory import check_memory, job_work, weight_dtypes
         from .comfy_training import clone_tensors, private_pipeline
         node = TRAIN_NODE
         prompt_list = read_prompts(prompts, prompts_file, node)
@@ -268,12 +270,16 @@ class TrainLoRA:
             import comfy.model_management
             comfy.model_management.unload_all_models()
             comfy.model_management.soft_empty_cache()
-        est = self.check_memory(model, config, samples.shape[1:], context_tokens, allow_over_memory)
+        est = check_memory(model, config, samples.shape[1:], context_tokens, allow_over_memory, node)
+        stored, computed = weight_dtypes(model)
+        weights_text = f"base weights {stored}" + (f", computed in {computed} per layer" if computed else "")
         latent = clone_tensors(samples[:1].float().to(model.load_device))
         pipe = private_pipeline(model, vae, conds, negative, latent, node)
         pipe.decode.to(model.load_device)
-        work = training_work(config, pipe, reward_model, prompt_list, lora_dir=lora_dir(), lora_name=name,
-                             resume_checkpoint=resume_ckpt, sample_prompts=prompt_list[:4])
+        work = job_work(training_work(config, pipe, reward_model, prompt_list, lora_dir=lora_dir(), lora_name=name,
+                                      resume_checkpoint=resume_ckpt, sample_prompts=prompt_list[:4]),
+                        reserve_bytes=est.reserve_bytes)
+        del pipe                                     # the job's work holds the only reference to the copy
         job, created = manager.submit_unique(
             key, name, work, device=config.device, total=int(iterations), resume_of=resume_job.strip() or None,
             start_iteration=manager.get(resume_job.strip()).iteration if resume_ckpt else 0,
@@ -283,7 +289,7 @@ class TrainLoRA:
             return self.duplicate(job, unique_id, client)
         self.remember(job, unique_id, client, prompt)
         status = (f"job {job.id} {job.state.value}: {advantage_mode} LoRA '{name}', {iterations} iterations, "
-                  f"{len(prompt_list)} prompts, G={group_size}, T={steps}; estimate {est.summary()}"
+                  f"{len(prompt_list)} prompts, G={group_size}, T={steps}; estimate {est.summary()}; {weights_text}"
                   + (f", resuming {resume_job.strip()}" if resume_ckpt else ""))
         return {"ui": {"text": [status]}, "result": (job.id, status)}
 
@@ -318,27 +324,6 @@ class TrainLoRA:
                   f"{job.iteration}/{job.total}); no second job started. Change a setting or the name to start "
                   f"another, or stop it in the DenseGRPO panel")
         return {"ui": {"text": [status]}, "result": (job.id, status)}
-
-    @staticmethod
-    def check_memory(model, config, latent_shape, context_tokens: int, allow: bool):
-        """Estimate peak memory and time per iteration (densegrpo_core.estimate) before anything is copied;
-        refuse when the peak exceeds the free memory of the model's device, unless allowed."""
-        import comfy.model_management
-
-        from densegrpo_core.estimate import DeviceInfo, estimate, fits, model_info
-        device = model.load_device
-        info = model_info(model.model.diffusion_model, tuple(latent_shape), context_tokens=context_tokens)
-        free = int(comfy.model_management.get_free_memory(device))
-        total = int(comfy.model_management.get_total_memory(device))
-        dev = DeviceInfo(device.type, str(device), total, free)
-        est = estimate(config, info, dev)
-        if not fits(est, dev) and not allow:
-            raise bridge.input_error(
-                TRAIN_NODE, "allow_over_memory",
-                f"is off and the estimated peak memory ({est.summary()}) exceeds 90% of the free "
-                f"{free / 2**30:.1f} GiB on {device}: lower group_size, max_batch, steps or lora_rank, free "
-                f"ComfyUI's cached models, or allow it")
-        return est
 
 
 def _send_text(job, unique_id, client) -> None:

@@ -198,7 +198,8 @@ def test_to_dict_is_json_safe_and_small_unless_full(manager):
 
 
 def test_metrics_keep_only_the_last_records(manager, monkeypatch):
-    monkeypatch.setattr(jobs, "MAX_RECORDS", 3)
+    from densegrpo_core import job_state
+    monkeypatch.setattr(job_state, "MAX_RECORDS", 3)
 
     def work(ctx):
         for i in range(1, 6):

@@ -295,3 +295,31 @@ def test_on_off_parsing():
     assert memory.parse_on_off("on") == [True]
     with pytest.raises(ValueError, match="on, off or both"):
         memory.parse_on_off("maybe")
+
+
+def test_checkpointed_blocks_recompute_with_the_dict_arguments_as_they_were_at_the_call():
+    """ComfyUI's Flux changes transformer_options after each block call; the recompute must not see that."""
+    from densegrpo_core.memory import enable_gradient_checkpointing
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 3)
+
+        def forward(self, x, options=None):
+            return self.lin(x) * options["scale"]
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([Block()])
+
+    net = Net()
+    x = torch.randn(2, 3)
+    options = {"scale": 2.0}
+    expected = torch.autograd.grad((net.blocks[0](x, options=options) ** 2).sum(), net.blocks[0].lin.weight)[0]
+    enable_gradient_checkpointing(net, ["blocks"])
+    loss = (net.blocks[0](x, options=options) ** 2).sum()
+    options["scale"] = 5.0
+    got = torch.autograd.grad(loss, net.blocks[0].lin.weight)[0]
+    torch.testing.assert_close(got, expected)

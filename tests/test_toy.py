@@ -9,7 +9,7 @@ from densegrpo_core.toy import ToyBundle, load_toy, load_toy_model
 from densegrpo_core.toy.model import VOCAB, ToyDiT, ToyDiTConfig, encode_prompts, null_cond
 from densegrpo_core.toy.pretrain import PretrainConfig, guided_ode_sample, pretrain, save_weights
 from densegrpo_core.toy.reward import toy_reward
-from densegrpo_core.toy.task import (BACKGROUNDS, SHAPE_COLOURS, SHAPES, all_prompts, decode, eval_prompts, make_prompt,
+from densegrpo_core.toy.task import (SHAPE_COLOURS, SHAPES, all_prompts, decode, eval_prompts, make_prompt,
                                      parse_prompt, prompt_colours, render, train_prompts)
 
 

@@ -8,6 +8,9 @@ custom_nodes/densegrpo_test_nodes. Never shipped, never loaded outside the tests
   with seed 0 (for workflows that use CheckpointLoaderSimple's CLIP output + CLIPTextEncode).
 - DenseGRPOTest_DescribeModel: output node; its /history output "text" holds a JSON description of a MODEL
   (model class, model_sampling classes, flow or not, latent channels).
+- DenseGRPOTest_MemoryState: output node (never cached); its "text" holds JSON of ComfyUI's model management:
+  the loaded models (class, device, loaded / total bytes) and `extra_reserved_memory()`; an optional MODEL
+  input keeps that model's loader output (and so its loaded entry) alive without loading it.
 - DenseGRPOTest_Fail: output node that raises ValueError(message) (tests the error reporting).
 """
 import hashlib
@@ -165,7 +168,33 @@ class Passthrough:
         return (model,)
 
 
+class MemoryState:
+    """Connect a MODEL to keep its loader's cached output alive in this prompt (ComfyUI drops the outputs of
+    nodes a prompt does not use, and with them the model's loaded-list entry); it is not loaded."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}, "optional": {"model": ("MODEL",)}}
+
+    @classmethod
+    def IS_CHANGED(cls, **_):
+        return float("nan")
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "describe"
+    CATEGORY = "DenseGRPO_test"
+
+    def describe(self, model=None):
+        import comfy.model_management as mm
+        loaded = [{"class": type(lm.model.model).__name__, "device": str(lm.device),
+                   "loaded_bytes": int(lm.model_loaded_memory()), "total_bytes": int(lm.model_memory())}
+                  for lm in mm.current_loaded_models if lm.model is not None]
+        return {"ui": {"text": [json.dumps({"loaded": loaded, "extra_reserved": int(mm.extra_reserved_memory())})]}}
+
+
 NODE_CLASS_MAPPINGS = {
+    "DenseGRPOTest_MemoryState": MemoryState,
     "DenseGRPOTest_Passthrough": Passthrough,
     "DenseGRPOTest_RandomLatent": RandomLatent,
     "DenseGRPOTest_SD3Conditioning": SD3Conditioning,
