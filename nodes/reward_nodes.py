@@ -67,19 +67,24 @@ DEVICE = (["auto", "cpu"], {"default": "auto", "tooltip": "auto = ComfyUI's GPU 
 BATCH = ("INT", {"default": 16, "min": 1, "max": 1024, "tooltip": "most images per reward forward pass"})
 
 
+
+class RewardNode:
+    """What the nodes that make a REWARD_MODEL share: their category and their one output."""
+    CATEGORY = "DenseGRPO/rewards"
+    FUNCTION = "execute"
+    RETURN_TYPES = (REWARD_TYPE,)
+    RETURN_NAMES = ("reward_model",)
+
+
 def make_loader(spec) -> type:
     """A loader node class for one registered reward."""
     node = f"DenseGRPO Load {spec.display_name}"
     where = f"models/{FOLDER}/{spec.folder}/" if spec.folder else ""
     files = "; ".join(spec.expected_files)
 
-    class Loader:
+    class Loader(RewardNode):
         DESCRIPTION = (f"{spec.display_name}: {spec.description}. Score: {spec.formula}."
                        + (f" Files ({files}) go in {where} — from {spec.upstream}." if spec.needs_path else ""))
-        CATEGORY = "DenseGRPO/rewards"
-        FUNCTION = "execute"
-        RETURN_TYPES = (REWARD_TYPE,)
-        RETURN_NAMES = ("reward_model",)
         OUTPUT_TOOLTIPS = (f"the {spec.display_name} reward (images, prompts) → scores",)
 
         @classmethod
@@ -113,16 +118,12 @@ def custom_reward_dirs() -> list[str]:
     return [os.path.join(base, CUSTOM_FOLDER) for base in reward_model_dirs()]
 
 
-class LoadCustomReward:
+class LoadCustomReward(RewardNode):
     NODE = "DenseGRPO Load Custom Reward"
     DESCRIPTION = ("A reward from your own Python file in models/reward_models/custom/: the file defines "
                    "`def reward(images, prompts) -> scores` (images (B, H, W, 3) in [0, 1], one score per image), "
                    "or lists several functions in `REWARDS = [\"name\", ...]`. Only files you put there can be chosen "
                    "(a shared workflow cannot make ComfyUI import anything else); restart or refresh after adding one.")
-    CATEGORY = "DenseGRPO/rewards"
-    FUNCTION = "execute"
-    RETURN_TYPES = (REWARD_TYPE,)
-    RETURN_NAMES = ("reward_model",)
     OUTPUT_TOOLTIPS = ("the custom reward",)
 
     @classmethod
@@ -164,12 +165,8 @@ class LoadCustomReward:
             raise bridge.input_error(self.NODE, "function", str(e)) from None
 
 
-class CombineRewards:
+class CombineRewards(RewardNode):
     DESCRIPTION = "A weighted sum of two rewards, w_a·r_a + w_b·r_b (chain the node for more terms)."
-    CATEGORY = "DenseGRPO/rewards"
-    FUNCTION = "execute"
-    RETURN_TYPES = (REWARD_TYPE,)
-    RETURN_NAMES = ("reward_model",)
     OUTPUT_TOOLTIPS = ("the weighted sum; each term is reported by DenseGRPO Score Images",)
 
     @classmethod
