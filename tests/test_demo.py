@@ -8,12 +8,17 @@ from densegrpo_core import demo
 from densegrpo_core.lora import read_lora_metadata
 
 
-def test_demo_writes_every_output_and_summary_contract(tmp_path, monkeypatch):
-    monkeypatch.setattr(demo, "QUICK", demo.DemoBudget(calib_iterations=2, calib_prompts=2, calib_group=2,
-                                                       iterations=2, prompts_per_iteration=2, group_size=2,
+def micro_budget(monkeypatch, iterations: int, steps: int) -> None:
+    """The quick demo shrunk to seconds: `iterations` of everything, T = `steps`, a rank-2 LoRA."""
+    monkeypatch.setattr(demo, "QUICK", demo.DemoBudget(calib_iterations=iterations, calib_prompts=2, calib_group=2,
+                                                       iterations=iterations, prompts_per_iteration=2, group_size=2,
                                                        eval_every=1, eval_seeds=(0,)))
-    monkeypatch.setattr(demo, "TOY_TRAIN", {**demo.TOY_TRAIN, "steps": 3, "eval_steps": 3, "lora_rank": 2,
+    monkeypatch.setattr(demo, "TOY_TRAIN", {**demo.TOY_TRAIN, "steps": steps, "eval_steps": steps, "lora_rank": 2,
                                             "lora_alpha": 4, "train_batch": 2})
+
+
+def test_demo_writes_every_output_and_summary_contract(tmp_path, monkeypatch):
+    micro_budget(monkeypatch, iterations=2, steps=3)
     demo.run_demo(str(tmp_path), quick=True)
     for name in ("summary.json", "reward_curves.png", "dense_rewards.png", "psi.json", "psi.png",
                  "lora_dense_grpo.safetensors"):
@@ -37,12 +42,8 @@ def test_demo_writes_every_output_and_summary_contract(tmp_path, monkeypatch):
 
 def test_demo_in_two_worker_processes_gives_the_same_figures(tmp_path, monkeypatch):
     """`--workers 2` trains the runs in spawned processes: same summary figures as one process."""
-    monkeypatch.setattr(demo, "QUICK", demo.DemoBudget(calib_iterations=1, calib_prompts=2, calib_group=2,
-                                                       iterations=1, prompts_per_iteration=2, group_size=2,
-                                                       eval_every=1, eval_seeds=(0,)))
-    monkeypatch.setattr(demo, "TOY_TRAIN", {**demo.TOY_TRAIN, "steps": 2, "eval_steps": 2, "lora_rank": 2,
-                                            "lora_alpha": 4, "train_batch": 2})
-    one = demo.run_demo(str(tmp_path / "one"), quick=True)
+    micro_budget(monkeypatch, iterations=1, steps=2)
+    one = demo.run_demo(str(tmp_path / "one"), quick=True, workers=1)
     two = demo.run_demo(str(tmp_path / "two"), quick=True, workers=2)
     assert two["workers"] == 2
     for method in demo.METHODS:
