@@ -36,7 +36,7 @@ class DemoBudget:
     eval_seeds: tuple            # noise seeds per held-out prompt
 
 
-QUICK = DemoBudget(calib_iterations=6, calib_prompts=4, calib_group=6, iterations=16, prompts_per_iteration=4,
+QUICK = DemoBudget(calib_iterations=6, calib_prompts=4, calib_group=6, iterations=16, prompts_per_iteration=2,
                    group_size=8, eval_every=4, eval_seeds=tuple(range(8)))
 FULL = DemoBudget(calib_iterations=20, calib_prompts=4, calib_group=8, iterations=60, prompts_per_iteration=4,
                   group_size=8, eval_every=5, eval_seeds=tuple(range(8)))
