@@ -2,8 +2,9 @@
 
     python bench/comfy_mmdit.py --comfyui ~/ComfyUI [any `python -m densegrpo_core bench` option]
 
-`register()` adds the arch to densegrpo_core.bench (bench/gpu_sd35m.py uses it with --comfyui).
+`register()` adds the arch to densegrpo_core.app.benchmark (bench/gpu_sd35m.py uses it with --comfyui).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,10 +23,12 @@ def import_comfy_mmdit(comfyui: str | None = None):
     if comfyui:
         sys.path.insert(0, os.path.abspath(os.path.expanduser(comfyui)))
     import comfy.cli_args
+
     if not torch.cuda.is_available():
-        comfy.cli_args.args.cpu = True          # before model_management probes for a GPU
+        comfy.cli_args.args.cpu = True  # before model_management probes for a GPU
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
+
     return MMDiT, comfy.ops.disable_weight_init
 
 
@@ -45,14 +48,27 @@ def comfy_mmdit(config, dit_cfg, dtype):
     (velocity model, LoRA module, the DiTConfig of its sizes)."""
     MMDiT, operations = import_comfy_mmdit()
     depth = config.depth or 24
-    net = MMDiT(input_size=None, patch_size=dit_cfg.patch_size, in_channels=dit_cfg.latent_channels, depth=depth,
-                adm_in_channels=dit_cfg.pooled_dim, out_channels=dit_cfg.latent_channels,
-                context_embedder_config={"target": "torch.nn.Linear",
-                                         "params": {"in_features": dit_cfg.context_dim, "out_features": 64 * depth}},
-                num_patches=384 * 384, pos_embed_max_size=384, pos_embed_scaling_factor=None, qk_norm="rms",
-                x_block_self_attn_layers=list(range(min(13, depth))), dtype=dtype, device=config.device,
-                operations=operations)
-    with torch.no_grad():                      # disable_weight_init leaves the tensors uninitialised
+    net = MMDiT(
+        input_size=None,
+        patch_size=dit_cfg.patch_size,
+        in_channels=dit_cfg.latent_channels,
+        depth=depth,
+        adm_in_channels=dit_cfg.pooled_dim,
+        out_channels=dit_cfg.latent_channels,
+        context_embedder_config={
+            "target": "torch.nn.Linear",
+            "params": {"in_features": dit_cfg.context_dim, "out_features": 64 * depth},
+        },
+        num_patches=384 * 384,
+        pos_embed_max_size=384,
+        pos_embed_scaling_factor=None,
+        qk_norm="rms",
+        x_block_self_attn_layers=list(range(min(13, depth))),
+        dtype=dtype,
+        device=config.device,
+        operations=operations,
+    )
+    with torch.no_grad():  # disable_weight_init leaves the tensors uninitialised
         for name, t in [*net.named_parameters(), *net.named_buffers()]:
             if name.endswith("bias"):
                 t.zero_()
@@ -64,20 +80,22 @@ def comfy_mmdit(config, dit_cfg, dtype):
 
 
 def register(comfyui: str | None = None) -> None:
-    """Make arch "mmdit" available to densegrpo_core.bench (ImportError when ComfyUI cannot be imported)."""
-    from densegrpo_core.bench import register_arch
+    """Make arch "mmdit" available to densegrpo_core.app.benchmark (ImportError when ComfyUI cannot be imported)."""
+    from densegrpo_core.app.benchmark import register_arch
+
     import_comfy_mmdit(comfyui)
     register_arch("mmdit", comfy_mmdit)
 
 
 def main(argv=None) -> int:
-    from densegrpo_core.cli import main as cli_main
+    from densegrpo_core.app.cli import main as cli_main
+
     argv = list(sys.argv[1:] if argv is None else argv)
     comfyui = None
     if "--comfyui" in argv:
         i = argv.index("--comfyui")
         comfyui = argv[i + 1]
-        del argv[i:i + 2]
+        del argv[i : i + 2]
     register(comfyui)
     if "--arch" not in argv:
         argv += ["--arch", "mmdit"]

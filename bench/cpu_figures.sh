@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CPU figures of docs/benchmarks.md (about 10 minutes on 2 shared cores, one thread), then the CPU
-# constants of densegrpo_core/estimate.py refitted from all three runs.
+# constants of densegrpo_core/resources/estimate.py refitted from all three runs.
 #   bench/cpu_figures.sh [OUT]          (default OUT: bench_out/cpu)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,10 +1,11 @@
-"""Refit the estimator's constants (densegrpo_core/estimate.py) from one or more bench.json files.
+"""Refit the estimator's constants (densegrpo_core/resources/estimate.py) from one or more bench.json files.
 
     python bench/fit_constants.py [--write] bench_out/a/bench.json bench_out/b/bench.json ...
 
 All files must come from one device kind (cpu or cuda); --write replaces that kind's constants block in
 estimate.py, otherwise the fitted values are only printed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,14 +15,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from densegrpo_core.bench import fit_from_results  # noqa: E402
-from densegrpo_core.estimate import constants_json, write_constants  # noqa: E402
+from densegrpo_core.app.benchmark import fit_from_results  # noqa: E402
+from densegrpo_core.resources.estimate import constants_json, write_constants  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", nargs="+", help="bench.json files")
-    p.add_argument("--write", action="store_true", help="write the constants into densegrpo_core/estimate.py")
+    p.add_argument("--write", action="store_true", help="write the constants into densegrpo_core/resources/estimate.py")
     args = p.parse_args(argv)
     results = []
     for path in args.results:

@@ -1,4 +1,5 @@
 """ComfyUI nodes of DenseGRPO: a thin skin over `densegrpo_core` (V1 registration, stable node ids)."""
+
 from __future__ import annotations
 
 from . import dense_reward_nodes, psi_nodes, reward_nodes, routes, sampler_nodes, train_nodes
@@ -15,5 +16,5 @@ def _collect():
 
 
 NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = _collect()
-if routes.register_with_comfyui():          # inside ComfyUI: HTTP routes and the reward_models folder
+if routes.register_with_comfyui():  # inside ComfyUI: HTTP routes and the reward_models folder
     reward_nodes.register_folder()

@@ -11,6 +11,7 @@ Everything that needs `comfy` imports it inside the function, so the pure helper
 without ComfyUI. No formula lives here: velocity/denoised conversion, SDE steps and rollouts are the
 core's.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from densegrpo_core.guidance import DenoiserVelocity, GuidedVelocity
-from densegrpo_core.schedule import validate_grid
+from densegrpo_core.method.guidance import DenoiserVelocity, GuidedVelocity
+from densegrpo_core.method.schedule import validate_grid
 
 
 class NodeInputError(ValueError):
@@ -52,10 +53,16 @@ def check_group_size(group_size: int, node: str) -> int:
 def check_latent_channels(samples: torch.Tensor, channels: int, node: str, name: str = "latent_image") -> None:
     """Refuse a latent whose channel count does not match the model's latent format."""
     if samples.ndim != 4:
-        raise input_error(node, name, f"must be a batch of image latents (B, C, H, W), got shape {tuple(samples.shape)}")
+        raise input_error(
+            node, name, f"must be a batch of image latents (B, C, H, W), got shape {tuple(samples.shape)}"
+        )
     if samples.shape[1] != channels:
-        raise input_error(node, name, f"has {samples.shape[1]} channels but this model's latents have {channels} "
-                                      f"(use an empty latent made for this model, e.g. EmptySD3LatentImage)")
+        raise input_error(
+            node,
+            name,
+            f"has {samples.shape[1]} channels but this model's latents have {channels} "
+            f"(use an empty latent made for this model, e.g. EmptySD3LatentImage)",
+        )
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -82,11 +89,16 @@ def images_to_comfy(images: torch.Tensor) -> torch.Tensor:
 def require_flow_model(model, node: str, name: str = "model"):
     """The model's sampling object; NodeInputError unless it is flow matching (CONST: SD3/SD3.5, FLUX…)."""
     import comfy.model_sampling
+
     ms = model.get_model_object("model_sampling")
     if not isinstance(ms, comfy.model_sampling.CONST):
-        raise input_error(node, name, f"is not a flow-matching model (its model sampling is {type(ms).__name__}); "
-                                      f"DenseGRPO needs a rectified-flow model such as SD3/SD3.5 or FLUX, "
-                                      f"not an eps/v-prediction model such as SD1.5/SDXL")
+        raise input_error(
+            node,
+            name,
+            f"is not a flow-matching model (its model sampling is {type(ms).__name__}); "
+            f"DenseGRPO needs a rectified-flow model such as SD3/SD3.5 or FLUX, "
+            f"not an eps/v-prediction model such as SD1.5/SDXL",
+        )
     return ms
 
 
@@ -95,8 +107,9 @@ def latent_channels(model) -> int:
 
 
 def flow_sigmas(model, scheduler: str, steps: int, node: str) -> torch.Tensor:
-    """SIGMAS of a ComfyUI scheduler for a flow model: the grid τ(T) … τ(0) = 0 (MATH.md §1)."""
+    """SIGMAS of a ComfyUI scheduler for a flow model: the grid τ(T) … τ(0) = 0 (docs/method.md §1)."""
     import comfy.samplers
+
     if int(steps) < 1:
         raise input_error(node, "steps", f"must be >= 1, got {steps}")
     ms = require_flow_model(model, node)
@@ -105,7 +118,7 @@ def flow_sigmas(model, scheduler: str, steps: int, node: str) -> torch.Tensor:
 
 def resolve_psi(psi, sigmas: torch.Tensor, node: str, where: str = "this node's sigmas", name: str = "psi"):
     """The Psi for the grid `sigmas` (T+1,): a uniform ψ stretches to T steps, a calibrated one must have been
-    calibrated on these sigmas (MATH.md §2); otherwise a node error naming the input and both grids."""
+    calibrated on these sigmas (docs/method.md §2); otherwise a node error naming the input and both grids."""
     try:
         return psi.resolve(len(sigmas) - 1).check_grid(torch.as_tensor(sigmas).tolist(), where)
     except ValueError as e:
@@ -113,28 +126,43 @@ def resolve_psi(psi, sigmas: torch.Tensor, node: str, where: str = "this node's 
 
 
 def sigmas_grid(sigmas: torch.Tensor, node: str) -> torch.Tensor:
-    """SIGMAS as the flow grid τ(T) … τ(0) (MATH.md §1), or a clear error for non-flow sigmas."""
+    """SIGMAS as the flow grid τ(T) … τ(0) (docs/method.md §1), or a clear error for non-flow sigmas."""
     try:
         return validate_grid(sigmas.detach().float().cpu(), "sigmas")
     except ValueError as e:
-        raise input_error(node, "sigmas", f"are not a flow-matching schedule ({e}); use a flow model "
-                                          f"(SD3/SD3.5, FLUX) and a scheduler ending at 0") from None
+        raise input_error(
+            node,
+            "sigmas",
+            f"are not a flow-matching schedule ({e}); use a flow model (SD3/SD3.5, FLUX) and a scheduler ending at 0",
+        ) from None
 
 
 def progress_hook(total: int) -> Callable[[int], None]:
     """A per-step hook for the executor thread: advances the node's progress bar, honours Cancel."""
     import comfy.model_management
     import comfy.utils
+
     bar = comfy.utils.ProgressBar(total)
 
     def hook(done: int) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
         bar.update_absolute(done, total)
+
     return hook
 
 
-def run_with_guided_model(model, positive, negative, cfg: float, noise: torch.Tensor, latent: torch.Tensor,
-                          sigmas: torch.Tensor, seed: int, body: Callable, max_batch: int = 64):
+def run_with_guided_model(
+    model,
+    positive,
+    negative,
+    cfg: float,
+    noise: torch.Tensor,
+    latent: torch.Tensor,
+    sigmas: torch.Tensor,
+    seed: int,
+    body: Callable,
+    max_batch: int = 64,
+):
     """Run `body(guide, x_T, sigmas, callback) -> (result, final_latent)` inside ComfyUI's sampling of MODEL.
 
     `guide` is the core's GuidedVelocity over ComfyUI's CFG-wrapped denoiser (guidance already applied,
@@ -143,6 +171,7 @@ def run_with_guided_model(model, positive, negative, cfg: float, noise: torch.Te
     ComfyUI's samplers return it). The model is loaded/patched by ComfyUI exactly as for its own samplers.
     """
     import comfy.samplers
+
     out = {}
 
     def sampler_function(model_k, x, sigmas, extra_args=None, callback=None, disable=None, **_):
@@ -153,14 +182,16 @@ def run_with_guided_model(model, positive, negative, cfg: float, noise: torch.Te
     guider = comfy.samplers.CFGGuider(model)
     guider.set_conds(positive, negative)
     guider.set_cfg(float(cfg))
-    samples = guider.sample(noise, latent, comfy.samplers.KSAMPLER(sampler_function), sigmas, disable_pbar=True,
-                            seed=seed)
+    samples = guider.sample(
+        noise, latent, comfy.samplers.KSAMPLER(sampler_function), sigmas, disable_pbar=True, seed=seed
+    )
     return out["result"], samples
 
 
 def prepare_latent_and_noise(model, latent: dict, batch: int, seed: int, node: str):
     """A (batch, C, H, W) start latent (the input's first latent repeated) and ComfyUI's seeded noise."""
     import comfy.sample
+
     samples = latent["samples"]
     samples = comfy.sample.fix_empty_latent_channels(model, samples)
     check_latent_channels(samples, latent_channels(model), node)
@@ -178,8 +209,10 @@ class ComfyDecoder:
 
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
-        images = [self.vae.decode(self.latent_out(latents[i:i + self.batch].float()))
-                  for i in range(0, latents.shape[0], self.batch)]
+        images = [
+            self.vae.decode(self.latent_out(latents[i : i + self.batch].float()))
+            for i in range(0, latents.shape[0], self.batch)
+        ]
         images = torch.cat([im.reshape(-1, *im.shape[-3:]) for im in images])
         return images[..., :3].float().clamp(0, 1)
 

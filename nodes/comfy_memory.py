@@ -1,4 +1,4 @@
-"""Device memory of a background training job inside ComfyUI (ARCHITECTURE.md, "ComfyUI background training",
+"""Device memory of a background training job inside ComfyUI (docs/architecture.md, "ComfyUI background training",
 [revised]): the diffusion weights are held once on the device, the job's memory is reserved from ComfyUI's
 model management, and a run that cannot fit is refused naming what would make it fit.
 
@@ -21,6 +21,7 @@ model management, and a run that cannot fit is refused naming what would make it
 Everything here that calls ComfyUI's model management runs on the executor thread (the Train node's
 execute); the job thread only adds and subtracts its reservation under this module's lock.
 """
+
 from __future__ import annotations
 
 import threading
@@ -29,7 +30,7 @@ from . import comfy_bridge as bridge
 
 _lock = threading.Lock()
 _local = threading.local()
-_held: dict[int, int] = {}                    # id(reservation) -> bytes, for the reservations held now
+_held: dict[int, int] = {}  # id(reservation) -> bytes, for the reservations held now
 
 
 class MemoryReservation:
@@ -41,6 +42,7 @@ class MemoryReservation:
 
     def take(self) -> "MemoryReservation":
         import comfy.model_management as mm
+
         with _lock:
             if not self.held:
                 mm.EXTRA_RESERVED_VRAM += self.nbytes
@@ -50,6 +52,7 @@ class MemoryReservation:
 
     def release(self) -> None:
         import comfy.model_management as mm
+
         with _lock:
             if self.held:
                 mm.EXTRA_RESERVED_VRAM -= self.nbytes
@@ -66,8 +69,12 @@ def reserved_bytes() -> int:
 def comfy_copies(model_patcher) -> list:
     """ComfyUI's loaded-model entries holding this MODEL's weights (it or a clone sharing its BaseModel)."""
     import comfy.model_management as mm
-    return [lm for lm in mm.current_loaded_models
-            if lm.model is not None and (lm.model is model_patcher or model_patcher.is_clone(lm.model))]
+
+    return [
+        lm
+        for lm in mm.current_loaded_models
+        if lm.model is not None and (lm.model is model_patcher or model_patcher.is_clone(lm.model))
+    ]
 
 
 def comfy_loaded_bytes(model_patcher) -> int:
@@ -80,6 +87,7 @@ def offload_comfy_copy(model_patcher) -> int:
     patches removed, weights on the offload device, the entry off `current_loaded_models`. Returns the
     number of entries unloaded."""
     import comfy.model_management as mm
+
     entries = comfy_copies(model_patcher)
     for lm in entries:
         lm.model_unload()
@@ -91,6 +99,7 @@ def offload_comfy_copy(model_patcher) -> int:
 
 def _install_interrupt_guard() -> None:
     import comfy.ops
+
     with _lock:
         if getattr(comfy.ops.run_every_op, "_densegrpo_guard", False):
             return
@@ -99,6 +108,7 @@ def _install_interrupt_guard() -> None:
         def run_every_op():
             if not getattr(_local, "job", False):
                 original()
+
         run_every_op._densegrpo_guard = True
         comfy.ops.run_every_op = run_every_op
 
@@ -118,6 +128,7 @@ def job_work(work, reserve_bytes: float):
         finally:
             reservation.release()
             _local.job = False
+
     run.reservation = reservation
     return run
 
@@ -126,7 +137,8 @@ def job_work(work, reserve_bytes: float):
 def weight_dtypes(model) -> tuple[str, str | None]:
     """(storage dtype of the diffusion weights, e.g. "float8_e4m3fn"; the dtype ComfyUI computes them in when it
     casts them per layer, or None)."""
-    from densegrpo_core.estimate import dtype_name
+    from densegrpo_core.resources.estimate import dtype_name
+
     base = model.model
     sizes: dict[str, int] = {}
     for p in base.diffusion_model.parameters():
@@ -136,36 +148,47 @@ def weight_dtypes(model) -> tuple[str, str | None]:
 
 
 def _option_text(changes: dict) -> str:
-    words = {"base_dtype": lambda v: f"load the model with weight_dtype {v.replace('float8', 'fp8')}",
-             "grad_checkpointing": lambda v: "gradient_checkpointing on"}
+    words = {
+        "base_dtype": lambda v: f"load the model with weight_dtype {v.replace('float8', 'fp8')}",
+        "grad_checkpointing": lambda v: "gradient_checkpointing on",
+    }
     return " + ".join(words.get(k, lambda v, k=k: f"{k} {v}")(v) for k, v in changes.items())
 
 
 def check_memory(model, config, latent_shape, context_tokens: int, allow: bool, node: str):
-    """Estimate peak memory and time per iteration (densegrpo_core.estimate) before anything is copied; refuse
+    """Estimate peak memory and time per iteration (densegrpo_core.resources.estimate) before anything is copied; refuse
     when the peak exceeds the memory the job can have on the model's device (free memory, plus ComfyUI's own
     copy of this MODEL that the job will offload, minus what other jobs hold reserved), unless allowed, naming
     the settings that would make it fit."""
     import comfy.model_management as mm
 
-    from densegrpo_core.estimate import DeviceInfo, estimate, fits, model_info
-    from densegrpo_core.estimate_options import fitting_options
+    from densegrpo_core.resources.estimate import DeviceInfo, estimate, fits, model_info
+    from densegrpo_core.resources.fit_options import fitting_options
+
     device = model.load_device
     _, cast = weight_dtypes(model)
-    info = model_info(model.model.diffusion_model, tuple(latent_shape), context_tokens=context_tokens,
-                      compute_dtype=cast)
+    info = model_info(
+        model.model.diffusion_model, tuple(latent_shape), context_tokens=context_tokens, compute_dtype=cast
+    )
     free = int(mm.get_free_memory(device)) - reserved_bytes()
-    if device.type != "cpu":                            # offloading ComfyUI's copy frees device memory
+    if device.type != "cpu":  # offloading ComfyUI's copy frees device memory
         free += comfy_loaded_bytes(model)
     dev = DeviceInfo(device.type, str(device), int(mm.get_total_memory(device)), max(0, free))
     est = estimate(config, info, dev)
     if not fits(est, dev) and not allow:
         options = fitting_options(config, info, dev)
-        hint = ("; it would fit with " + "; or ".join(f"{_option_text(o.changes)} (~{o.estimate.peak_bytes / 2**30:.1f}"
-                                                      f" GiB)" for o in options)) if options else \
-            "; no smaller setting fits: use a device with more memory"
+        hint = (
+            (
+                "; it would fit with "
+                + "; or ".join(f"{_option_text(o.changes)} (~{o.estimate.peak_bytes / 2**30:.1f} GiB)" for o in options)
+            )
+            if options
+            else "; no smaller setting fits: use a device with more memory"
+        )
         raise bridge.input_error(
-            node, "allow_over_memory",
+            node,
+            "allow_over_memory",
             f"is off and the estimated peak memory ({est.summary()}) exceeds 90% of the free "
-            f"{dev.free_bytes / 2**30:.1f} GiB on {device}{hint}; or allow it")
+            f"{dev.free_bytes / 2**30:.1f} GiB on {device}{hint}; or allow it",
+        )
     return est

@@ -1,5 +1,5 @@
-"""Private copies of a ComfyUI MODEL and VAE for a background training job (ARCHITECTURE.md, "ComfyUI
-background training"; COMFYUI.md pitfalls).
+"""Private copies of a ComfyUI MODEL and VAE for a background training job (docs/architecture.md, "ComfyUI
+background training").
 
 Everything here that touches ComfyUI's model management runs on the executor thread, inside the Train
 node's execute: the model is loaded with its patches (LoRAs the workflow applied), copied, and ComfyUI's own
@@ -8,6 +8,7 @@ copy is built under `torch.inference_mode(False)` with every parameter and buffe
 thread can backpropagate through it and never shares a tensor with the MODEL other prompts use. The job
 thread then only calls plain torch modules: no model management, no progress bar, no interrupt flag.
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,8 +18,8 @@ from collections import OrderedDict
 
 import torch
 
-from densegrpo_core.guidance import velocity_from_denoised
-from densegrpo_core.pipeline import FlowPipeline
+from densegrpo_core.method.guidance import velocity_from_denoised
+from densegrpo_core.models.pipeline import FlowPipeline
 
 from . import comfy_bridge as bridge
 from .comfy_memory import offload_comfy_copy
@@ -65,7 +66,8 @@ class _Trainable(torch.overrides.TorchFunctionMode):
     """What ComfyUI's Flux blocks need to be trained by autograd, only while gradients are recorded:
     `x += y` with either side in the graph computes `x + y` (it arrives here as `add_`; Python rebinds the name
     to the result, and the blocks, which add their residuals in place, never call a bare `add_`; in place, it
-    would also change a checkpointed block's saved input), and comfy_kitchen's rotary-embedding kernel, which has no backward, is computed in plain torch."""
+    would also change a checkpointed block's saved input), and comfy_kitchen's rotary-embedding kernel, which has no
+    backward, is computed in plain torch."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -84,7 +86,7 @@ class _Trainable(torch.overrides.TorchFunctionMode):
 def _train_safe_forward(self, *args, **kwargs):
     if not torch.is_grad_enabled():
         return type(self).forward(self, *args, **kwargs)
-    with _Trainable():                     # thread-local, also entered by a checkpoint's recompute
+    with _Trainable():  # thread-local, also entered by a checkpoint's recompute
         return type(self).forward(self, *args, **kwargs)
 
 
@@ -105,10 +107,14 @@ def check_weight_dtypes(base, node: str) -> None:
     dtypes = {p.dtype for p in base.diffusion_model.parameters()}
     odd = dtypes - set(FLOAT_DTYPES) - set(FP8_DTYPES)
     if odd or (dtypes & set(FP8_DTYPES) and getattr(base, "manual_cast_dtype", None) is None):
-        raise bridge.input_error(node, "model", f"has {', '.join(sorted(map(str, dtypes)))} weights; LoRA training "
-                                                f"needs float32, float16, bfloat16 or fp8 (e4m3fn / e5m2) weights "
-                                                f"that ComfyUI casts per layer (load it with a weight_dtype of "
-                                                f"UNETLoader)")
+        raise bridge.input_error(
+            node,
+            "model",
+            f"has {', '.join(sorted(map(str, dtypes)))} weights; LoRA training "
+            f"needs float32, float16, bfloat16 or fp8 (e4m3fn / e5m2) weights "
+            f"that ComfyUI casts per layer (load it with a weight_dtype of "
+            f"UNETLoader)",
+        )
 
 
 def private_base_model(model_patcher, node: str):
@@ -119,13 +125,14 @@ def private_base_model(model_patcher, node: str):
     when the model lives elsewhere, ComfyUI's copy is unloaded through its model management, and the copy then
     moves to the device. fp8 weights stay fp8 in the copy, with ComfyUI's ops that cast them per layer."""
     import comfy.model_management
+
     bridge.require_flow_model(model_patcher, node)
     comfy.model_management.load_models_gpu([model_patcher], force_full_load=True)  # applies the patches
     base = model_patcher.model
     check_weight_dtypes(base, node)
     device = model_patcher.load_device
     staging = model_patcher.offload_device
-    private = copy.copy(base)                                   # shallow: config, methods, flags
+    private = copy.copy(base)  # shallow: config, methods, flags
     private.__dict__ = dict(base.__dict__)
     for attr in ("_modules", "_parameters", "_buffers"):
         private.__dict__[attr] = OrderedDict(base.__dict__[attr])
@@ -143,11 +150,18 @@ def private_base_model(model_patcher, node: str):
 def conditioning_kwargs(base, conditioning, latent: torch.Tensor, node: str, name: str) -> dict:
     """CONDITIONING → the keyword tensors the model's apply_model takes (c_crossattn, y, guidance, …), (1, ...)."""
     import comfy.sampler_helpers
+
     if not conditioning:
         raise bridge.input_error(node, name, "is empty")
     entry = comfy.sampler_helpers.convert_cond(conditioning)[0]
-    params = {**entry, "device": latent.device, "noise": latent, "width": latent.shape[-1] * 8,
-              "height": latent.shape[-2] * 8, "prompt_type": "positive"}
+    params = {
+        **entry,
+        "device": latent.device,
+        "noise": latent,
+        "width": latent.shape[-1] * 8,
+        "height": latent.shape[-2] * 8,
+        "prompt_type": "positive",
+    }
     out = base.extra_conds(**params)
     return clone_tensors({k: v.cond for k, v in out.items() if isinstance(getattr(v, "cond", None), torch.Tensor)})
 
@@ -193,12 +207,13 @@ class PrivateDecoder:
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
         device = next(self.net.parameters()).device
         z = self.latent_format.process_out(latents.float()).to(device, self.dtype)
-        images = self.process_output(self.net.decode(z).float())               # (N, 3, H, W)
+        images = self.process_output(self.net.decode(z).float())  # (N, 3, H, W)
         return images.movedim(1, -1)[..., :3].float()
 
 
-def private_pipeline(model_patcher, vae, prompt_conds: dict[str, list], negative, latent: torch.Tensor,
-                     node: str) -> FlowPipeline:
+def private_pipeline(
+    model_patcher, vae, prompt_conds: dict[str, list], negative, latent: torch.Tensor, node: str
+) -> FlowPipeline:
     """A FlowPipeline the job thread may train: private model, private VAE, prompts pre-encoded."""
     base = private_base_model(model_patcher, node)
     kwargs = {p: conditioning_kwargs(base, c, latent, node, "prompts") for p, c in prompt_conds.items()}
@@ -213,7 +228,15 @@ def private_pipeline(model_patcher, vae, prompt_conds: dict[str, list], negative
         return stack_kwargs([null] * n)
 
     arch = "flux" if type(base).__name__.lower().startswith("flux") else "mmdit"
-    return FlowPipeline(model=ComfyVelocity(base), encode=encode, null_cond=null_cond,
-                        decode=PrivateDecoder(vae, latent_format), latent_shape=tuple(latent.shape[1:]),
-                        arch=arch, default_shift=float(getattr(ms, "shift", 3.0)), default_cfg=4.5,
-                        info={"name": type(base).__name__}, lora_module=base.diffusion_model)
+    return FlowPipeline(
+        model=ComfyVelocity(base),
+        encode=encode,
+        null_cond=null_cond,
+        decode=PrivateDecoder(vae, latent_format),
+        latent_shape=tuple(latent.shape[1:]),
+        arch=arch,
+        default_shift=float(getattr(ms, "shift", 3.0)),
+        default_cfg=4.5,
+        info={"name": type(base).__name__},
+        lora_module=base.diffusion_model,
+    )

@@ -1,9 +1,10 @@
 """ψ(t) nodes: the DENSEGRPO_PSI socket made from a uniform value, a list, or a psi.json file."""
+
 from __future__ import annotations
 
 import os
 
-from densegrpo_core.schedule import FLOW_GRPO_NOISE_LEVEL, Psi
+from densegrpo_core.method.schedule import FLOW_GRPO_NOISE_LEVEL, Psi
 
 from .comfy_bridge import input_error
 from .sockets import PSI_TOOLTIP, PSI_TYPE
@@ -12,8 +13,11 @@ from .sockets import PSI_TOOLTIP, PSI_TYPE
 def psi_folders() -> list[str]:
     """Where psi.json files are looked up: models/densegrpo/ and output/densegrpo/psi/ (calibration saves there)."""
     import folder_paths
-    return [os.path.join(folder_paths.models_dir, "densegrpo"),
-            os.path.join(folder_paths.get_output_directory(), "densegrpo", "psi")]
+
+    return [
+        os.path.join(folder_paths.models_dir, "densegrpo"),
+        os.path.join(folder_paths.get_output_directory(), "densegrpo", "psi"),
+    ]
 
 
 def list_psi_files(folders: list[str]) -> list[str]:
@@ -40,6 +44,7 @@ def find_psi_file(name: str, folders: list[str], node: str) -> str:
 
 class PsiNode:
     """What the ψ nodes share: their category and their DENSEGRPO_PSI output."""
+
     CATEGORY = "DenseGRPO/psi"
     FUNCTION = "execute"
     RETURN_TYPES = (PSI_TYPE,)
@@ -52,8 +57,20 @@ class PsiUniform(PsiNode):
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"a": ("FLOAT", {"default": FLOW_GRPO_NOISE_LEVEL, "min": 0.0, "max": 5.0, "step": 0.01,
-                                             "tooltip": "noise level a; 0 makes every step deterministic (Euler ODE)"})}}
+        return {
+            "required": {
+                "a": (
+                    "FLOAT",
+                    {
+                        "default": FLOW_GRPO_NOISE_LEVEL,
+                        "min": 0.0,
+                        "max": 5.0,
+                        "step": 0.01,
+                        "tooltip": "noise level a; 0 makes every step deterministic (Euler ODE)",
+                    },
+                )
+            }
+        }
 
     def execute(self, a):
         return (Psi.uniform(float(a), 1),)
@@ -64,9 +81,18 @@ class PsiFromList(PsiNode):
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"values": ("STRING", {"default": "0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7",
-                                                   "multiline": False,
-                                                   "tooltip": "one non-negative number per step, comma separated"})}}
+        return {
+            "required": {
+                "values": (
+                    "STRING",
+                    {
+                        "default": "0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7",
+                        "multiline": False,
+                        "tooltip": "one non-negative number per step, comma separated",
+                    },
+                )
+            }
+        }
 
     def execute(self, values):
         try:
@@ -76,16 +102,24 @@ class PsiFromList(PsiNode):
 
 
 class PsiLoad(PsiNode):
-    DESCRIPTION = ("Load a psi.json (written by DenseGRPO Calibrate or `python -m densegrpo_core calibrate`) from "
-                   "models/densegrpo/ or output/densegrpo/psi/.")
+    DESCRIPTION = (
+        "Load a psi.json (written by DenseGRPO Calibrate or `python -m densegrpo_core calibrate`) from "
+        "models/densegrpo/ or output/densegrpo/psi/."
+    )
     RETURN_TYPES = (PSI_TYPE, "STRING")
     RETURN_NAMES = ("psi", "values")
     OUTPUT_TOOLTIPS = (PSI_TOOLTIP, "the ψ values as text")
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"psi_file": (list_psi_files(psi_folders()) or ["(no psi files found)"],
-                                          {"tooltip": "a psi.json in models/densegrpo/ or output/densegrpo/psi/"})}}
+        return {
+            "required": {
+                "psi_file": (
+                    list_psi_files(psi_folders()) or ["(no psi files found)"],
+                    {"tooltip": "a psi.json in models/densegrpo/ or output/densegrpo/psi/"},
+                )
+            }
+        }
 
     @classmethod
     def IS_CHANGED(cls, psi_file):
@@ -104,6 +138,8 @@ class PsiLoad(PsiNode):
         return (psi, ", ".join(f"{v:.4g}" for v in psi.values))
 
 
-NODES = {"DenseGRPO_PsiUniform": (PsiUniform, "DenseGRPO ψ Uniform (Flow-GRPO)"),
-         "DenseGRPO_PsiFromList": (PsiFromList, "DenseGRPO ψ From List"),
-         "DenseGRPO_PsiLoad": (PsiLoad, "DenseGRPO Load ψ")}
+NODES = {
+    "DenseGRPO_PsiUniform": (PsiUniform, "DenseGRPO ψ Uniform (Flow-GRPO)"),
+    "DenseGRPO_PsiFromList": (PsiFromList, "DenseGRPO ψ From List"),
+    "DenseGRPO_PsiLoad": (PsiLoad, "DenseGRPO Load ψ"),
+}

@@ -1,9 +1,11 @@
 """Reward model nodes: one loader per built-in reward (files from models/reward_models/), a loader for the
 custom rewards the user installed in models/reward_models/custom/ (a workflow can only choose among
-those: it never names a module to import), a weighted sum, a scorer for any IMAGE, and a node that frees the cached models.
+those: it never names a module to import), a weighted sum, a scorer for any IMAGE, and a node that frees the cached
+models.
 
 The loaders are generated from the core's reward registry, so a reward added there gets its node here.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,12 +25,14 @@ NO_CUSTOM = "(no custom rewards: see the tooltip)"
 def register_folder() -> None:
     """Make `models/reward_models/` a ComfyUI model folder (extra_model_paths.yaml may add more)."""
     import folder_paths
+
     if FOLDER not in folder_paths.folder_names_and_paths:
         folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
 
 
 def reward_model_dirs() -> list[str]:
     import folder_paths
+
     register_folder()
     return list(folder_paths.get_folder_paths(FOLDER))
 
@@ -60,6 +64,7 @@ def _device(choice: str):
     if choice == "cpu":
         return "cpu"
     import comfy.model_management
+
     return comfy.model_management.get_torch_device()
 
 
@@ -67,9 +72,9 @@ DEVICE = (["auto", "cpu"], {"default": "auto", "tooltip": "auto = ComfyUI's GPU 
 BATCH = ("INT", {"default": 16, "min": 1, "max": 1024, "tooltip": "most images per reward forward pass"})
 
 
-
 class RewardNode:
     """What the nodes that make a REWARD_MODEL share: their category and their one output."""
+
     CATEGORY = "DenseGRPO/rewards"
     FUNCTION = "execute"
     RETURN_TYPES = (REWARD_TYPE,)
@@ -83,8 +88,9 @@ def make_loader(spec) -> type:
     files = "; ".join(spec.expected_files)
 
     class Loader(RewardNode):
-        DESCRIPTION = (f"{spec.display_name}: {spec.description}. Score: {spec.formula}."
-                       + (f" Files ({files}) go in {where} — from {spec.upstream}." if spec.needs_path else ""))
+        DESCRIPTION = f"{spec.display_name}: {spec.description}. Score: {spec.formula}." + (
+            f" Files ({files}) go in {where} — from {spec.upstream}." if spec.needs_path else ""
+        )
         OUTPUT_TOOLTIPS = (f"the {spec.display_name} reward (images, prompts) → scores",)
 
         @classmethod
@@ -92,8 +98,10 @@ def make_loader(spec) -> type:
             required = {}
             if spec.needs_path:
                 choices = list_entries(reward_model_dirs(), spec.folder) or [NONE_FOUND]
-                required["path"] = (choices, {"tooltip": f"the {spec.path_kind.replace('_', ' or ')} with {files}, "
-                                                         f"under {where}"})
+                required["path"] = (
+                    choices,
+                    {"tooltip": f"the {spec.path_kind.replace('_', ' or ')} with {files}, under {where}"},
+                )
             required["device"] = DEVICE
             return {"required": required, "optional": {"batch_size": BATCH}}
 
@@ -101,8 +109,12 @@ def make_loader(spec) -> type:
             full = None
             if spec.needs_path:
                 if path in (None, NONE_FOUND):
-                    raise bridge.input_error(node, "path", f"is empty: put the {spec.display_name} files ({files}) "
-                                                           f"in {where} (from {spec.upstream}) and refresh")
+                    raise bridge.input_error(
+                        node,
+                        "path",
+                        f"is empty: put the {spec.display_name} files ({files}) "
+                        f"in {where} (from {spec.upstream}) and refresh",
+                    )
                 full = resolve_entry(path, reward_model_dirs(), node)
             try:
                 return (spec.load(full, device=_device(device), batch_size=int(batch_size)),)
@@ -120,19 +132,32 @@ def custom_reward_dirs() -> list[str]:
 
 class LoadCustomReward(RewardNode):
     NODE = "DenseGRPO Load Custom Reward"
-    DESCRIPTION = ("A reward from your own Python file in models/reward_models/custom/: the file defines "
-                   "`def reward(images, prompts) -> scores` (images (B, H, W, 3) in [0, 1], one score per image), "
-                   "or lists several functions in `REWARDS = [\"name\", ...]`. Only files you put there can be chosen "
-                   "(a shared workflow cannot make ComfyUI import anything else); restart or refresh after adding one.")
+    DESCRIPTION = (
+        "A reward from your own Python file in models/reward_models/custom/: the file defines "
+        "`def reward(images, prompts) -> scores` (images (B, H, W, 3) in [0, 1], one score per image), "
+        'or lists several functions in `REWARDS = ["name", ...]`. Only files you put there can be chosen '
+        "(a shared workflow cannot make ComfyUI import anything else); restart or refresh after adding one."
+    )
     OUTPUT_TOOLTIPS = ("the custom reward",)
 
     @classmethod
     def INPUT_TYPES(cls):
         from densegrpo_core.rewards.custom_files import list_custom_rewards
+
         choices = list_custom_rewards(custom_reward_dirs()) or [NO_CUSTOM]
-        return {"required": {"function": (choices, {"tooltip": (
-            "<file>.py:<function> among the rewards installed in models/reward_models/custom/ "
-            "(a file's `def reward(images, prompts)`, or the names in its REWARDS list)")})}}
+        return {
+            "required": {
+                "function": (
+                    choices,
+                    {
+                        "tooltip": (
+                            "<file>.py:<function> among the rewards installed in models/reward_models/custom/ "
+                            "(a file's `def reward(images, prompts)`, or the names in its REWARDS list)"
+                        )
+                    },
+                )
+            }
+        }
 
     @classmethod
     def VALIDATE_INPUTS(cls, function):
@@ -146,18 +171,26 @@ class LoadCustomReward(RewardNode):
     @classmethod
     def resolve(cls, function) -> tuple[str, str]:
         from densegrpo_core.rewards.custom_files import resolve_custom_reward
+
         folders = custom_reward_dirs()
         if function in (None, "", NO_CUSTOM):
-            raise bridge.input_error(cls.NODE, "function", f"is empty: put a Python file with `def reward(images, "
-                                                           f"prompts)` in {folders[0]} and refresh")
+            raise bridge.input_error(
+                cls.NODE,
+                "function",
+                f"is empty: put a Python file with `def reward(images, prompts)` in {folders[0]} and refresh",
+            )
         try:
             return resolve_custom_reward(function, folders)
         except ValueError as e:
-            raise bridge.input_error(cls.NODE, "function", f"{e} (workflows can only choose installed rewards; "
-                                                           f"the headless CLI keeps --reward module:function)") from None
+            raise bridge.input_error(
+                cls.NODE,
+                "function",
+                f"{e} (workflows can only choose installed rewards; the headless CLI keeps --reward module:function)",
+            ) from None
 
     def execute(self, function):
         from densegrpo_core.rewards.custom_files import load_reward_file
+
         path, name = self.resolve(function)
         try:
             return (load_reward_file(path, name),)
@@ -172,8 +205,14 @@ class CombineRewards(RewardNode):
     @classmethod
     def INPUT_TYPES(cls):
         weight = ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.05, "tooltip": "weight"})
-        return {"required": {"reward_a": (REWARD_TYPE, {"tooltip": "first term"}), "weight_a": weight,
-                             "reward_b": (REWARD_TYPE, {"tooltip": "second term"}), "weight_b": weight}}
+        return {
+            "required": {
+                "reward_a": (REWARD_TYPE, {"tooltip": "first term"}),
+                "weight_a": weight,
+                "reward_b": (REWARD_TYPE, {"tooltip": "second term"}),
+                "weight_b": weight,
+            }
+        }
 
     def execute(self, reward_a, weight_a, reward_b, weight_b):
         names = [getattr(r, "name", f"reward_{i}") for i, r in enumerate((reward_a, reward_b))]
@@ -193,10 +232,16 @@ class ScoreImages:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"images": ("IMAGE", {"tooltip": "images to score"}),
-                             "reward_model": (REWARD_TYPE, {"tooltip": "the reward"}),
-                             "prompt": ("STRING", {"multiline": True, "default": "",
-                                                   "tooltip": "one prompt for every image, or one line per image"})}}
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "images to score"}),
+                "reward_model": (REWARD_TYPE, {"tooltip": "the reward"}),
+                "prompt": (
+                    "STRING",
+                    {"multiline": True, "default": "", "tooltip": "one prompt for every image, or one line per image"},
+                ),
+            }
+        }
 
     def execute(self, images, reward_model, prompt):
         node = "DenseGRPO Score Images"
@@ -206,8 +251,11 @@ class ScoreImages:
         if len(lines) == 1:
             lines = lines * images.shape[0]
         if len(lines) != images.shape[0]:
-            raise bridge.input_error(node, "prompt", f"has {len(lines)} lines for {images.shape[0]} images "
-                                                     f"(give one prompt, or one per image)")
+            raise bridge.input_error(
+                node,
+                "prompt",
+                f"has {len(lines)} lines for {images.shape[0]} images (give one prompt, or one per image)",
+            )
         try:
             scores = reward_model(images.float(), lines).float().cpu()
         except ValueError as e:
@@ -239,18 +287,31 @@ class ReleaseRewardModels:
 
     def execute(self):
         from densegrpo_core.rewards import release_rewards
+
         text = f"released {release_rewards()} reward model(s)"
         return {"ui": {"text": [text]}, "result": (text,)}
 
 
-_LOADER_IDS = {"pickscore": "DenseGRPO_LoadPickScore", "pickscore_flowgrpo": "DenseGRPO_LoadPickScoreFlowGRPO",
-               "hpsv2": "DenseGRPO_LoadHPSv2", "aesthetic": "DenseGRPO_LoadAesthetic",
-               "clipscore": "DenseGRPO_LoadCLIPScore", "jpeg_compressibility": "DenseGRPO_LoadJPEGCompressibility",
-               "jpeg_incompressibility": "DenseGRPO_LoadJPEGIncompressibility"}
+_LOADER_IDS = {
+    "pickscore": "DenseGRPO_LoadPickScore",
+    "pickscore_flowgrpo": "DenseGRPO_LoadPickScoreFlowGRPO",
+    "hpsv2": "DenseGRPO_LoadHPSv2",
+    "aesthetic": "DenseGRPO_LoadAesthetic",
+    "clipscore": "DenseGRPO_LoadCLIPScore",
+    "jpeg_compressibility": "DenseGRPO_LoadJPEGCompressibility",
+    "jpeg_incompressibility": "DenseGRPO_LoadJPEGIncompressibility",
+}
 
-NODES = {node_id: (make_loader(REWARD_REGISTRY[name]), f"DenseGRPO Load {REWARD_REGISTRY[name].display_name}")
-         for name, node_id in _LOADER_IDS.items() if name in REWARD_REGISTRY}
-NODES.update({"DenseGRPO_LoadCustomReward": (LoadCustomReward, "DenseGRPO Load Custom Reward"),
-              "DenseGRPO_CombineRewards": (CombineRewards, "DenseGRPO Combine Rewards"),
-              "DenseGRPO_ScoreImages": (ScoreImages, "DenseGRPO Score Images"),
-              "DenseGRPO_ReleaseRewardModels": (ReleaseRewardModels, "DenseGRPO Release Reward Models")})
+NODES = {
+    node_id: (make_loader(REWARD_REGISTRY[name]), f"DenseGRPO Load {REWARD_REGISTRY[name].display_name}")
+    for name, node_id in _LOADER_IDS.items()
+    if name in REWARD_REGISTRY
+}
+NODES.update(
+    {
+        "DenseGRPO_LoadCustomReward": (LoadCustomReward, "DenseGRPO Load Custom Reward"),
+        "DenseGRPO_CombineRewards": (CombineRewards, "DenseGRPO Combine Rewards"),
+        "DenseGRPO_ScoreImages": (ScoreImages, "DenseGRPO Score Images"),
+        "DenseGRPO_ReleaseRewardModels": (ReleaseRewardModels, "DenseGRPO Release Reward Models"),
+    }
+)

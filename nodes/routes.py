@@ -9,22 +9,25 @@
 Ids are validated by the manager: a malformed id answers 400, an unknown one 404. Answers name files
 relative to ComfyUI's folders (nodes/public.py), never by absolute server path.
 """
+
 from __future__ import annotations
 
 import json
 import os
 
 JOB_FILES = ("reward_curve.png", "dense_rewards.png", "samples.png")
-PROMPT_FILE = "prompt.json"          # the API prompt that started a job (written by the Train node)
+PROMPT_FILE = "prompt.json"  # the API prompt that started a job (written by the Train node)
 
 
 def public_job(job, full: bool = False) -> dict:
     from .public import comfy_roots, public_view
+
     return public_view(job.to_dict(full=full), comfy_roots())
 
 
 def _lookup(request, web):
     from .train_nodes import get_manager
+
     job_id = request.match_info["job_id"]
     try:
         return get_manager().get(job_id), None
@@ -39,8 +42,9 @@ def resume_prompt(job, manager) -> dict:
     manager.resumable(job.id)
     path = os.path.join(job.folder, PROMPT_FILE)
     if not os.path.isfile(path) or not job.meta.get("node_id"):
-        raise ValueError(f"job {job.id} has no stored workflow to resume from: queue its Train node with "
-                         f"resume_job = {job.id}")
+        raise ValueError(
+            f"job {job.id} has no stored workflow to resume from: queue its Train node with resume_job = {job.id}"
+        )
     with open(path, encoding="utf-8") as f:
         prompt = json.load(f)
     node = prompt.get(str(job.meta["node_id"]))
@@ -79,6 +83,7 @@ def register(routes) -> None:
             return web.json_response({"prompt": resume_prompt(job, get_manager())})
         except ValueError as e:
             from .public import comfy_roots, public_string
+
             return web.json_response({"error": public_string(str(e), comfy_roots())}, status=409)
 
     @routes.get("/densegrpo/jobs/{job_id}/files/{name}")

@@ -1,7 +1,7 @@
 """Background GRPO-LoRA training from a workflow: Train (starts a job, returns at once), Status, Stop.
 
 The Train node validates, encodes the prompts, takes private copies of the patched MODEL and the VAE on
-the executor thread and hands them to a background job (densegrpo_core.jobs); ComfyUI's own copy of the
+the executor thread and hands them to a background job (densegrpo_core.jobs.manager); ComfyUI's own copy of the
 weights is offloaded and the job's memory reserved meanwhile (comfy_memory). LoRAs land in
 models/loras/densegrpo/ so LoraLoaderModelOnly lists them; job folders live in output/densegrpo/jobs/.
 
@@ -10,6 +10,7 @@ Queueing the Train node again with the same settings while its job is queued or 
 a job runs, its Train node shows iteration / total, reward and ETA (send_progress_text) and every event
 goes to the browser as a `densegrpo.job` websocket message (web/densegrpo.js draws the sidebar panel).
 """
+
 from __future__ import annotations
 
 import atexit
@@ -17,30 +18,33 @@ import dataclasses
 import os
 import threading
 
-from densegrpo_core.advantages import ADVANTAGE_MODES
-from densegrpo_core.trainer import TrainConfig, check_resumable
-
-from densegrpo_core.files import atomic_write_json
+from densegrpo_core.method.advantages import ADVANTAGE_MODES
+from densegrpo_core.training.trainer import TrainConfig, check_resumable
+from densegrpo_core.util.atomic import atomic_write_json
 
 from . import comfy_bridge as bridge
 from .sockets import CFG, GROUP, JOB_TYPE, REWARD_TYPE, SEED, STEPS, psi_input, scheduler_input
 
-EVENT = "densegrpo.job"              # websocket event name of job updates
+EVENT = "densegrpo.job"  # websocket event name of job updates
 TRAIN_NODE = "DenseGRPO Train LoRA"
 _manager = None
 _manager_lock = threading.Lock()
-_progress_targets: dict[str, tuple[str, str | None]] = {}   # job id -> (Train node id, browser client id)
-SEED_TOOLTIP = ("seed of the prompt order, the start noise and the SDE noise; the DenseGRPO front-end keeps it "
-                "fixed after each run, so queueing again does not start another job")
+_progress_targets: dict[str, tuple[str, str | None]] = {}  # job id -> (Train node id, browser client id)
+SEED_TOOLTIP = (
+    "seed of the prompt order, the start noise and the SDE noise; the DenseGRPO front-end keeps it "
+    "fixed after each run, so queueing again does not start another job"
+)
 
 
 def lora_dir() -> str:
     import folder_paths
+
     return os.path.join(folder_paths.get_folder_paths("loras")[0], "densegrpo")
 
 
 def jobs_root() -> str:
     import folder_paths
+
     return os.path.join(folder_paths.get_output_directory(), "densegrpo", "jobs")
 
 
@@ -54,6 +58,7 @@ def _send(job_id: str, event: dict) -> None:
     if PromptServer.instance is None:
         return
     from .public import comfy_roots, public_view
+
     small = public_view({k: v for k, v in event.items() if k not in ("rewards",)}, comfy_roots())
     PromptServer.instance.send_sync(EVENT, {**small, "job_id": job_id})
     target = _progress_targets.get(job_id)
@@ -88,12 +93,17 @@ def progress_text(job: dict) -> str:
 def model_fingerprint(model) -> dict:
     """What identifies a MODEL for the duplicate check without hashing it: its class, size, the LoRAs/patches
     ComfyUI will apply (keys and strengths) and a few weights."""
-    from densegrpo_core.jobs import settings_key
+    from densegrpo_core.jobs.manager import settings_key
+
     params = list(model.model.diffusion_model.parameters())
     head = [float(p.detach().flatten()[:16].float().sum()) for p in (params[:1] + params[-1:])]
     patches = sorted((k, [(p[0], p[2]) for p in v]) for k, v in (getattr(model, "patches", None) or {}).items())
-    return {"class": type(model.model).__name__, "numel": sum(p.numel() for p in params), "head": head,
-            "patches": settings_key(patches)}
+    return {
+        "class": type(model.model).__name__,
+        "numel": sum(p.numel() for p in params),
+        "head": head,
+        "patches": settings_key(patches),
+    }
 
 
 def get_manager():
@@ -101,9 +111,10 @@ def get_manager():
     global _manager
     with _manager_lock:
         if _manager is None:
-            from densegrpo_core.jobs import JobManager
+            from densegrpo_core.jobs.manager import JobManager
+
             _manager = JobManager(jobs_root(), on_event=_send)
-            _manager.load_records()                 # jobs of earlier sessions: listed, resumable
+            _manager.load_records()  # jobs of earlier sessions: listed, resumable
             atexit.register(_manager.shutdown)
         return _manager
 
@@ -112,6 +123,7 @@ def read_prompts(text: str, prompts_file: str, node: str) -> list[str]:
     """Prompts from the multiline text, or from a .txt file in ComfyUI's input folder (one per line)."""
     if prompts_file and prompts_file != "(none)":
         import folder_paths
+
         path = folder_paths.get_annotated_filepath(prompts_file)
         if not os.path.isfile(path):
             raise bridge.input_error(node, "prompts_file", f"{prompts_file!r} not found in the input folder")
@@ -122,15 +134,18 @@ def read_prompts(text: str, prompts_file: str, node: str) -> list[str]:
 
 def input_txt_files() -> list[str]:
     import folder_paths
+
     folder = folder_paths.get_input_directory()
     names = [f for f in os.listdir(folder) if f.lower().endswith(".txt")] if os.path.isdir(folder) else []
     return ["(none)"] + sorted(names)
 
 
 class TrainLoRA:
-    DESCRIPTION = ("Start DenseGRPO (or Flow-GRPO) LoRA training of this MODEL on your prompts and reward, in the "
-                   "background: the prompt finishes at once and ComfyUI stays usable. LoRAs are saved to "
-                   "models/loras/densegrpo/<name>_<iteration>.safetensors and <name>_latest.safetensors.")
+    DESCRIPTION = (
+        "Start DenseGRPO (or Flow-GRPO) LoRA training of this MODEL on your prompts and reward, in the "
+        "background: the prompt finishes at once and ComfyUI stays usable. LoRAs are saved to "
+        "models/loras/densegrpo/<name>_<iteration>.safetensors and <name>_latest.safetensors."
+    )
     CATEGORY = "DenseGRPO/training"
     FUNCTION = "execute"
     OUTPUT_NODE = True
@@ -140,56 +155,140 @@ class TrainLoRA:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "model": ("MODEL", {"tooltip": "the flow model to train a LoRA for (with any LoRAs already applied)"}),
-            "clip": ("CLIP", {"tooltip": "encodes the training prompts"}),
-            "vae": ("VAE", {"tooltip": "decodes samples for the reward"}),
-            "reward_model": (REWARD_TYPE, {"tooltip": "the reward to maximise"}),
-            "psi": psi_input(),
-            "prompts": ("STRING", {"multiline": True, "default": "",
-                                   "tooltip": "training prompts, one per line (or choose prompts_file)"}),
-            "negative_prompt": ("STRING", {"default": "", "tooltip": "negative prompt for CFG"}),
-            "latent_image": ("LATENT", {"tooltip": "an empty latent of the training resolution (batch ignored)"}),
-            "lora_name": ("STRING", {"default": "densegrpo_lora",
-                                     "tooltip": "file name stem under models/loras/densegrpo/ (sanitised)"}),
-            "iterations": ("INT", {"default": 100, "min": 1, "max": 100000, "tooltip": "GRPO iterations"}),
-            "group_size": GROUP, "steps": STEPS, "cfg": CFG,
-            "scheduler": scheduler_input(
-                "the scheduler you will sample with: training uses ComfyUI's sigmas of this scheduler for this "
-                "MODEL, so the LoRA learns exactly the steps your KSampler takes (normal = Flow-GRPO's for SD3)"),
-            "advantage_mode": (list(ADVANTAGE_MODES), {"default": "dense_grpo",
-                                                       "tooltip": "dense_grpo = DenseGRPO; flow_grpo = baseline"}),
-            "learning_rate": ("FLOAT", {"default": 3e-4, "min": 1e-7, "max": 1e-1, "step": 1e-5,
-                                        "tooltip": "AdamW learning rate of the LoRA"}),
-            "beta": ("FLOAT", {"default": 0.04, "min": 0.0, "max": 10.0, "step": 0.001,
-                               "tooltip": "KL weight β to the base model (paper: 0.04 for text rewards)"}),
-            "save_every": ("INT", {"default": 10, "min": 1, "max": 100000,
-                                   "tooltip": "save the LoRA and a checkpoint every N iterations (and at the end)"}),
-            "seed": ("INT", {**SEED[1], "tooltip": SEED_TOOLTIP}),
-        }, "optional": {
-            "prompts_file": (input_txt_files(), {"tooltip": "a .txt file in ComfyUI's input folder, one prompt "
-                                                            "per line (overrides the prompts text)"}),
-            "prompts_per_iteration": ("INT", {"default": 2, "min": 1, "max": 256, "tooltip": "prompts per iteration"}),
-            "lora_rank": ("INT", {"default": 32, "min": 1, "max": 512, "tooltip": "LoRA rank r"}),
-            "lora_alpha": ("FLOAT", {"default": 64.0, "min": 0.1, "max": 4096.0, "tooltip": "LoRA alpha α"}),
-            "clip_range": ("FLOAT", {"default": 1e-4, "min": 1e-6, "max": 1.0, "step": 1e-5,
-                                     "tooltip": "PPO clip range ε (paper: 1e-4)"}),
-            "train_batch": ("INT", {"default": 8, "min": 1, "max": 1024, "tooltip": "trajectories per optimizer step"}),
-            "max_batch": ("INT", {"default": 32, "min": 1, "max": 4096, "tooltip": "most latents per model call"}),
-            "resume_job": ("STRING", {"default": "", "tooltip": "id of a stopped/failed job to continue (same "
-                                                                 "settings); empty = a new job"}),
-            "allow_over_memory": ("BOOLEAN", {"default": False, "tooltip": "start even if the memory estimate "
-                                                                           "exceeds the free memory"}),
-            "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": "recompute transformer blocks in "
-                                                                              "the backward pass: far less memory, "
-                                                                              "~30% slower updates"}),
-            "bf16_autocast": ("BOOLEAN", {"default": False, "tooltip": "run rollouts and updates under bfloat16 "
-                                                                       "autocast (log-probs and rewards stay fp32)"}),
-            "offload_reward": ("BOOLEAN", {"default": False, "tooltip": "keep the VAE and reward model on the CPU "
-                                                                        "except while scoring"}),
-            "free_cached_models": ("BOOLEAN", {"default": False, "tooltip": "unload ComfyUI's cached models "
-                                                                            "first, to make room for the job"}),
-        }, "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"}}
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "the flow model to train a LoRA for (with any LoRAs already applied)"}),
+                "clip": ("CLIP", {"tooltip": "encodes the training prompts"}),
+                "vae": ("VAE", {"tooltip": "decodes samples for the reward"}),
+                "reward_model": (REWARD_TYPE, {"tooltip": "the reward to maximise"}),
+                "psi": psi_input(),
+                "prompts": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "default": "",
+                        "tooltip": "training prompts, one per line (or choose prompts_file)",
+                    },
+                ),
+                "negative_prompt": ("STRING", {"default": "", "tooltip": "negative prompt for CFG"}),
+                "latent_image": ("LATENT", {"tooltip": "an empty latent of the training resolution (batch ignored)"}),
+                "lora_name": (
+                    "STRING",
+                    {
+                        "default": "densegrpo_lora",
+                        "tooltip": "file name stem under models/loras/densegrpo/ (sanitised)",
+                    },
+                ),
+                "iterations": ("INT", {"default": 100, "min": 1, "max": 100000, "tooltip": "GRPO iterations"}),
+                "group_size": GROUP,
+                "steps": STEPS,
+                "cfg": CFG,
+                "scheduler": scheduler_input(
+                    "the scheduler you will sample with: training uses ComfyUI's sigmas of this scheduler for this "
+                    "MODEL, so the LoRA learns exactly the steps your KSampler takes (normal = Flow-GRPO's for SD3)"
+                ),
+                "advantage_mode": (
+                    list(ADVANTAGE_MODES),
+                    {"default": "dense_grpo", "tooltip": "dense_grpo = DenseGRPO; flow_grpo = baseline"},
+                ),
+                "learning_rate": (
+                    "FLOAT",
+                    {
+                        "default": 3e-4,
+                        "min": 1e-7,
+                        "max": 1e-1,
+                        "step": 1e-5,
+                        "tooltip": "AdamW learning rate of the LoRA",
+                    },
+                ),
+                "beta": (
+                    "FLOAT",
+                    {
+                        "default": 0.04,
+                        "min": 0.0,
+                        "max": 10.0,
+                        "step": 0.001,
+                        "tooltip": "KL weight β to the base model (paper: 0.04 for text rewards)",
+                    },
+                ),
+                "save_every": (
+                    "INT",
+                    {
+                        "default": 10,
+                        "min": 1,
+                        "max": 100000,
+                        "tooltip": "save the LoRA and a checkpoint every N iterations (and at the end)",
+                    },
+                ),
+                "seed": ("INT", {**SEED[1], "tooltip": SEED_TOOLTIP}),
+            },
+            "optional": {
+                "prompts_file": (
+                    input_txt_files(),
+                    {
+                        "tooltip": "a .txt file in ComfyUI's input folder, one prompt "
+                        "per line (overrides the prompts text)"
+                    },
+                ),
+                "prompts_per_iteration": (
+                    "INT",
+                    {"default": 2, "min": 1, "max": 256, "tooltip": "prompts per iteration"},
+                ),
+                "lora_rank": ("INT", {"default": 32, "min": 1, "max": 512, "tooltip": "LoRA rank r"}),
+                "lora_alpha": ("FLOAT", {"default": 64.0, "min": 0.1, "max": 4096.0, "tooltip": "LoRA alpha α"}),
+                "clip_range": (
+                    "FLOAT",
+                    {
+                        "default": 1e-4,
+                        "min": 1e-6,
+                        "max": 1.0,
+                        "step": 1e-5,
+                        "tooltip": "PPO clip range ε (paper: 1e-4)",
+                    },
+                ),
+                "train_batch": (
+                    "INT",
+                    {"default": 8, "min": 1, "max": 1024, "tooltip": "trajectories per optimizer step"},
+                ),
+                "max_batch": ("INT", {"default": 32, "min": 1, "max": 4096, "tooltip": "most latents per model call"}),
+                "resume_job": (
+                    "STRING",
+                    {
+                        "default": "",
+                        "tooltip": "id of a stopped/failed job to continue (same settings); empty = a new job",
+                    },
+                ),
+                "allow_over_memory": (
+                    "BOOLEAN",
+                    {"default": False, "tooltip": "start even if the memory estimate exceeds the free memory"},
+                ),
+                "gradient_checkpointing": (
+                    "BOOLEAN",
+                    {
+                        "default": True,
+                        "tooltip": "recompute transformer blocks in "
+                        "the backward pass: far less memory, "
+                        "~30% slower updates",
+                    },
+                ),
+                "bf16_autocast": (
+                    "BOOLEAN",
+                    {
+                        "default": False,
+                        "tooltip": "run rollouts and updates under bfloat16 autocast (log-probs and rewards stay fp32)",
+                    },
+                ),
+                "offload_reward": (
+                    "BOOLEAN",
+                    {"default": False, "tooltip": "keep the VAE and reward model on the CPU except while scoring"},
+                ),
+                "free_cached_models": (
+                    "BOOLEAN",
+                    {"default": False, "tooltip": "unload ComfyUI's cached models first, to make room for the job"},
+                ),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"},
+        }
 
     @classmethod
     def VALIDATE_INPUTS(cls, prompts=None, prompts_file=None, resume_job=None):
@@ -197,7 +296,10 @@ class TrainLoRA:
         node = TRAIN_NODE
         if prompts_file not in (None, "", "(none)"):
             import folder_paths
-            if prompts_file not in input_txt_files() or not os.path.isfile(folder_paths.get_annotated_filepath(prompts_file)):
+
+            if prompts_file not in input_txt_files() or not os.path.isfile(
+                folder_paths.get_annotated_filepath(prompts_file)
+            ):
                 return f"{node}: input 'prompts_file' {prompts_file!r} is not a .txt file in ComfyUI's input folder"
         elif prompts is not None and not str(prompts).strip():
             return f"{node}: input 'prompts' is empty: write one training prompt per line, or choose a prompts_file"
@@ -206,18 +308,52 @@ class TrainLoRA:
                 get_manager().resumable(str(resume_job).strip())
             except (KeyError, ValueError) as e:
                 from .public import comfy_roots, public_string
+
                 return f"{node}: input 'resume_job' {public_string(str(e).strip(chr(39) + chr(34)), comfy_roots())}"
         return True
 
-    def execute(self, model, clip, vae, reward_model, psi, prompts, negative_prompt, latent_image, lora_name,
-                iterations, group_size, steps, cfg, scheduler, advantage_mode, learning_rate, beta, save_every, seed,
-                prompts_file="(none)", prompts_per_iteration=2, lora_rank=32, lora_alpha=64.0, clip_range=1e-4,
-                train_batch=8, max_batch=32, resume_job="", allow_over_memory=False, free_cached_models=False,
-                gradient_checkpointing=True, bf16_autocast=False, offload_reward=False, unique_id=None, prompt=None):
-        from densegrpo_core.train_job import training_work
+    def execute(
+        self,
+        model,
+        clip,
+        vae,
+        reward_model,
+        psi,
+        prompts,
+        negative_prompt,
+        latent_image,
+        lora_name,
+        iterations,
+        group_size,
+        steps,
+        cfg,
+        scheduler,
+        advantage_mode,
+        learning_rate,
+        beta,
+        save_every,
+        seed,
+        prompts_file="(none)",
+        prompts_per_iteration=2,
+        lora_rank=32,
+        lora_alpha=64.0,
+        clip_range=1e-4,
+        train_batch=8,
+        max_batch=32,
+        resume_job="",
+        allow_over_memory=False,
+        free_cached_models=False,
+        gradient_checkpointing=True,
+        bf16_autocast=False,
+        offload_reward=False,
+        unique_id=None,
+        prompt=None,
+    ):
+        from densegrpo_core.jobs.training_work import training_work
 
         from .comfy_memory import check_memory, job_work, weight_dtypes
         from .comfy_training import clone_tensors, private_pipeline
+
         node = TRAIN_NODE
         prompt_list = read_prompts(prompts, prompts_file, node)
         bridge.check_group_size(group_size, node)
@@ -235,39 +371,69 @@ class TrainLoRA:
                 raise bridge.input_error(node, "resume_job", str(e).strip("'\"")) from None
         try:
             config = TrainConfig(
-                out_dir="(job folder)", seed=int(seed), device=str(model.load_device), iterations=int(iterations),
-                steps=int(steps), shift=float(getattr(ms, "shift", 3.0)), grid=sigmas.tolist(), scheduler=scheduler,
-                cfg_scale=float(cfg), psi=psi_values,
-                max_batch=int(max_batch), advantage_mode=advantage_mode,
-                prompts_per_iteration=int(prompts_per_iteration), group_size=int(group_size),
-                clip_range=float(clip_range), beta=float(beta), lr=float(learning_rate),
-                train_batch=int(train_batch), lora_rank=int(lora_rank), lora_alpha=float(lora_alpha),
-                reward=getattr(reward_model, "name", type(reward_model).__name__), eval_every=0,
-                save_every=int(save_every), grad_checkpointing=bool(gradient_checkpointing),
-                dtype="bfloat16" if bf16_autocast else "float32", offload_reward=bool(offload_reward))
+                out_dir="(job folder)",
+                seed=int(seed),
+                device=str(model.load_device),
+                iterations=int(iterations),
+                steps=int(steps),
+                shift=float(getattr(ms, "shift", 3.0)),
+                grid=sigmas.tolist(),
+                scheduler=scheduler,
+                cfg_scale=float(cfg),
+                psi=psi_values,
+                max_batch=int(max_batch),
+                advantage_mode=advantage_mode,
+                prompts_per_iteration=int(prompts_per_iteration),
+                group_size=int(group_size),
+                clip_range=float(clip_range),
+                beta=float(beta),
+                lr=float(learning_rate),
+                train_batch=int(train_batch),
+                lora_rank=int(lora_rank),
+                lora_alpha=float(lora_alpha),
+                reward=getattr(reward_model, "name", type(reward_model).__name__),
+                eval_every=0,
+                save_every=int(save_every),
+                grad_checkpointing=bool(gradient_checkpointing),
+                dtype="bfloat16" if bf16_autocast else "float32",
+                offload_reward=bool(offload_reward),
+            )
         except ValueError as e:
             raise bridge.NodeInputError(f"{node}: {e}") from None
         if resume_ckpt:
             try:
                 check_resumable(config, resume_ckpt)
             except (ValueError, FileNotFoundError) as e:
-                raise bridge.input_error(node, "resume_job", f"{resume_job.strip()}: {e} (use the same settings)") from None
+                raise bridge.input_error(
+                    node, "resume_job", f"{resume_job.strip()}: {e} (use the same settings)"
+                ) from None
         samples = latent_image["samples"]
         bridge.check_latent_channels(samples, bridge.latent_channels(model), node)
-        from densegrpo_core.jobs import settings_key
-        key = settings_key({"config": dataclasses.asdict(config), "prompts": prompt_list, "negative": negative_prompt,
-                            "name": name, "resume": resume_job.strip(), "latent": list(samples.shape[1:]),
-                            "model": model_fingerprint(model), "reward": config.reward,
-                            "reward_class": type(reward_model).__name__})
+        from densegrpo_core.jobs.manager import settings_key
+
+        key = settings_key(
+            {
+                "config": dataclasses.asdict(config),
+                "prompts": prompt_list,
+                "negative": negative_prompt,
+                "name": name,
+                "resume": resume_job.strip(),
+                "latent": list(samples.shape[1:]),
+                "model": model_fingerprint(model),
+                "reward": config.reward,
+                "reward_class": type(reward_model).__name__,
+            }
+        )
         client = self.client_id()
         active = manager.find_active(key)
-        if active is not None:                       # the same settings while its job is queued or running
+        if active is not None:  # the same settings while its job is queued or running
             return self.duplicate(active, unique_id, client)
         conds = {p: c for p, c in zip(prompt_list, bridge.encode_prompts(clip, prompt_list, node))}
         negative = bridge.encode_prompts(clip, [negative_prompt], node)[0]
         context_tokens = max(int(c[0][0].shape[1]) for c in conds.values())
         if free_cached_models:
             import comfy.model_management
+
             comfy.model_management.unload_all_models()
             comfy.model_management.soft_empty_cache()
         est = check_memory(model, config, samples.shape[1:], context_tokens, allow_over_memory, node)
@@ -276,27 +442,51 @@ class TrainLoRA:
         latent = clone_tensors(samples[:1].float().to(model.load_device))
         pipe = private_pipeline(model, vae, conds, negative, latent, node)
         pipe.decode.to(model.load_device)
-        work = job_work(training_work(config, pipe, reward_model, prompt_list, lora_dir=lora_dir(), lora_name=name,
-                                      resume_checkpoint=resume_ckpt, sample_prompts=prompt_list[:4]),
-                        reserve_bytes=est.reserve_bytes)
-        del pipe                                     # the job's work holds the only reference to the copy
+        work = job_work(
+            training_work(
+                config,
+                pipe,
+                reward_model,
+                prompt_list,
+                lora_dir=lora_dir(),
+                lora_name=name,
+                resume_checkpoint=resume_ckpt,
+                sample_prompts=prompt_list[:4],
+            ),
+            reserve_bytes=est.reserve_bytes,
+        )
+        del pipe  # the job's work holds the only reference to the copy
         job, created = manager.submit_unique(
-            key, name, work, device=config.device, total=int(iterations), resume_of=resume_job.strip() or None,
+            key,
+            name,
+            work,
+            device=config.device,
+            total=int(iterations),
+            resume_of=resume_job.strip() or None,
             start_iteration=manager.get(resume_job.strip()).iteration if resume_ckpt else 0,
-            meta={"advantage_mode": advantage_mode, "lora_dir": lora_dir(), "model": type(model.model).__name__,
-                  "reward": config.reward, "node_id": None if unique_id is None else str(unique_id)})
+            meta={
+                "advantage_mode": advantage_mode,
+                "lora_dir": lora_dir(),
+                "model": type(model.model).__name__,
+                "reward": config.reward,
+                "node_id": None if unique_id is None else str(unique_id),
+            },
+        )
         if not created:
             return self.duplicate(job, unique_id, client)
         self.remember(job, unique_id, client, prompt)
-        status = (f"job {job.id} {job.state.value}: {advantage_mode} LoRA '{name}', {iterations} iterations, "
-                  f"{len(prompt_list)} prompts, G={group_size}, T={steps}; estimate {est.summary()}; {weights_text}"
-                  + (f", resuming {resume_job.strip()}" if resume_ckpt else ""))
+        status = (
+            f"job {job.id} {job.state.value}: {advantage_mode} LoRA '{name}', {iterations} iterations, "
+            f"{len(prompt_list)} prompts, G={group_size}, T={steps}; estimate {est.summary()}; {weights_text}"
+            + (f", resuming {resume_job.strip()}" if resume_ckpt else "")
+        )
         return {"ui": {"text": [status]}, "result": (job.id, status)}
 
     @staticmethod
     def client_id():
         try:
             from server import PromptServer
+
             return getattr(PromptServer.instance, "client_id", None)
         except ImportError:
             return None
@@ -309,20 +499,23 @@ class TrainLoRA:
             _send_text(job, unique_id, client)
         if isinstance(prompt, dict):
             from .routes import PROMPT_FILE
+
             path = os.path.join(job.folder, PROMPT_FILE)
             try:
                 atomic_write_json(path, prompt, indent=None)
             except (OSError, TypeError, ValueError):
-                pass                                  # Resume from the panel is then unavailable, nothing else
+                pass  # Resume from the panel is then unavailable, nothing else
 
     @staticmethod
     def duplicate(job, unique_id, client):
         if unique_id is not None:
             _progress_targets[job.id] = (str(unique_id), client)
             _send_text(job, unique_id, client)
-        status = (f"job {job.id} {job.state.value}: already training with these settings (iteration "
-                  f"{job.iteration}/{job.total}); no second job started. Change a setting or the name to start "
-                  f"another, or stop it in the DenseGRPO panel")
+        status = (
+            f"job {job.id} {job.state.value}: already training with these settings (iteration "
+            f"{job.iteration}/{job.total}); no second job started. Change a setting or the name to start "
+            f"another, or stop it in the DenseGRPO panel"
+        )
         return {"ui": {"text": [status]}, "result": (job.id, status)}
 
 
@@ -337,9 +530,13 @@ def _send_text(job, unique_id, client) -> None:
 
 def job_inputs():
     """The optional inputs naming a job: a connected handle or a typed id."""
-    return {"required": {}, "optional": {
-        "job": (JOB_TYPE, {"tooltip": "the job handle from DenseGRPO Train LoRA"}),
-        "job_id": ("STRING", {"default": "", "tooltip": "or a job id (see GET /densegrpo/jobs)"})}}
+    return {
+        "required": {},
+        "optional": {
+            "job": (JOB_TYPE, {"tooltip": "the job handle from DenseGRPO Train LoRA"}),
+            "job_id": ("STRING", {"default": "", "tooltip": "or a job id (see GET /densegrpo/jobs)"}),
+        },
+    }
 
 
 def find_job(job, job_id: str, node: str):
@@ -355,6 +552,7 @@ def find_job(job, job_id: str, node: str):
 
 class JobNode:
     """What the Status and Stop nodes share: a job input, an output node that runs on every queue."""
+
     CATEGORY = "DenseGRPO/training"
     FUNCTION = "execute"
     OUTPUT_NODE = True
@@ -369,9 +567,11 @@ class JobNode:
 
 
 class TrainingStatus(JobNode):
-    DESCRIPTION = ("Show a DenseGRPO training job as node outputs: state, iteration, reward curve, the latest "
-                   "R_t/ΔR_t plot and sample images, as of when it runs (it never caches). The DenseGRPO sidebar "
-                   "panel shows the same live, without queueing anything.")
+    DESCRIPTION = (
+        "Show a DenseGRPO training job as node outputs: state, iteration, reward curve, the latest "
+        "R_t/ΔR_t plot and sample images, as of when it runs (it never caches). The DenseGRPO sidebar "
+        "panel shows the same live, without queueing anything."
+    )
     RETURN_TYPES = ("STRING", "IMAGE")
     RETURN_NAMES = ("status", "plots")
     OUTPUT_TOOLTIPS = ("the job's state as text", "reward curve, dense-reward plot and samples (when available)")
@@ -380,14 +580,17 @@ class TrainingStatus(JobNode):
         import torch
         from PIL import Image
 
-        from densegrpo_core.plots import pil_to_tensor
+        from densegrpo_core.util.plots import pil_to_tensor
+
         j = find_job(job, job_id, "DenseGRPO Training Status")
         d = j.to_dict()
         last = j.metrics[-1] if j.metrics else {}
-        text = (f"job {j.id} [{d['state']}] {j.name}: iteration {j.iteration}/{j.total}"
-                + (f", reward {last['reward_mean']:.4f}" if "reward_mean" in last else "")
-                + (f"\nlatest LoRA: {os.path.basename(j.loras[-1])}" if j.loras else "")
-                + (f"\nerror: {j.error}" if j.error else ""))
+        text = (
+            f"job {j.id} [{d['state']}] {j.name}: iteration {j.iteration}/{j.total}"
+            + (f", reward {last['reward_mean']:.4f}" if "reward_mean" in last else "")
+            + (f"\nlatest LoRA: {os.path.basename(j.loras[-1])}" if j.loras else "")
+            + (f"\nerror: {j.error}" if j.error else "")
+        )
         images, ui = [], []
         for name in ("reward_curve.png", "dense_rewards.png", "samples.png"):
             path = os.path.join(j.folder, name)
@@ -398,8 +601,9 @@ class TrainingStatus(JobNode):
         plots = torch.zeros(1, 64, 64, 3)
         if images:
             h = max(i.shape[0] for i in images)
-            plots = torch.cat([torch.nn.functional.pad(i, (0, 0, 0, 0, 0, h - i.shape[0]), value=1.0)
-                               for i in images], dim=1)[None]
+            plots = torch.cat(
+                [torch.nn.functional.pad(i, (0, 0, 0, 0, 0, h - i.shape[0]), value=1.0) for i in images], dim=1
+            )[None]
         return {"ui": {"text": [text], "images": ui}, "result": (text, plots)}
 
     @staticmethod
@@ -408,6 +612,7 @@ class TrainingStatus(JobNode):
         import shutil
 
         import folder_paths
+
         folder = folder_paths.get_temp_directory()
         os.makedirs(folder, exist_ok=True)
         shutil.copyfile(path, os.path.join(folder, name))
@@ -426,6 +631,8 @@ class StopTraining(JobNode):
         return {"ui": {"text": [text]}, "result": (text,)}
 
 
-NODES = {"DenseGRPO_TrainLoRA": (TrainLoRA, "DenseGRPO Train LoRA (background)"),
-         "DenseGRPO_TrainingStatus": (TrainingStatus, "DenseGRPO Training Status"),
-         "DenseGRPO_StopTraining": (StopTraining, "DenseGRPO Stop Training")}
+NODES = {
+    "DenseGRPO_TrainLoRA": (TrainLoRA, "DenseGRPO Train LoRA (background)"),
+    "DenseGRPO_TrainingStatus": (TrainingStatus, "DenseGRPO Training Status"),
+    "DenseGRPO_StopTraining": (StopTraining, "DenseGRPO Stop Training"),
+}

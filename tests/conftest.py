@@ -4,12 +4,12 @@ import socket
 import pytest
 import torch
 
-os.environ["HF_HUB_OFFLINE"] = "1"        # tests never download (subprocesses inherit this)
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download (subprocesses inherit this)
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
 def _is_local(address) -> bool:
-    if not isinstance(address, tuple):                      # AF_UNIX paths
+    if not isinstance(address, tuple):  # AF_UNIX paths
         return True
     host = str(address[0])
     return host.startswith("127.") or host in ("::1", "localhost", "0.0.0.0", "", socket.gethostname())
@@ -17,6 +17,7 @@ def _is_local(address) -> bool:
 
 def _is_ip_literal(host) -> bool:
     import ipaddress
+
     try:
         ipaddress.ip_address(host.decode() if isinstance(host, bytes) else str(host))
         return True
@@ -36,7 +37,9 @@ def no_network(monkeypatch):
                 attempts.append(address)
                 raise ConnectionRefusedError(f"network access in a test: connect to {address!r}")
             return real(self, address, *args, **kwargs)
+
         return connect
+
     monkeypatch.setattr(socket.socket, "connect", guard(real_connect))
     monkeypatch.setattr(socket.socket, "connect_ex", guard(real_connect_ex))
     real_getaddrinfo = socket.getaddrinfo
@@ -46,6 +49,7 @@ def no_network(monkeypatch):
             attempts.append(host)
             raise socket.gaierror(f"network access in a test: name lookup of {host!r}")
         return real_getaddrinfo(host, *args, **kwargs)
+
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     yield attempts
     if attempts:

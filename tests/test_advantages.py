@@ -1,18 +1,16 @@
-"""Dense rewards and the four advantage modes on a hand-made R matrix (MATH.md §5-§6)."""
+"""Dense rewards and the four advantage modes on a hand-made R matrix (docs/method.md §5-§6)."""
+
 import math
 
 import pytest
 import torch
 
-from densegrpo_core.advantages import dense_rewards, group_advantages, group_normalize
+from densegrpo_core.method.advantages import dense_rewards, group_advantages, group_normalize
 
 # grid order: column 0 = R_T (pure ODE), column T = R_0 (the SDE sample); T = 2
-R = torch.tensor([[0.0, 0.2, 0.5],
-                  [0.0, 0.4, 0.3],
-                  [1.0, 1.0, 1.0],
-                  [1.0, 1.0, 1.0]])
+R = torch.tensor([[0.0, 0.2, 0.5], [0.0, 0.4, 0.3], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
 GROUPS = torch.tensor([0, 0, 1, 1])
-ONE = 0.1 / (0.1 + 1e-4)     # a group of two values 0.1 apart from their mean, std 0.1
+ONE = 0.1 / (0.1 + 1e-4)  # a group of two values 0.1 apart from their mean, std 0.1
 
 
 def test_dense_rewards_are_gains_between_steps():
@@ -42,12 +40,12 @@ def test_dense_baseline_normalizes_next_latent_reward():
 
 def test_coca_splits_final_reward_by_cosine_gain():
     lat = torch.zeros(4, 3, 2)
-    lat[0] = torch.tensor([[0.0, 1.0], [1.0, 1.0], [1.0, 0.0]])   # s = 0, 1/√2, 1 → w = (.7071, .2929)
-    lat[1] = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])   # s = 0, 1, 1   → w = (1, 0)
+    lat[0] = torch.tensor([[0.0, 1.0], [1.0, 1.0], [1.0, 0.0]])  # s = 0, 1/√2, 1 → w = (.7071, .2929)
+    lat[1] = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])  # s = 0, 1, 1   → w = (1, 0)
     lat[2] = lat[3] = lat[0]
     A = group_advantages(R, GROUPS, "coca", latents=lat)
-    a0 = torch.tensor([2 * 0.5 / math.sqrt(2), 2 * 0.3])              # T·w_0·R_0 of samples 0, 1
-    a1 = torch.tensor([2 * 0.5 * (1 - 1 / math.sqrt(2)), 0.0])       # T·w_1·R_0 of samples 0, 1
+    a0 = torch.tensor([2 * 0.5 / math.sqrt(2), 2 * 0.3])  # T·w_0·R_0 of samples 0, 1
+    a1 = torch.tensor([2 * 0.5 * (1 - 1 / math.sqrt(2)), 0.0])  # T·w_1·R_0 of samples 0, 1
     d0, d1 = (a0[0] - a0[1]).abs() / 2, (a1[0] - a1[1]).abs() / 2
     e0, e1 = d0 / (d0 + 1e-4), d1 / (d1 + 1e-4)
     torch.testing.assert_close(A, torch.tensor([[e0, e1], [-e0, -e1], [0.0, 0.0], [0.0, 0.0]]))
@@ -92,5 +90,6 @@ def test_non_finite_rewards_name_the_samples():
 
 
 def test_prompt_groups_are_keyed_by_text():
-    from densegrpo_core.advantages import prompt_groups
+    from densegrpo_core.method.advantages import prompt_groups
+
     assert prompt_groups(["b", "b", "a", "a", "b", "c", "c"]).tolist() == [0, 0, 1, 1, 0, 2, 2]

@@ -1,12 +1,13 @@
 """The bench end to end at tiny size: its files, its memory figures, the GPU script's smoke mode."""
+
 import importlib.util
 import json
 import os
 
 import pytest
 
-from densegrpo_core.bench import ARCHS, BenchConfig, fit_from_results, register_arch
-from densegrpo_core.cli import main
+from densegrpo_core.app.benchmark import ARCHS, BenchConfig, fit_from_results, register_arch
+from densegrpo_core.app.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,7 +29,7 @@ def test_bench_tiny_writes_json_and_markdown(tiny_result):
         assert r["rollout_s"] > 0 and r["update_s"] > 0 and r["optimizer_steps"] >= 1
         assert all(r[f"{s}_peak_delta_bytes"] > 0 for s in ("rollout", "reward", "update"))
         assert r["predicted"]["peak_bytes"] > 0
-    assert {q["rollout_nfe_predicted"] for q in result["ratios"]} == {2.0}     # T = 3: 6 NFE vs 3
+    assert {q["rollout_nfe_predicted"] for q in result["ratios"]} == {2.0}  # T = 3: 6 NFE vs 3
     md = (out / "bench.md").read_text()
     assert "| dense_grpo | 2 | on |" in md and "DenseGRPO / Flow-GRPO rollout time" in md
 
@@ -74,8 +75,10 @@ def test_a_registered_arch_is_benchmarked(tmp_path, monkeypatch):
     register_arch("my_dit", ARCHS["dit"])
     import dataclasses
 
-    from densegrpo_core.bench import run_bench, tiny_config
-    config = dataclasses.replace(tiny_config(str(tmp_path)), arch="my_dit", grad_checkpointing=(False,),
-                                 modes=("flow_grpo",), memory=False)
+    from densegrpo_core.app.benchmark import run_bench, tiny_config
+
+    config = dataclasses.replace(
+        tiny_config(str(tmp_path)), arch="my_dit", grad_checkpointing=(False,), modes=("flow_grpo",), memory=False
+    )
     result = run_bench(config)
     assert result["arch"] == "my_dit" and len(result["runs"]) == 1 and "my_dit" in result["model_description"]

@@ -1,9 +1,10 @@
-"""Algorithm 1 calibration of ψ(t) (MATH.md §8)."""
+"""Algorithm 1 calibration of ψ(t) (docs/method.md §8)."""
+
 import pytest
 import torch
 
-from densegrpo_core.calibrate import CalibrationConfig, calibrate, calibration_step, is_balanced, sign_counts
-from densegrpo_core.schedule import Psi
+from densegrpo_core.method.calibrate import CalibrationConfig, calibrate, calibration_step, is_balanced, sign_counts
+from densegrpo_core.method.schedule import Psi
 
 
 def balanced_dR(psi, it, n=24):
@@ -22,7 +23,7 @@ def test_calibration_raises_psi_on_balanced_steps():
 
 
 def test_result_with_one_averaged_iteration_is_psi_after_the_last_update():
-    """Algorithm 1 returns ψ after its last update (MATH.md §8): five balanced iterations from 0.7 give 0.75,
+    """Algorithm 1 returns ψ after its last update (docs/method.md §8): five balanced iterations from 0.7 give 0.75,
     not the 0.74 the fifth iteration sampled with."""
     res = calibrate(balanced_dR, Psi.uniform(0.7, 4), CalibrationConfig(iterations=5, average_last=1))
     assert res.history[-1]["psi"] == pytest.approx([0.74] * 4)
@@ -61,6 +62,7 @@ def test_steps_are_updated_independently():
         dR = torch.ones(24, 2)
         dR[::2, 0] = -1.0
         return dR
+
     res = calibrate(mixed, Psi.uniform(0.7, 2), CalibrationConfig(iterations=1))
     assert res.history[-1]["psi_next"] == pytest.approx([0.71, 0.69])
 

@@ -1,12 +1,17 @@
 """Issue 13 without ComfyUI: which custom reward files a workflow may choose, and names relative to ComfyUI's
 folders in what the server sends."""
+
 import os
 
 import pytest
 import torch
 
-from densegrpo_core.rewards.custom_files import (list_custom_rewards, load_reward_file, resolve_custom_reward,
-                                                 reward_functions)
+from densegrpo_core.rewards.custom_files import (
+    list_custom_rewards,
+    load_reward_file,
+    resolve_custom_reward,
+    reward_functions,
+)
 from nodes.public import public_view
 
 
@@ -17,7 +22,9 @@ def write(folder, name, text):
 
 
 def test_a_file_with_def_reward_offers_reward(tmp_path):
-    assert reward_functions(write(tmp_path, "a.py", "def reward(images, prompts):\n    return images.mean((1, 2, 3))\n")) == ["reward"]
+    assert reward_functions(
+        write(tmp_path, "a.py", "def reward(images, prompts):\n    return images.mean((1, 2, 3))\n")
+    ) == ["reward"]
 
 
 def test_a_rewards_list_names_the_offered_functions(tmp_path):
@@ -57,13 +64,25 @@ ROOTS = {"models/loras": "/srv/comfy/models/loras", "output": "/srv/comfy/output
 
 
 def test_paths_under_a_root_become_relative_to_it():
-    view = public_view({"loras": ["/srv/comfy/models/loras/densegrpo/x_00001.safetensors"],
-                        "folder": "/srv/comfy/output/densegrpo/jobs/abc"}, ROOTS)
+    view = public_view(
+        {
+            "loras": ["/srv/comfy/models/loras/densegrpo/x_00001.safetensors"],
+            "folder": "/srv/comfy/output/densegrpo/jobs/abc",
+        },
+        ROOTS,
+    )
     assert view == {"loras": ["densegrpo/x_00001.safetensors"], "folder": "densegrpo/jobs/abc"}
 
 
 def test_other_absolute_paths_become_base_names_and_texts_name_the_folder():
-    view = public_view({"a": "/etc/secret/file.txt", "error": "FileNotFoundError: /srv/comfy/output/j/checkpoint",
-                        "traceback": "File /srv/comfy/x.py", "n": 3}, ROOTS)
+    view = public_view(
+        {
+            "a": "/etc/secret/file.txt",
+            "error": "FileNotFoundError: /srv/comfy/output/j/checkpoint",
+            "traceback": "File /srv/comfy/x.py",
+            "n": 3,
+        },
+        ROOTS,
+    )
     assert view == {"a": "file.txt", "error": "FileNotFoundError: output/j/checkpoint", "n": 3}
     assert os.sep == "/" or True

@@ -1,27 +1,48 @@
 """The demo end to end on a micro budget: every output file and the summary.json contract."""
+
 import json
 
 import pytest
 from PIL import Image
 
-from densegrpo_core import demo
-from densegrpo_core.lora import read_lora_metadata
+from densegrpo_core.app import demo
+from densegrpo_core.models.lora import read_lora_metadata
 
 
 def micro_budget(monkeypatch, iterations: int, steps: int) -> None:
     """The quick demo shrunk to seconds: `iterations` of everything, T = `steps`, a rank-2 LoRA."""
-    monkeypatch.setattr(demo, "QUICK", demo.DemoBudget(calib_iterations=iterations, calib_prompts=2, calib_group=2,
-                                                       iterations=iterations, prompts_per_iteration=2, group_size=2,
-                                                       eval_every=1, eval_seeds=(0,)))
-    monkeypatch.setattr(demo, "TOY_TRAIN", {**demo.TOY_TRAIN, "steps": steps, "eval_steps": steps, "lora_rank": 2,
-                                            "lora_alpha": 4, "train_batch": 2})
+    monkeypatch.setattr(
+        demo,
+        "QUICK",
+        demo.DemoBudget(
+            calib_iterations=iterations,
+            calib_prompts=2,
+            calib_group=2,
+            iterations=iterations,
+            prompts_per_iteration=2,
+            group_size=2,
+            eval_every=1,
+            eval_seeds=(0,),
+        ),
+    )
+    monkeypatch.setattr(
+        demo,
+        "TOY_TRAIN",
+        {**demo.TOY_TRAIN, "steps": steps, "eval_steps": steps, "lora_rank": 2, "lora_alpha": 4, "train_batch": 2},
+    )
 
 
 def test_demo_writes_every_output_and_summary_contract(tmp_path, monkeypatch):
     micro_budget(monkeypatch, iterations=2, steps=3)
     demo.run_demo(str(tmp_path), quick=True)
-    for name in ("summary.json", "reward_curves.png", "dense_rewards.png", "psi.json", "psi.png",
-                 "lora_dense_grpo.safetensors"):
+    for name in (
+        "summary.json",
+        "reward_curves.png",
+        "dense_rewards.png",
+        "psi.json",
+        "psi.png",
+        "lora_dense_grpo.safetensors",
+    ):
         assert (tmp_path / name).is_file(), name
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["format"] == "densegrpo.summary/1" and s["device"] == "cpu" and s["seeds"] == [0]

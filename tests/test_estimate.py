@@ -1,39 +1,56 @@
 """The memory/time estimator: counts, monotonicity, checkpointing, budgets, fitting and writing constants."""
+
 import dataclasses
 import json
 import shutil
 
 import pytest
 import torch
-from densegrpo_core.bench.dit import DiT, sd35_medium, tiny_dit
 
-from densegrpo_core import estimate as est
-from densegrpo_core.estimate import (Constants, DeviceInfo, estimate, fit_constants, model_info, rollout_max_batch,
-                                     workload)
-from densegrpo_core.lora import inject_lora, lora_parameters
-from densegrpo_core.toy.model import ToyDiT, ToyDiTConfig
-from densegrpo_core.trainer import TrainConfig
+from densegrpo_core.app.benchmark.dit import DiT, sd35_medium, tiny_dit
+from densegrpo_core.app.benchmark.fit import fit_constants
+from densegrpo_core.models.lora import inject_lora, lora_parameters
+from densegrpo_core.models.toy.model import ToyDiT, ToyDiTConfig
+from densegrpo_core.resources import estimate as est
+from densegrpo_core.resources.estimate import Constants, DeviceInfo, estimate, model_info, rollout_max_batch, workload
+from densegrpo_core.training.trainer import TrainConfig
 
-KNOWN = Constants(act_infer=10.0, act_train=40.0, act_ckpt=3.0, latent_copies=2.5, flops_per_s=1e12, train_cost=2.5,
-                  reward_s_per_image=0.01, reward_bytes_per_image=1e6, source="test")
+KNOWN = Constants(
+    act_infer=10.0,
+    act_train=40.0,
+    act_ckpt=3.0,
+    latent_copies=2.5,
+    flops_per_s=1e12,
+    train_cost=2.5,
+    reward_s_per_image=0.01,
+    reward_bytes_per_image=1e6,
+    source="test",
+)
 
 
 @pytest.fixture(scope="module")
 def sd35m_info():
-    with torch.device("meta"):                      # counted, never allocated
+    with torch.device("meta"):  # counted, never allocated
         model = DiT(sd35_medium())
     return model_info(model, sd35_medium().latent_shape)
 
 
 def cfg(**kw):
-    base = dict(steps=10, group_size=8, prompts_per_iteration=1, advantage_mode="dense_grpo", dtype="bfloat16",
-                max_batch=64, train_batch=8)
+    base = dict(
+        steps=10,
+        group_size=8,
+        prompts_per_iteration=1,
+        advantage_mode="dense_grpo",
+        dtype="bfloat16",
+        max_batch=64,
+        train_batch=8,
+    )
     return TrainConfig(**{**base, **kw})
 
 
 def test_model_info_counts_the_sd35_medium_sized_dit(sd35m_info):
     info = sd35m_info
-    assert 2.2e9 < info.params < 2.3e9                     # SD3.5-Medium: 2.24 B
+    assert 2.2e9 < info.params < 2.3e9  # SD3.5-Medium: 2.24 B
     assert (info.width, info.depth, info.tokens, info.context_tokens) == (1536, 24, 1024, 154)
     assert info.latent_elems == 16 * 64 * 64
     # per block and stream 12·D² weights see its tokens (adaLN sees one row): 2·12·D²·(1024 + 154)·24 ≈ 1.6e12,
@@ -63,7 +80,7 @@ def test_workload_follows_the_nfe_counts_of_math_section_9():
 
 
 def test_detached_uncond_pass_lowers_the_update_estimate(sd35m_info):
-    """With CFG, autograd holds only the conditional rows unless uncond_grad (MATH.md §7)."""
+    """With CFG, autograd holds only the conditional rows unless uncond_grad (docs/method.md §7)."""
     full = estimate(cfg(uncond_grad=True), sd35m_info, constants=KNOWN).breakdown
     detached = estimate(cfg(), sd35m_info, constants=KNOWN).breakdown
     assert workload(cfg(uncond_grad=True)).update_rows == 2 * workload(cfg()).update_rows
@@ -95,24 +112,26 @@ def test_dense_rollout_costs_the_nfe_ratio_of_flow_grpo(sd35m_info):
 
 def test_8bit_optimizer_and_offload_lower_the_estimate(sd35m_info):
     base = estimate(cfg(grad_checkpointing=True), sd35m_info, constants=KNOWN, reward_model_bytes=2e9)
-    bnb = estimate(cfg(grad_checkpointing=True, optimizer="adamw8bit"), sd35m_info, constants=KNOWN,
-                   reward_model_bytes=2e9)
-    off = estimate(cfg(grad_checkpointing=True, offload_reward=True), sd35m_info, constants=KNOWN,
-                   reward_model_bytes=2e9)
+    bnb = estimate(
+        cfg(grad_checkpointing=True, optimizer="adamw8bit"), sd35m_info, constants=KNOWN, reward_model_bytes=2e9
+    )
+    off = estimate(
+        cfg(grad_checkpointing=True, offload_reward=True), sd35m_info, constants=KNOWN, reward_model_bytes=2e9
+    )
     assert bnb.breakdown["optimizer_bytes"] == base.breakdown["optimizer_bytes"] / 4
     assert off.peak_bytes < base.peak_bytes
 
 
 def test_fits_compares_with_free_memory(sd35m_info):
     e = estimate(cfg(), sd35m_info, constants=KNOWN)
-    assert est.fits(e, DeviceInfo("cuda", "big", 10 ** 13, 10 ** 13))
+    assert est.fits(e, DeviceInfo("cuda", "big", 10**13, 10**13))
     assert not est.fits(e, DeviceInfo("cuda", "small", 8 * 2**30, 8 * 2**30))
     assert "GiB peak" in e.summary()
 
 
 def test_rollout_max_batch_grows_with_the_budget(sd35m_info):
     rows = [rollout_max_batch(b, sd35m_info, cfg(), KNOWN) for b in (0, 2**30, 8 * 2**30)]
-    assert rows[0] == 2 and rows[0] <= rows[1] < rows[2]           # at least one guided (CFG) row
+    assert rows[0] == 2 and rows[0] <= rows[1] < rows[2]  # at least one guided (CFG) row
 
 
 def test_fit_constants_recovers_the_constants_that_made_the_figures(sd35m_info):
@@ -120,17 +139,38 @@ def test_fit_constants_recovers_the_constants_that_made_the_figures(sd35m_info):
     for G in (8, 16, 24):
         for ckpt in (False, True):
             for mode in ("flow_grpo", "dense_grpo"):
-                c = cfg(group_size=G, grad_checkpointing=ckpt, advantage_mode=mode,
-                        max_batch=10 ** 6 if G == 24 else 64)
+                c = cfg(group_size=G, grad_checkpointing=ckpt, advantage_mode=mode, max_batch=10**6 if G == 24 else 64)
                 b = estimate(c, sd35m_info, constants=KNOWN).breakdown
-                records.append({"config": c.to_dict(), "model": dataclasses.asdict(sd35m_info),
-                                **{k: b[k] for k in ("rollout_s", "reward_s", "update_s")},
-                                **{f"{s}_peak_delta_bytes": b[f"{s}_bytes"] for s in ("rollout", "reward", "update")}})
-    base = dataclasses.replace(KNOWN, act_infer=1, act_train=1, act_ckpt=1, latent_copies=1, flops_per_s=1,
-                               train_cost=1, reward_s_per_image=1, reward_bytes_per_image=1)
+                records.append(
+                    {
+                        "config": c.to_dict(),
+                        "model": dataclasses.asdict(sd35m_info),
+                        **{k: b[k] for k in ("rollout_s", "reward_s", "update_s")},
+                        **{f"{s}_peak_delta_bytes": b[f"{s}_bytes"] for s in ("rollout", "reward", "update")},
+                    }
+                )
+    base = dataclasses.replace(
+        KNOWN,
+        act_infer=1,
+        act_train=1,
+        act_ckpt=1,
+        latent_copies=1,
+        flops_per_s=1,
+        train_cost=1,
+        reward_s_per_image=1,
+        reward_bytes_per_image=1,
+    )
     fitted = fit_constants(records, base, "fit")
-    for field in ("act_infer", "act_train", "act_ckpt", "latent_copies", "flops_per_s", "train_cost",
-                  "reward_s_per_image", "reward_bytes_per_image"):
+    for field in (
+        "act_infer",
+        "act_train",
+        "act_ckpt",
+        "latent_copies",
+        "flops_per_s",
+        "train_cost",
+        "reward_s_per_image",
+        "reward_bytes_per_image",
+    ):
         assert getattr(fitted, field) == pytest.approx(getattr(KNOWN, field), rel=1e-6), field
 
 

@@ -1,15 +1,16 @@
 """The estimator's weight bytes per base dtype (fp8 = 1 byte/parameter, cast per layer), the job's
-reservation, the options that make a run fit, and fp32 LoRA masters on fp8 base layers (issue 14)."""
+reservation, the options that make a run fit, and fp32 LoRA masters on fp8 base layers."""
+
 import dataclasses
 
 import pytest
 import torch
-from densegrpo_core.bench.dit import DiT, sd35_medium, tiny_dit
 
-from densegrpo_core.estimate import DeviceInfo, estimate, fits, model_info, with_base_dtype
-from densegrpo_core.estimate_options import fitting_options
-from densegrpo_core.lora import inject_lora, lora_parameters
-from densegrpo_core.trainer import TrainConfig
+from densegrpo_core.app.benchmark.dit import DiT, sd35_medium, tiny_dit
+from densegrpo_core.models.lora import inject_lora, lora_parameters
+from densegrpo_core.resources.estimate import DeviceInfo, estimate, fits, model_info, with_base_dtype
+from densegrpo_core.resources.fit_options import fitting_options
+from densegrpo_core.training.trainer import TrainConfig
 
 GiB = 2**30
 
@@ -22,8 +23,15 @@ def sd35m():
 
 
 def cfg(**kw):
-    base = dict(steps=10, group_size=8, prompts_per_iteration=1, advantage_mode="dense_grpo", max_batch=64,
-                train_batch=8, grad_checkpointing=True)
+    base = dict(
+        steps=10,
+        group_size=8,
+        prompts_per_iteration=1,
+        advantage_mode="dense_grpo",
+        max_batch=64,
+        train_batch=8,
+        grad_checkpointing=True,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -58,18 +66,24 @@ def test_fp8_casts_cost_every_block_without_checkpointing_and_one_block_with_it(
     fp8, bf16 = with_base_dtype(sd35m, "float8_e4m3fn"), with_base_dtype(sd35m, "bfloat16")
     per_block = sd35m.block_params / sd35m.depth * 2
     for ckpt, blocks in ((False, sd35m.depth + 1), (True, 1)):
-        extra = estimate(cfg(grad_checkpointing=ckpt), fp8, gpu(80)).breakdown["update_bytes"] \
+        extra = (
+            estimate(cfg(grad_checkpointing=ckpt), fp8, gpu(80)).breakdown["update_bytes"]
             - estimate(cfg(grad_checkpointing=ckpt), bf16, gpu(80)).breakdown["update_bytes"]
+        )
         assert extra == pytest.approx(blocks * per_block, rel=1e-6)
 
 
 def test_fp8_without_checkpointing_is_no_smaller_than_bf16_since_autograd_keeps_the_casts(sd35m):
     off = cfg(grad_checkpointing=False)
-    assert estimate(off, with_base_dtype(sd35m, "float8_e4m3fn"), gpu(80)).peak_bytes \
+    assert (
+        estimate(off, with_base_dtype(sd35m, "float8_e4m3fn"), gpu(80)).peak_bytes
         > estimate(off, with_base_dtype(sd35m, "bfloat16"), gpu(80)).peak_bytes
+    )
     on = cfg(grad_checkpointing=True)
-    assert estimate(on, with_base_dtype(sd35m, "float8_e4m3fn"), gpu(80)).peak_bytes \
+    assert (
+        estimate(on, with_base_dtype(sd35m, "float8_e4m3fn"), gpu(80)).peak_bytes
         < estimate(on, with_base_dtype(sd35m, "bfloat16"), gpu(80)).peak_bytes
+    )
 
 
 def test_unknown_base_dtype_is_refused_naming_the_choices(sd35m):
@@ -89,7 +103,7 @@ def test_a_run_that_fits_as_it_is_needs_no_option(sd35m):
 
 def test_options_name_each_single_change_that_fits_with_its_estimate(sd35m):
     config = cfg(grad_checkpointing=False)
-    free = estimate(config, sd35m, gpu(80)).peak_bytes / GiB * 0.8           # 20 % too little
+    free = estimate(config, sd35m, gpu(80)).peak_bytes / GiB * 0.8  # 20 % too little
     options = fitting_options(config, sd35m, gpu(free))
     changed = {k for o in options for k in o.changes}
     assert {"grad_checkpointing", "train_batch"} <= changed
@@ -100,8 +114,9 @@ def test_options_name_each_single_change_that_fits_with_its_estimate(sd35m):
 
 def test_options_combine_changes_when_no_single_one_is_enough(sd35m):
     config = cfg(grad_checkpointing=False, group_size=24)
-    ckpt_fp8 = estimate(dataclasses.replace(config, grad_checkpointing=True), with_base_dtype(sd35m, "float8_e4m3fn"),
-                        gpu(80)).peak_bytes
+    ckpt_fp8 = estimate(
+        dataclasses.replace(config, grad_checkpointing=True), with_base_dtype(sd35m, "float8_e4m3fn"), gpu(80)
+    ).peak_bytes
     options = fitting_options(config, sd35m, gpu(ckpt_fp8 / GiB / 0.9 * 0.95))
     assert len(options) == 1 and options[0].notes == ["together"]
     assert {"base_dtype", "grad_checkpointing"} <= set(options[0].changes)
@@ -121,7 +136,9 @@ class Fp8Linear(torch.nn.Linear):
 class Fp8Block(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.blocks = torch.nn.ModuleList([torch.nn.ModuleDict({"attn": torch.nn.ModuleDict({"qkv": Fp8Linear(8, 8)})})])
+        self.blocks = torch.nn.ModuleList(
+            [torch.nn.ModuleDict({"attn": torch.nn.ModuleDict({"qkv": Fp8Linear(8, 8)})})]
+        )
 
     def forward(self, x):
         return self.blocks[0]["attn"]["qkv"](x)
@@ -134,7 +151,7 @@ def test_lora_on_fp8_base_layers_is_float32_and_trains():
     assert {p.dtype for p in params} == {torch.float32}
     assert model.blocks[0]["attn"]["qkv"].base_layer.weight.dtype == torch.float8_e4m3fn
     down = params[0]
-    assert len(torch.unique(down)) == down.numel()               # drawn in fp32, not quantised to 8 bits
+    assert len(torch.unique(down)) == down.numel()  # drawn in fp32, not quantised to 8 bits
     assert torch.count_nonzero(params[1]) == 0
     model(torch.randn(3, 8)).square().sum().backward()
     assert all(p.grad is not None for p in params)

@@ -1,11 +1,12 @@
 """One atomic write for every file the project saves: whole or absent, with ordinary permissions."""
+
 import os
 import stat
 
 import pytest
 import torch
 
-from densegrpo_core.files import FILE_MODE, atomic_write, atomic_write_json, atomic_write_text
+from densegrpo_core.util.atomic import FILE_MODE, atomic_write, atomic_write_json, atomic_write_text
 
 
 def mode(path) -> int:
@@ -27,14 +28,16 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
         with open(tmp, "w") as f:
             f.write("half")
         raise RuntimeError("disk full")
+
     with pytest.raises(RuntimeError, match="disk full"):
         atomic_write(path, broken)
     assert path.read_text() == '{\n "v": 1\n}' and os.listdir(tmp_path) == ["state.json"]
 
 
 def test_lora_and_psi_files_are_ordinary_files(tmp_path):
-    from densegrpo_core.lora import inject_lora, save_lora
-    from densegrpo_core.schedule import Psi
+    from densegrpo_core.method.schedule import Psi
+    from densegrpo_core.models.lora import inject_lora, save_lora
+
     model = torch.nn.Sequential(torch.nn.Linear(4, 4))
     inject_lora(model, r"0", rank=2, alpha=2)
     save_lora(tmp_path / "x.safetensors", model, {"base_arch": "test"})

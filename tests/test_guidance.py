@@ -1,8 +1,9 @@
-"""The CFG-guided velocity in training: gradient through the conditional pass only (MATH.md §7)."""
+"""The CFG-guided velocity in training: gradient through the conditional pass only (docs/method.md §7)."""
+
 import pytest
 import torch
 
-from densegrpo_core.guidance import GuidedVelocity
+from densegrpo_core.method.guidance import GuidedVelocity
 
 
 class CondModel(torch.nn.Module):
@@ -64,7 +65,7 @@ def test_unconditional_pass_runs_without_autograd_in_training():
     model, cond, uncond, x, _, s = setup()
     guide = GuidedVelocity(model, cond, uncond, s)
     guide.velocity(x, 0.5, torch.arange(5))
-    assert model.calls == [(5, False), (5, True)]       # uncond without autograd, then cond with it
+    assert model.calls == [(5, False), (5, True)]  # uncond without autograd, then cond with it
     assert guide.forward_calls == 2 and guide.nfe == 5
 
 
@@ -78,11 +79,22 @@ def test_rollouts_without_autograd_run_cond_and_uncond_as_one_batch():
 
 @pytest.mark.parametrize("uncond_grad", [False, True])
 def test_trainer_iteration_runs_with_either_cfg_gradient(tmp_path, uncond_grad):
-    from densegrpo_core.pipeline import load_pipeline
+    from densegrpo_core.models.pipeline import load_pipeline
     from densegrpo_core.rewards import get_reward
-    from densegrpo_core.trainer import TrainConfig, Trainer
-    cfg = TrainConfig(out_dir=str(tmp_path / "run"), steps=3, prompts_per_iteration=2, group_size=2,
-                      train_batch=4, lora_rank=2, lora_alpha=4, eval_every=0, save_every=0, uncond_grad=uncond_grad)
+    from densegrpo_core.training.trainer import TrainConfig, Trainer
+
+    cfg = TrainConfig(
+        out_dir=str(tmp_path / "run"),
+        steps=3,
+        prompts_per_iteration=2,
+        group_size=2,
+        train_batch=4,
+        lora_rank=2,
+        lora_alpha=4,
+        eval_every=0,
+        save_every=0,
+        uncond_grad=uncond_grad,
+    )
     pipe, prompts, _ = load_pipeline("toy")
     m = Trainer(cfg, pipe, get_reward("toy"), prompts).iteration()
     assert m["optimizer_steps"] >= 1 and m["grad_norm"] > 0

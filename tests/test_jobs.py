@@ -2,6 +2,7 @@
 
 Threads are synchronised with Events only; every wait has a generous timeout so a bug fails instead of hanging.
 """
+
 import collections
 import json
 import os
@@ -9,10 +10,10 @@ import threading
 
 import pytest
 
-from densegrpo_core import jobs
-from densegrpo_core.jobs import Job, JobManager, JobState
+from densegrpo_core.jobs import manager as jobs
+from densegrpo_core.jobs.manager import Job, JobManager, JobState
 
-WAIT = 30.0   # a safety net against hangs, never a timing assertion
+WAIT = 30.0  # a safety net against hangs, never a timing assertion
 
 
 class Recorder:
@@ -50,19 +51,23 @@ def manager(tmp_path, rec):
 
 def blocking(started: threading.Event, release: threading.Event, log=None, tag=None):
     """A work function that signals its start and returns once released."""
+
     def work(ctx):
         if log is not None:
             log.append(tag)
         started.set()
         assert release.wait(WAIT)
+
     return work
 
 
 def until_stopped(rec: Recorder, started: threading.Event):
     """A work function that signals its start and returns once its job is asked to stop."""
+
     def work(ctx):
         started.set()
         assert rec.reached(ctx.job.id, "stopping").wait(WAIT)
+
     return work
 
 
@@ -72,6 +77,7 @@ def test_job_runs_and_finishes_with_its_events_recorded(manager, rec):
         for i in (1, 2):
             ctx.emit({"type": "iteration", "iteration": i, "reward_mean": 0.5 * i, "rewards": [[1.0, 2.0]]})
         ctx.emit({"type": "lora", "path": "/loras/a_00002.safetensors", "iteration": 2})
+
     job = manager.wait(manager.submit("a", work, total=2).id, WAIT)
     assert job.state is JobState.FINISHED and job.iteration == 2 and job.error is None
     assert [m["reward_mean"] for m in job.metrics] == [0.5, 1.0]
@@ -101,11 +107,12 @@ def test_jobs_on_one_device_run_one_at_a_time_in_submit_order(manager):
 def test_jobs_on_different_devices_run_concurrently(manager):
     started = {"cpu": threading.Event(), "cuda:1": threading.Event()}
 
-    def work(ctx):           # each finishes only once the other has started: one at a time would fail both
+    def work(ctx):  # each finishes only once the other has started: one at a time would fail both
         started[ctx.job.device].set()
         other = "cuda:1" if ctx.job.device == "cpu" else "cpu"
         if not started[other].wait(WAIT):
             raise RuntimeError("the other device's job never started")
+
     ids = [manager.submit(d, work, device=d, total=1).id for d in started]
     assert [manager.wait(i, WAIT).state for i in ids] == [JobState.FINISHED, JobState.FINISHED]
 
@@ -131,6 +138,7 @@ def test_stopping_a_running_job_goes_through_stopping_and_the_work_sees_it(manag
         started.set()
         assert release.wait(WAIT)
         seen.append(ctx.should_stop())
+
     job = manager.submit("a", work, total=5)
     assert started.wait(WAIT)
     assert manager.stop(job.id).state is JobState.STOPPING
@@ -146,6 +154,7 @@ def test_stop_after_the_last_iteration_still_finishes(manager, rec):
     def work(ctx):
         ctx.emit({"type": "iteration", "iteration": 2, "reward_mean": 0.0})
         until_stopped(rec, started)(ctx)
+
     job = manager.submit("a", work, total=2)
     assert started.wait(WAIT)
     manager.stop(job.id)
@@ -157,6 +166,7 @@ def test_failing_work_fails_the_job_with_its_message_and_keeps_earlier_loras(man
     def work(ctx):
         ctx.emit({"type": "lora", "path": "/loras/a_00001.safetensors", "iteration": 1})
         raise ValueError("reward is NaN\nsecond line")
+
     job = manager.wait(manager.submit("a", work, total=3).id, WAIT)
     assert job.state is JobState.FAILED
     assert job.error == "ValueError: reward is NaN"
@@ -167,6 +177,7 @@ def test_failing_work_fails_the_job_with_its_message_and_keeps_earlier_loras(man
 def test_a_failed_job_does_not_block_the_next_on_its_device(manager):
     def fail(ctx):
         raise RuntimeError("boom")
+
     first = manager.submit("a", fail, total=1)
     second = manager.submit("b", lambda ctx: None, total=1)
     assert manager.wait(first.id, WAIT).state is JobState.FAILED
@@ -176,6 +187,7 @@ def test_a_failed_job_does_not_block_the_next_on_its_device(manager):
 def test_listener_exceptions_do_not_break_the_job(tmp_path, caplog):
     def listener(job_id, event):
         raise OSError("websocket closed")
+
     m = JobManager(str(tmp_path), on_event=listener)
     job = m.wait(m.submit("a", lambda ctx: ctx.emit({"type": "iteration", "iteration": 1}), total=1).id, WAIT)
     assert job.state is JobState.FINISHED and job.iteration == 1
@@ -187,6 +199,7 @@ def test_to_dict_is_json_safe_and_small_unless_full(manager):
     def work(ctx):
         ctx.emit({"type": "iteration", "iteration": 1, "reward_mean": float("nan"), "rewards": [[0.5]]})
         raise ValueError("x")
+
     job = manager.wait(manager.submit("a", work, total=2, meta={"mode": "dense_grpo"}).id, WAIT)
     small, full = job.to_dict(), job.to_dict(full=True)
     json.dumps(small, allow_nan=False)
@@ -198,12 +211,14 @@ def test_to_dict_is_json_safe_and_small_unless_full(manager):
 
 
 def test_metrics_keep_only_the_last_records(manager, monkeypatch):
-    from densegrpo_core import job_state
+    from densegrpo_core.jobs import state as job_state
+
     monkeypatch.setattr(job_state, "MAX_RECORDS", 3)
 
     def work(ctx):
         for i in range(1, 6):
             ctx.emit({"type": "iteration", "iteration": i})
+
     job = manager.wait(manager.submit("a", work, total=5).id, WAIT)
     assert [m["iteration"] for m in job.metrics] == [3, 4, 5] and job.iteration == 5
 
@@ -229,8 +244,17 @@ def test_list_is_newest_first(manager):
     assert [j.id for j in manager.list()] == ids[::-1]
 
 
-@pytest.mark.parametrize("old, new", [("finished", "running"), ("stopped", "running"), ("failed", "stopped"),
-                                      ("queued", "finished"), ("running", "stopped"), ("stopping", "running")])
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("finished", "running"),
+        ("stopped", "running"),
+        ("failed", "stopped"),
+        ("queued", "finished"),
+        ("running", "stopped"),
+        ("stopping", "running"),
+    ],
+)
 def test_illegal_transitions_raise(old, new):
     job = Job(id="abcdef012345", name="a", device="cpu", folder="/tmp/x", total=1, state=JobState(old))
     with pytest.raises(RuntimeError, match="illegal state change"):
@@ -239,8 +263,9 @@ def test_illegal_transitions_raise(old, new):
 
 
 def test_job_json_records_the_state_and_loads_back(tmp_path, manager):
-    job = manager.wait(manager.submit("a", lambda ctx: ctx.emit({"type": "iteration", "iteration": 1}),
-                                      total=1).id, WAIT)
+    job = manager.wait(
+        manager.submit("a", lambda ctx: ctx.emit({"type": "iteration", "iteration": 1}), total=1).id, WAIT
+    )
     with open(os.path.join(job.folder, "job.json")) as f:
         record = json.load(f)
     assert record["state"] == "finished" and record["iteration"] == 1
@@ -265,9 +290,10 @@ def test_resumable_requires_a_stopped_or_failed_job_with_a_checkpoint(manager):
     def with_checkpoint(ctx):
         os.makedirs(os.path.join(ctx.job.folder, "checkpoint"))
         raise RuntimeError("out of memory")
+
     started, release = threading.Event(), threading.Event()
     finished = manager.submit("a", blocking(started, release), total=1)
-    never_saved = manager.stop(manager.submit("b", lambda ctx: None, total=1).id)   # queued behind "a"
+    never_saved = manager.stop(manager.submit("b", lambda ctx: None, total=1).id)  # queued behind "a"
     failed = manager.submit("c", with_checkpoint, total=1)
     release.set()
     manager.wait(failed.id, WAIT)
@@ -291,9 +317,9 @@ def test_shutdown_stops_running_and_queued_jobs_and_refuses_new_ones(tmp_path, r
 
 
 def test_a_stopped_trainer_job_resumes_from_its_checkpoint(manager):
-    from densegrpo_core.pipeline import load_pipeline
+    from densegrpo_core.models.pipeline import load_pipeline
     from densegrpo_core.rewards import get_reward
-    from densegrpo_core.trainer import TrainConfig, Trainer
+    from densegrpo_core.training.trainer import TrainConfig, Trainer
 
     def train(resume_of=None, stop_after_first=False):
         def work(ctx):
@@ -301,21 +327,33 @@ def test_a_stopped_trainer_job_resumes_from_its_checkpoint(manager):
                 ctx.emit(event)
                 if stop_after_first and event["type"] == "iteration":
                     manager.stop(ctx.job.id)
-            cfg = TrainConfig(out_dir=ctx.job.folder, iterations=3, save_every=1, steps=3, group_size=2,
-                              prompts_per_iteration=1, train_batch=2, lora_rank=2, lora_alpha=4, eval_every=0)
+
+            cfg = TrainConfig(
+                out_dir=ctx.job.folder,
+                iterations=3,
+                save_every=1,
+                steps=3,
+                group_size=2,
+                prompts_per_iteration=1,
+                train_batch=2,
+                lora_rank=2,
+                lora_alpha=4,
+                eval_every=0,
+            )
             pipe, prompts, _ = load_pipeline("toy")
-            trainer = Trainer(cfg, pipe, get_reward("toy"), prompts[:3], on_event=on_event,
-                              should_stop=ctx.should_stop)
+            trainer = Trainer(cfg, pipe, get_reward("toy"), prompts[:3], on_event=on_event, should_stop=ctx.should_stop)
             if resume_of:
                 trainer.load_checkpoint(manager.resumable(resume_of))
             trainer.run()
+
         return work
 
     first = manager.wait(manager.submit("toy", train(stop_after_first=True), total=3).id, WAIT)
     assert first.state is JobState.STOPPED and first.iteration == 1, first.error
     assert os.path.isfile(os.path.join(first.folder, "checkpoint", "state.pt"))
-    second = manager.submit("toy", train(resume_of=first.id), total=3, resume_of=first.id,
-                            start_iteration=first.iteration)
+    second = manager.submit(
+        "toy", train(resume_of=first.id), total=3, resume_of=first.id, start_iteration=first.iteration
+    )
     assert second.iteration == 1 and second.resumed_from == first.id
     second = manager.wait(second.id, WAIT)
     assert second.state is JobState.FINISHED, second.traceback
@@ -323,10 +361,11 @@ def test_a_stopped_trainer_job_resumes_from_its_checkpoint(manager):
     assert second.latest["done"]["stopped"] is False
 
 
-# ---------------------------------------------------------------- duplicates (issue 13)
+# ---------------------------------------------------------------- duplicates
 def blocking_work(release: threading.Event):
     def work(ctx):
         release.wait(WAIT)
+
     return work
 
 
@@ -361,7 +400,7 @@ def test_submit_unique_after_the_job_ended_starts_a_new_one(manager):
 
 def test_a_queued_duplicate_is_found_too(manager):
     release = threading.Event()
-    manager.submit_unique("k1", "a", blocking_work(release), total=1)            # runs
+    manager.submit_unique("k1", "a", blocking_work(release), total=1)  # runs
     queued, _ = manager.submit_unique("k2", "b", blocking_work(release), total=1)  # waits for the device
     again, created = manager.submit_unique("k2", "b", blocking_work(release), total=1)
     release.set()
@@ -385,7 +424,8 @@ def test_seconds_per_iteration_and_eta_come_from_the_iteration_events(manager):
 
 
 def test_events_carry_the_job_summary(rec, manager):
-    job = manager.wait(manager.submit("a", lambda ctx: ctx.emit({"type": "iteration", "iteration": 1}),
-                                      total=1).id, WAIT)
+    job = manager.wait(
+        manager.submit("a", lambda ctx: ctx.emit({"type": "iteration", "iteration": 1}), total=1).id, WAIT
+    )
     (event,) = [e for j, e in rec.events if e["type"] == "iteration"]
     assert event["job"]["id"] == job.id and event["job"]["iteration"] == 1

@@ -5,9 +5,17 @@ import pytest
 import torch
 import torch.nn as nn
 
-from densegrpo_core import lora
-from densegrpo_core.lora import (adapters_disabled, inject_lora, load_lora, lora_parameters, lora_state_dict,
-                                 lora_targets, read_lora_metadata, save_lora)
+from densegrpo_core.models import lora
+from densegrpo_core.models.lora import (
+    adapters_disabled,
+    inject_lora,
+    load_lora,
+    lora_parameters,
+    lora_state_dict,
+    lora_targets,
+    read_lora_metadata,
+    save_lora,
+)
 
 WIDTH = 8
 
@@ -43,12 +51,12 @@ class ToyStandIn(nn.Module):
         self.blocks = nn.ModuleList([_Block(width) for _ in range(depth)])
         self.out = nn.Linear(width, 4)
 
-    def forward(self, x):                                             # x (B, N, 4)
-        h = self.embed(x)                                             # (B, N, D)
+    def forward(self, x):  # x (B, N, 4)
+        h = self.embed(x)  # (B, N, D)
         for block in self.blocks:
-            shift, scale = block.adaLN_modulation(h.mean(dim=1)).chunk(2, dim=-1)   # (B, D) each
-            q, k, v = block.attn.qkv(h).chunk(3, dim=-1)                            # (B, N, D) each
-            attn = torch.softmax(q @ k.transpose(1, 2) / WIDTH ** 0.5, dim=-1)       # (B, N, N)
+            shift, scale = block.adaLN_modulation(h.mean(dim=1)).chunk(2, dim=-1)  # (B, D) each
+            q, k, v = block.attn.qkv(h).chunk(3, dim=-1)  # (B, N, D) each
+            attn = torch.softmax(q @ k.transpose(1, 2) / WIDTH**0.5, dim=-1)  # (B, N, N)
             h = h + block.attn.proj(attn @ v)
             h = h + block.mlp.fc2(torch.tanh(block.mlp.fc1(h * (1 + scale[:, None]) + shift[:, None])))
         return self.out(h)
@@ -82,7 +90,7 @@ def test_inject_lora_makes_only_lora_weights_trainable():
     model = inject_lora(_toy(), "toy", rank=4, alpha=8)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {n for n, _ in model.named_parameters() if ".lora_A." in n or ".lora_B." in n}
-    assert len(trainable) == 2 * 5 * 2                     # (A, B) × 5 targets × 2 blocks
+    assert len(trainable) == 2 * 5 * 2  # (A, B) × 5 targets × 2 blocks
     assert {id(p) for p in lora_parameters(model)} == {id(p) for p in model.parameters() if p.requires_grad}
 
 
@@ -145,15 +153,23 @@ def test_mmdit_preset_selects_block_linears_and_not_the_conv_x_embedder_proj():
     names = lora_targets(MMDiTStandIn(), "mmdit")
     assert "x_embedder.proj" not in names
     assert "joint_blocks.0.x_block.attn.proj" in names
-    assert sorted(names) == sorted([
-        "joint_blocks.0.context_block.attn.qkv", "joint_blocks.0.context_block.attn.proj",
-        "joint_blocks.0.context_block.mlp.fc1", "joint_blocks.0.context_block.mlp.fc2",
-        "joint_blocks.0.x_block.attn.qkv", "joint_blocks.0.x_block.attn.proj",
-        "joint_blocks.0.x_block.mlp.fc1", "joint_blocks.0.x_block.mlp.fc2",
-        "joint_blocks.1.context_block.attn.qkv",
-        "joint_blocks.1.x_block.attn.qkv", "joint_blocks.1.x_block.attn.proj",
-        "joint_blocks.1.x_block.mlp.fc1", "joint_blocks.1.x_block.mlp.fc2",
-    ])
+    assert sorted(names) == sorted(
+        [
+            "joint_blocks.0.context_block.attn.qkv",
+            "joint_blocks.0.context_block.attn.proj",
+            "joint_blocks.0.context_block.mlp.fc1",
+            "joint_blocks.0.context_block.mlp.fc2",
+            "joint_blocks.0.x_block.attn.qkv",
+            "joint_blocks.0.x_block.attn.proj",
+            "joint_blocks.0.x_block.mlp.fc1",
+            "joint_blocks.0.x_block.mlp.fc2",
+            "joint_blocks.1.context_block.attn.qkv",
+            "joint_blocks.1.x_block.attn.qkv",
+            "joint_blocks.1.x_block.attn.proj",
+            "joint_blocks.1.x_block.mlp.fc1",
+            "joint_blocks.1.x_block.mlp.fc2",
+        ]
+    )
 
 
 def test_injecting_mmdit_leaves_the_conv_x_embedder_proj_untouched():
@@ -172,8 +188,11 @@ class FluxStandIn(nn.Module):
         self.double_blocks = nn.ModuleList([nn.Module()])
         for stream in ("img", "txt"):
             setattr(self.double_blocks[0], f"{stream}_attn", _Attention(width))
-            setattr(self.double_blocks[0], f"{stream}_mlp",
-                    nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width)))
+            setattr(
+                self.double_blocks[0],
+                f"{stream}_mlp",
+                nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width)),
+            )
             setattr(self.double_blocks[0], f"{stream}_mod", nn.Module())
             getattr(self.double_blocks[0], f"{stream}_mod").lin = nn.Linear(width, 6 * width)
         self.single_blocks = nn.ModuleList([nn.Module()])
@@ -182,13 +201,20 @@ class FluxStandIn(nn.Module):
 
 
 def test_flux_preset_selects_attention_mlp_and_single_block_linears():
-    assert sorted(lora_targets(FluxStandIn(), "auto")) == sorted([
-        "double_blocks.0.img_attn.qkv", "double_blocks.0.img_attn.proj",
-        "double_blocks.0.img_mlp.0", "double_blocks.0.img_mlp.2",
-        "double_blocks.0.txt_attn.qkv", "double_blocks.0.txt_attn.proj",
-        "double_blocks.0.txt_mlp.0", "double_blocks.0.txt_mlp.2",
-        "single_blocks.0.linear1", "single_blocks.0.linear2",
-    ])
+    assert sorted(lora_targets(FluxStandIn(), "auto")) == sorted(
+        [
+            "double_blocks.0.img_attn.qkv",
+            "double_blocks.0.img_attn.proj",
+            "double_blocks.0.img_mlp.0",
+            "double_blocks.0.img_mlp.2",
+            "double_blocks.0.txt_attn.qkv",
+            "double_blocks.0.txt_attn.proj",
+            "double_blocks.0.txt_mlp.0",
+            "double_blocks.0.txt_mlp.2",
+            "single_blocks.0.linear1",
+            "single_blocks.0.linear2",
+        ]
+    )
 
 
 def test_lora_targets_without_a_match_names_the_preset():
@@ -215,22 +241,26 @@ def test_save_then_load_into_a_fresh_model_reproduces_outputs_exactly(tmp_path, 
 
 def test_saved_keys_are_the_comfyui_original_model_form_with_alpha(tmp_path):
     from safetensors.torch import load_file
+
     model = inject_lora(_toy(), "toy", rank=4, alpha=8)
     path = tmp_path / "lora.safetensors"
     save_lora(path, model, {})
     tensors = load_file(path)
-    paths = [f"blocks.{i}.{m}" for i in range(2)
-             for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "adaLN_modulation")]
-    assert set(tensors) == {f"diffusion_model.{p}.{part}" for p in paths
-                            for part in ("lora_down.weight", "lora_up.weight", "alpha")}
-    assert tensors["diffusion_model.blocks.0.attn.qkv.lora_down.weight"].shape == (4, WIDTH)      # (r, in)
-    assert tensors["diffusion_model.blocks.0.attn.qkv.lora_up.weight"].shape == (3 * WIDTH, 4)    # (out, r)
+    paths = [
+        f"blocks.{i}.{m}" for i in range(2) for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "adaLN_modulation")
+    ]
+    assert set(tensors) == {
+        f"diffusion_model.{p}.{part}" for p in paths for part in ("lora_down.weight", "lora_up.weight", "alpha")
+    }
+    assert tensors["diffusion_model.blocks.0.attn.qkv.lora_down.weight"].shape == (4, WIDTH)  # (r, in)
+    assert tensors["diffusion_model.blocks.0.attn.qkv.lora_up.weight"].shape == (3 * WIDTH, 4)  # (out, r)
     alpha = tensors["diffusion_model.blocks.0.attn.qkv.alpha"]
     assert alpha.shape == () and alpha.dtype == torch.float32 and alpha.item() == 8.0
 
 
 def test_save_in_half_precision_stores_half_weights_and_float32_alpha(tmp_path):
     from safetensors.torch import load_file
+
     model = inject_lora(_toy(), "toy", rank=4, alpha=8)
     path = tmp_path / "lora.safetensors"
     save_lora(path, model, {}, dtype=torch.bfloat16)
@@ -242,8 +272,16 @@ def test_metadata_round_trips_as_strings(tmp_path):
     model = inject_lora(_toy(), "auto", rank=4, alpha=8)
     path = tmp_path / "lora.safetensors"
     save_lora(path, model, {"psi": [0.5, 0.25], "reward": "toy", "iteration": 12, "config_hash": "ab12", "rank": 4})
-    expected = {"densegrpo.format": "densegrpo.lora/1", "rank": "4", "alpha": "8.0", "targets": "toy",
-                "psi": "[0.5, 0.25]", "reward": "toy", "iteration": "12", "config_hash": "ab12"}
+    expected = {
+        "densegrpo.format": "densegrpo.lora/1",
+        "rank": "4",
+        "alpha": "8.0",
+        "targets": "toy",
+        "psi": "[0.5, 0.25]",
+        "reward": "toy",
+        "iteration": "12",
+        "config_hash": "ab12",
+    }
     assert read_lora_metadata(path) == expected
     assert load_lora(path, inject_lora(_toy(), "toy", rank=4, alpha=8)) == expected
 
@@ -262,6 +300,7 @@ def _failing_save_file(tensors, filename, metadata=None):
 
 def test_failed_write_leaves_neither_the_file_nor_a_temp_file(tmp_path, monkeypatch):
     import safetensors.torch
+
     model = inject_lora(_toy(), "toy", rank=4, alpha=8)
     monkeypatch.setattr(safetensors.torch, "save_file", _failing_save_file)
     with pytest.raises(OSError, match="disk full"):
@@ -271,6 +310,7 @@ def test_failed_write_leaves_neither_the_file_nor_a_temp_file(tmp_path, monkeypa
 
 def test_failed_overwrite_keeps_the_previous_file(tmp_path, monkeypatch, x):
     import safetensors.torch
+
     model = inject_lora(_toy(), "toy", rank=4, alpha=8)
     path = tmp_path / "lora.safetensors"
     save_lora(path, model, {"iteration": 1})
@@ -283,6 +323,7 @@ def test_failed_overwrite_keeps_the_previous_file(tmp_path, monkeypatch, x):
 
 def _edited_file(tmp_path, edit):
     from safetensors.torch import load_file, save_file
+
     model = inject_lora(_toy(), "toy", rank=4, alpha=8)
     path = tmp_path / "lora.safetensors"
     save_lora(path, model, {})
@@ -344,5 +385,6 @@ def test_loading_into_a_model_without_lora_asks_for_injection(tmp_path):
 
 def test_presets_are_full_name_regexes():
     import re
+
     for name, pattern in lora.TARGET_PRESETS.items():
         assert re.fullmatch(pattern, "x_embedder.proj") is None, name

@@ -1,23 +1,42 @@
 """Memory features: gradient checkpointing, offloading, the optimizer choice, the stage meter, bf16 masters."""
+
 import copy
 
 import pytest
 import torch
 import torch.nn as nn
-from densegrpo_core.bench.dit import DiT, RandomTextEncoder, tiny_dit
 
-from densegrpo_core import memory
-from densegrpo_core.lora import inject_lora, lora_parameters
-from densegrpo_core.memory import (StageMeter, build_optimizer, disable_gradient_checkpointing,
-                                   enable_gradient_checkpointing, find_block_lists, is_checkpointed,
-                                   offloadable_modules, offloaded)
-from densegrpo_core.pipeline import load_pipeline
+from densegrpo_core.app.benchmark.dit import DiT, RandomTextEncoder, tiny_dit
+from densegrpo_core.models.lora import inject_lora, lora_parameters
+from densegrpo_core.models.pipeline import load_pipeline
+from densegrpo_core.models.toy.model import ToyDiT, ToyDiTConfig
+from densegrpo_core.resources import memory
+from densegrpo_core.resources.memory import (
+    StageMeter,
+    disable_gradient_checkpointing,
+    enable_gradient_checkpointing,
+    find_block_lists,
+    is_checkpointed,
+    offloadable_modules,
+    offloaded,
+)
 from densegrpo_core.rewards import get_reward
-from densegrpo_core.toy.model import ToyDiT, ToyDiTConfig
-from densegrpo_core.trainer import TrainConfig, Trainer
+from densegrpo_core.training.optimizer import build_optimizer
+from densegrpo_core.training.trainer import TrainConfig, Trainer
 
-SMALL = dict(steps=4, prompts_per_iteration=2, group_size=3, train_batch=3, lora_rank=4, lora_alpha=8,
-             eval_every=0, save_every=0, eval_seeds=(0,), eval_steps=4, lr=1e-3)
+SMALL = dict(
+    steps=4,
+    prompts_per_iteration=2,
+    group_size=3,
+    train_batch=3,
+    lora_rank=4,
+    lora_alpha=8,
+    eval_every=0,
+    save_every=0,
+    eval_seeds=(0,),
+    eval_steps=4,
+    lr=1e-3,
+)
 
 
 def make_trainer(tmp_path, name="run", reward=None, **kw):
@@ -30,7 +49,7 @@ def lora_dit(seed=0):
     torch.manual_seed(seed)
     model = DiT(tiny_dit())
     inject_lora(model, "mmdit", rank=4, alpha=8, seed=seed)
-    with torch.no_grad():                            # a non-zero adapter, so its gradients flow through every path
+    with torch.no_grad():  # a non-zero adapter, so its gradients flow through every path
         for p in lora_parameters(model):
             p.normal_(0, 0.1)
     return model
@@ -46,8 +65,11 @@ def loss_and_grads(model, x, tau, cond):
 def dit_inputs(batch=3):
     g = torch.Generator().manual_seed(1)
     cfg = tiny_dit()
-    return (torch.randn(batch, *cfg.latent_shape, generator=g), torch.rand(batch, generator=g),
-            RandomTextEncoder(cfg)(["a", "b", "a"][:batch]))
+    return (
+        torch.randn(batch, *cfg.latent_shape, generator=g),
+        torch.rand(batch, generator=g),
+        RandomTextEncoder(cfg)(["a", "b", "a"][:batch]),
+    )
 
 
 # ------------------------------------------------------------------------------------ checkpointing
@@ -67,10 +89,12 @@ def test_checkpointing_keeps_fewer_activations_for_backward():
 
     def saved_bytes():
         total = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: total.append(t.numel() * t.element_size()) or t,
-                                                      lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: total.append(t.numel() * t.element_size()) or t, lambda t: t
+        ):
             model(*inputs).square().mean()
         return sum(total)
+
     plain = saved_bytes()
     enable_gradient_checkpointing(model)
     assert saved_bytes() < 0.5 * plain
@@ -80,7 +104,7 @@ def test_checkpointing_is_removable_and_leaves_the_model_as_it_was():
     model, inputs = lora_dit(), dit_inputs()
     before = model(*inputs)
     enable_gradient_checkpointing(model)
-    enable_gradient_checkpointing(model)                          # idempotent
+    enable_gradient_checkpointing(model)  # idempotent
     assert all(is_checkpointed(b) for b in model.joint_blocks)
     assert disable_gradient_checkpointing(model) == 2
     assert not any(is_checkpointed(b) or "forward" in b.__dict__ for b in model.joint_blocks)
@@ -108,7 +132,7 @@ def test_checkpointing_survives_deepcopy_bound_to_the_copy():
         for p in clone.parameters():
             p.add_(0.01)
     assert is_checkpointed(clone.joint_blocks[0])
-    assert not torch.equal(model(*inputs), clone(*inputs))       # the copy runs its own weights
+    assert not torch.equal(model(*inputs), clone(*inputs))  # the copy runs its own weights
 
 
 def test_block_lists_are_found_by_name_or_path():
@@ -117,6 +141,7 @@ def test_block_lists_are_found_by_name_or_path():
             super().__init__()
             self.double_blocks = nn.ModuleList([nn.Linear(2, 2)])
             self.single_blocks = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)])
+
     assert set(find_block_lists(FluxLike())) == {"double_blocks", "single_blocks"}
     assert set(find_block_lists(FluxLike(), ["single_blocks"])) == {"single_blocks"}
     toy = ToyDiT(ToyDiTConfig())
@@ -172,10 +197,12 @@ def test_offload_moves_modules_out_and_back_also_on_errors():
 
 def test_offload_finds_modules_inside_rewards_methods_partials_and_closures():
     import functools
+
     a, b, c, d = MovingModule(), MovingModule(), MovingModule(), MovingModule()
 
     def closure(x):
         return d(x)
+
     found = offloadable_modules(HoldsModel(a), HoldsModel(b).__call__, functools.partial(print, c), closure)
     assert {id(m) for m in found} == {id(a), id(b), id(c), id(d)}
 
@@ -184,7 +211,7 @@ def test_offload_never_moves_the_diffusion_network_or_plain_callables():
     net = nn.Sequential(nn.Linear(2, 2))
     holder = HoldsModel(net)
     assert offloadable_modules(holder, lambda x: x, exclude=(net,)) == []
-    parent = nn.Sequential(net)                                   # a module that contains the network
+    parent = nn.Sequential(net)  # a module that contains the network
     assert offloadable_modules(HoldsModel(parent), exclude=(net,)) == []
     with offloaded(lambda x: x, to="cpu") as moved:
         assert moved == []
@@ -197,6 +224,7 @@ def test_offload_uses_to_and_device_of_objects_without_modules():
 
         def to(self, device):
             self.moves.append(str(device))
+
     r = Reward()
     with offloaded(r, to="cpu"):
         assert r.moves == ["cpu"]
@@ -211,10 +239,11 @@ def test_trainer_offloads_the_reward_model_outside_the_reward_stage(tmp_path):
         def __call__(self, images, prompts):
             seen_in_reward.append(list(net.moves))
             return get_reward("toy")(images, prompts)
+
     t = make_trainer(tmp_path, reward=Reward(net), offload_reward=True)
     t.iteration()
-    assert net.moves == ["cpu", "meta", "cpu", "meta"]          # parked for the rollout and the update
-    assert all(m == ["cpu", "meta"] for m in seen_in_reward)      # at home while it scores
+    assert net.moves == ["cpu", "meta", "cpu", "meta"]  # parked for the rollout and the update
+    assert all(m == ["cpu", "meta"] for m in seen_in_reward)  # at home while it scores
 
 
 # ---------------------------------------------------------------------------------------- optimizer
@@ -253,7 +282,7 @@ def test_bf16_weights_train_float32_lora_masters_with_float32_log_probs(tmp_path
 
 def test_rollout_memory_budget_lowers_the_chunk_not_the_result(tmp_path):
     full = make_trainer(tmp_path, "full")
-    small = make_trainer(tmp_path, "small", rollout_memory_gb=1e-4)    # ~100 KiB of activations per call
+    small = make_trainer(tmp_path, "small", rollout_memory_gb=1e-4)  # ~100 KiB of activations per call
     assert 2 <= small.max_batch < full.max_batch == 256
     m0, m1 = full.iteration(), small.iteration()
     assert m0["nfe_per_trajectory"] == m1["nfe_per_trajectory"]
@@ -261,10 +290,17 @@ def test_rollout_memory_budget_lowers_the_chunk_not_the_result(tmp_path):
 
 
 def test_rollout_memory_budget_needs_a_model_the_estimator_can_count(tmp_path, tiny_velocity):
-    from densegrpo_core.pipeline import FlowPipeline
-    pipe = FlowPipeline(model=tiny_velocity, encode=lambda p: torch.zeros(len(p), 4), null_cond=None,
-                        decode=lambda x: x[:, :1].expand(-1, 3, -1, -1).movedim(1, -1).sigmoid(),
-                        latent_shape=(2, 4, 4), arch=r"conv", default_cfg=1.0)
+    from densegrpo_core.models.pipeline import FlowPipeline
+
+    pipe = FlowPipeline(
+        model=tiny_velocity,
+        encode=lambda p: torch.zeros(len(p), 4),
+        null_cond=None,
+        decode=lambda x: x[:, :1].expand(-1, 3, -1, -1).movedim(1, -1).sigmoid(),
+        latent_shape=(2, 4, 4),
+        arch=r"conv",
+        default_cfg=1.0,
+    )
     cfg = TrainConfig(out_dir=str(tmp_path / "x"), rollout_memory_gb=1.0, lora_targets=r"cond", **SMALL)
     with pytest.raises(ValueError, match="rollout_memory_gb needs a model the estimator can count"):
         Trainer(cfg, pipe, lambda im, p: im.mean(dim=(1, 2, 3)), ["a", "b"])
@@ -275,10 +311,10 @@ def test_stage_meter_on_cpu_reports_the_peak_tensor_memory_of_a_stage():
     meter = StageMeter("cpu", memory=True)
     keep = torch.zeros(1)
     with meter.stage("work"):
-        a = torch.empty(1 << 20)                                  # 4 MiB
-        b = torch.empty(1 << 19)                                  # 2 MiB while a is alive
+        a = torch.empty(1 << 20)  # 4 MiB
+        b = torch.empty(1 << 19)  # 2 MiB while a is alive
         del a, b
-        keep = torch.empty(1 << 18)                               # 1 MiB
+        keep = torch.empty(1 << 18)  # 1 MiB
     assert 6 * 2**20 <= meter.last["work_peak_delta_bytes"] < 6.5 * 2**20
     assert meter.last["work_s"] >= 0 and keep.numel() == 1 << 18
 
@@ -299,7 +335,7 @@ def test_on_off_parsing():
 
 def test_checkpointed_blocks_recompute_with_the_dict_arguments_as_they_were_at_the_call():
     """ComfyUI's Flux changes transformer_options after each block call; the recompute must not see that."""
-    from densegrpo_core.memory import enable_gradient_checkpointing
+    from densegrpo_core.resources.memory import enable_gradient_checkpointing
 
     class Block(torch.nn.Module):
         def __init__(self):

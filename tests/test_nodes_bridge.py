@@ -2,14 +2,15 @@
 
 What needs ComfyUI objects (MODEL, VAE, CFGGuider) is covered by tests/comfyui/ against a real ComfyUI.
 """
+
 import json
 
 import pytest
 import torch
 
-from densegrpo_core.guidance import DenoiserVelocity, denoised_from_velocity, velocity_from_denoised
-from densegrpo_core.plots import image_grid
-from densegrpo_core.schedule import Psi, shifted_linspace_grid
+from densegrpo_core.method.guidance import DenoiserVelocity, denoised_from_velocity, velocity_from_denoised
+from densegrpo_core.method.schedule import Psi, shifted_linspace_grid
+from densegrpo_core.util.plots import image_grid
 from nodes import comfy_bridge as bridge
 from nodes.psi_nodes import PsiFromList, PsiUniform, find_psi_file, list_psi_files
 from nodes.sampler_nodes import sde_sampler_function
@@ -65,23 +66,25 @@ def test_sde_sampler_records_the_trajectory_and_calls_back_every_step(denoiser):
     sigmas = shifted_linspace_grid(5, 3.0)
     recorder, seen = {}, []
     x = torch.randn(2, 2, 8, 8)
-    out = sde_sampler_function(denoiser, x, sigmas, {}, callback=lambda d: seen.append(d["i"]),
-                               psi=Psi.uniform(0.7, 1), recorder=recorder)
+    out = sde_sampler_function(
+        denoiser, x, sigmas, {}, callback=lambda d: seen.append(d["i"]), psi=Psi.uniform(0.7, 1), recorder=recorder
+    )
     ro = recorder["rollout"]
     assert ro.latents.shape == (2, 6, 2, 8, 8) and torch.equal(ro.latents[:, -1], out)
     assert ro.log_probs.shape == (2, 5) and seen == [0, 1, 2, 3, 4]
 
 
 def test_sde_sampler_refuses_non_flow_sigmas(denoiser):
-    sigmas = torch.tensor([14.6, 7.0, 2.0, 0.0])       # an eps-prediction (SD1.5-like) schedule
+    sigmas = torch.tensor([14.6, 7.0, 2.0, 0.0])  # an eps-prediction (SD1.5-like) schedule
     with pytest.raises(ValueError, match="sigmas.*flow-matching"):
         sde_sampler_function(denoiser, torch.randn(1, 2, 8, 8), sigmas, {}, psi=Psi.uniform(0.7, 1))
 
 
 def test_sde_sampler_refuses_psi_of_the_wrong_length(denoiser):
     with pytest.raises(ValueError, match="input 'psi'.*3 values.*5 steps"):
-        sde_sampler_function(denoiser, torch.randn(1, 2, 8, 8), shifted_linspace_grid(5, 3.0), {},
-                             psi=Psi([0.7, 0.6, 0.5]))
+        sde_sampler_function(
+            denoiser, torch.randn(1, 2, 8, 8), shifted_linspace_grid(5, 3.0), {}, psi=Psi([0.7, 0.6, 0.5])
+        )
 
 
 def test_denoiser_velocity_recovers_the_model_velocity(tiny_velocity, denoiser):
@@ -123,8 +126,17 @@ def test_psi_file_lookup_refuses_paths_outside_its_folders(tmp_path):
         find_psi_file("../secret.json", [str(tmp_path / "models")], "DenseGRPO Load ψ")
 
 
-@pytest.mark.parametrize("name, expected", [("my lora", "my_lora"), ("../../x", "x"), ("..", "densegrpo"),
-                                            ("a/b\\c", "c"), (".hidden", "hidden"), ("", "densegrpo")])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("my lora", "my_lora"),
+        ("../../x", "x"),
+        ("..", "densegrpo"),
+        ("a/b\\c", "c"),
+        (".hidden", "hidden"),
+        ("", "densegrpo"),
+    ],
+)
 def test_sanitize_name_keeps_files_inside_one_folder(name, expected):
     assert bridge.sanitize_name(name) == expected
 
@@ -155,9 +167,10 @@ def test_image_grid_tiles_rows_and_columns():
 
 def test_private_copy_of_an_inference_mode_module_can_be_trained_and_shares_nothing():
     from nodes.comfy_training import clone_module
+
     with torch.inference_mode():
         shared = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3))
-        shared[0].weight.mul_(1.0)                         # an inference tensor, as ComfyUI's models hold
+        shared[0].weight.mul_(1.0)  # an inference tensor, as ComfyUI's models hold
     private = clone_module(shared)
     assert not any(p.is_inference() for p in private.parameters())
     p = private[0].weight
@@ -171,6 +184,7 @@ def test_private_copy_of_an_inference_mode_module_can_be_trained_and_shares_noth
 
 def test_prompt_conds_of_different_token_counts_stack_like_comfyui():
     from nodes.comfy_training import stack_kwargs
+
     a = {"c_crossattn": torch.ones(1, 2, 4), "y": torch.zeros(1, 3)}
     b = {"c_crossattn": torch.full((1, 3, 4), 2.0), "y": torch.ones(1, 3)}
     out = stack_kwargs([a, b, a])

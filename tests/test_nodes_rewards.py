@@ -1,4 +1,5 @@
 """Reward nodes without ComfyUI: file choices, loading a weightless reward, scoring, weighted sums."""
+
 import json
 
 import pytest
@@ -10,6 +11,7 @@ from nodes.reward_nodes import CombineRewards, ScoreImages, list_entries, resolv
 
 def test_every_registered_reward_with_files_has_a_loader_node_with_a_path_input():
     from densegrpo_core.rewards import list_rewards
+
     loaders = [c for k, c in NODE_CLASS_MAPPINGS.items() if k.startswith("DenseGRPO_Load")]
     described = " ".join(c.DESCRIPTION for c in loaders)
     for spec in list_rewards():
@@ -42,7 +44,7 @@ def test_jpeg_loader_needs_no_files_and_scores_images():
     flat, noisy = torch.full((1, 32, 32, 3), 0.5), torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(0))
     out = ScoreImages().execute(torch.cat([flat, noisy]), reward, "anything")
     scores = json.loads(out["result"][1])["scores"]
-    assert scores[0] > scores[1]                     # a flat image compresses better
+    assert scores[0] > scores[1]  # a flat image compresses better
 
 
 def test_score_node_refuses_a_prompt_count_that_does_not_match_the_images():

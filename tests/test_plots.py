@@ -2,7 +2,7 @@ import pytest
 import torch
 from PIL import Image
 
-from densegrpo_core.plots import plot_dense_rewards, plot_psi_history, plot_reward_curves
+from densegrpo_core.util.plots import plot_dense_rewards, plot_psi_history, plot_reward_curves
 
 T, B = 10, 6
 
@@ -10,20 +10,29 @@ T, B = 10, 6
 @pytest.fixture
 def latent_rewards():
     g = torch.Generator().manual_seed(0)
-    return torch.linspace(0.2, 0.8, T + 1)[None] + 0.05 * torch.randn(B, T + 1, generator=g)   # (B, T+1)
+    return torch.linspace(0.2, 0.8, T + 1)[None] + 0.05 * torch.randn(B, T + 1, generator=g)  # (B, T+1)
 
 
 @pytest.fixture
 def psi_history():
-    return [{"iteration": i, "psi": [0.7 + 0.01 * i * (k % 3 - 1) for k in range(T)],
-             "pos": [3 + (k + i) % 2 for k in range(T)], "neg": [3 - (k + i) % 2 for k in range(T)], "n": B}
-            for i in range(5)]
+    return [
+        {
+            "iteration": i,
+            "psi": [0.7 + 0.01 * i * (k % 3 - 1) for k in range(T)],
+            "pos": [3 + (k + i) % 2 for k in range(T)],
+            "neg": [3 - (k + i) % 2 for k in range(T)],
+            "n": B,
+        }
+        for i in range(5)
+    ]
 
 
 @pytest.fixture
 def curves():
-    return {"dense_grpo": {"iterations": [0, 5, 10], "reward_mean": [[0.5, 0.6, 0.7], [0.52, 0.63, 0.69]]},
-            "flow_grpo": {"iterations": [0, 5, 10], "reward_mean": [0.5, 0.55, 0.6]}}
+    return {
+        "dense_grpo": {"iterations": [0, 5, 10], "reward_mean": [[0.5, 0.6, 0.7], [0.52, 0.63, 0.69]]},
+        "flow_grpo": {"iterations": [0, 5, 10], "reward_mean": [0.5, 0.55, 0.6]},
+    }
 
 
 def _assert_png(path):

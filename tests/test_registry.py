@@ -1,7 +1,9 @@
-"""Registry readiness and the front-end files as ComfyUI-Manager and the Comfy Registry meet them (issue 13)."""
+"""Registry readiness and the front-end files as ComfyUI-Manager and the Comfy Registry meet them."""
+
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -11,8 +13,8 @@ def pyproject():
 
 
 def test_requirements_never_list_torch():
-    lines = [l.split("#")[0].strip() for l in (ROOT / "requirements.txt").read_text().splitlines()]
-    names = [re.split(r"[<>=!~\[; ]", l)[0].lower() for l in lines if l]
+    lines = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
+    names = [re.split(r"[<>=!~\[; ]", line)[0].lower() for line in lines if line]
     assert names and not [n for n in names if n in ("torch", "torchvision", "torchaudio")]
 
 
@@ -38,6 +40,6 @@ def test_the_web_directory_holds_the_extension_and_the_vendored_chart_library_wi
     init = (ROOT / "__init__.py").read_text()
     assert 'WEB_DIRECTORY = "./web"' in init
     js = (ROOT / "web" / "densegrpo.js").read_text()
-    assert 'from "../../scripts/app.js"' in js and 'addEventListener(EVENT' in js
+    assert 'from "../../scripts/app.js"' in js and "addEventListener(EVENT" in js
     assert (ROOT / "web" / "vendor" / "uplot" / "uPlot.esm.js").is_file()
     assert (ROOT / "web" / "vendor" / "uplot" / "LICENSE").read_text().startswith("The MIT License")

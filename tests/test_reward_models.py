@@ -2,6 +2,7 @@
 written in the published checkpoints' layouts and loaded through the production loaders: the score formulas
 against reference computations, float32 (B,) outputs, determinism, batch-size invariance, and a precise
 error for every missing file, wrong layout or unsafe pickle."""
+
 import argparse
 import json
 import os
@@ -25,9 +26,13 @@ MODEL_REWARDS = TEXT_REWARDS + ["aesthetic"]
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("reward_models")
     pick = tiny.write_clip_folder(root / "pickscore", seed=1, processor_subdir="processor")
-    return {"pickscore": pick, "pickscore_flowgrpo": pick, "clipscore": tiny.write_clip_folder(root / "clipscore"),
-            "hpsv2": tiny.write_hps_folder(root / "hpsv2"),
-            "aesthetic": tiny.write_aesthetic_folder(root / "aesthetic")}
+    return {
+        "pickscore": pick,
+        "pickscore_flowgrpo": pick,
+        "clipscore": tiny.write_clip_folder(root / "clipscore"),
+        "hpsv2": tiny.write_hps_folder(root / "hpsv2"),
+        "aesthetic": tiny.write_aesthetic_folder(root / "aesthetic"),
+    }
 
 
 def images_uint8(n: int, seed: int = 0) -> torch.Tensor:
@@ -43,12 +48,15 @@ def reference_clip_embeddings(folder, images, prompts, processor_dir=None):
     """Image and text embeddings as the upstream scorers compute them: CLIPModel + the reference processors."""
     from transformers import CLIPModel, CLIPTokenizer
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
     processor_dir = processor_dir or folder
     model = CLIPModel.from_pretrained(str(folder), local_files_only=True).eval()
     pixels = CLIPImageProcessorPil.from_pretrained(str(processor_dir), local_files_only=True)(
-        pil_images(images), return_tensors="pt")["pixel_values"]
+        pil_images(images), return_tensors="pt"
+    )["pixel_values"]
     text = CLIPTokenizer.from_pretrained(str(processor_dir), local_files_only=True)(
-        prompts, padding=True, truncation=True, max_length=tiny.TEXT_CONTEXT, return_tensors="pt")
+        prompts, padding=True, truncation=True, max_length=tiny.TEXT_CONTEXT, return_tensors="pt"
+    )
     with torch.no_grad():
         img = model.get_image_features(pixel_values=torch.as_tensor(np.asarray(pixels)))
         txt = model.get_text_features(**text)
@@ -119,7 +127,7 @@ def test_a_callers_autocast_does_not_change_the_scores(name, folders):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", MODEL_REWARDS)
 def test_on_cuda_models_run_in_half_precision_and_score_images_there(name, folders):
-    r = get_reward(name, folders[name])                                        # default device: CUDA
+    r = get_reward(name, folders[name])  # default device: CUDA
     images = images_uint8(4).cuda()
     scores = r(images, PROMPTS[:4])
     assert scores.is_cuda and scores.dtype == torch.float32
@@ -130,8 +138,9 @@ def test_on_cuda_models_run_in_half_precision_and_score_images_there(name, folde
 # --------------------------------------------------------------------------------------------- the formulas
 def test_pickscore_is_logit_scale_times_cosine_as_the_reference_computes_it(folders):
     images = images_uint8(4)
-    img, txt, scale = reference_clip_embeddings(folders["pickscore"], images, PROMPTS[:4],
-                                                folders["pickscore"] / "processor")
+    img, txt, scale = reference_clip_embeddings(
+        folders["pickscore"], images, PROMPTS[:4], folders["pickscore"] / "processor"
+    )
     expected = scale * (F.normalize(img, dim=-1) * F.normalize(txt, dim=-1)).sum(-1)
     scores = get_reward("pickscore", folders["pickscore"], device="cpu")(images, PROMPTS[:4])
     assert torch.allclose(scores, expected, rtol=1e-4, atol=1e-4)
@@ -146,7 +155,7 @@ def test_pickscore_flowgrpo_is_pickscore_over_26(folders):
 
 def test_pickscore_processor_files_may_sit_beside_the_model(folders):
     images = images_uint8(8)
-    pick = get_reward("pickscore", folders["clipscore"], device="cpu")           # processor files beside the model
+    pick = get_reward("pickscore", folders["clipscore"], device="cpu")  # processor files beside the model
     cosine = pick(images, PROMPTS) / pick.clip.logit_scale
     clipscore = get_reward("clipscore", folders["clipscore"], device="cpu")(images, PROMPTS)
     assert torch.allclose(2.5 * cosine.clamp(min=0), clipscore, atol=1e-5)
@@ -164,6 +173,7 @@ def test_hpsv2_is_the_cosine_of_open_clip_embeddings_as_hpsv2_scores(folders):
     from open_clip.model import CLIP
     from open_clip.tokenizer import SimpleTokenizer
     from open_clip.transform import PreprocessCfg, image_transform_v2
+
     model = CLIP(**tiny.HPS_MODEL_CFG).eval()
     model.load_state_dict(torch.load(folders["hpsv2"] / tiny.HPS_FILE, weights_only=True)["state_dict"])
     images = images_uint8(4)
@@ -193,6 +203,7 @@ def test_hpsv2_without_open_clip_config_builds_vit_h_14():
 
 def test_aesthetic_is_the_mlp_of_the_normalised_clip_image_embedding(folders):
     from densegrpo_core.rewards.aesthetic import AestheticHead
+
     images = images_uint8(4)
     img, _, _ = reference_clip_embeddings(folders["aesthetic"] / "clip", images, PROMPTS[:4])
     head = AestheticHead(tiny.PROJECTION_DIM).eval()
@@ -209,13 +220,14 @@ def test_aesthetic_head_keys_are_the_upstream_ones():
 
 def test_aesthetic_path_may_name_the_head_with_clip_files_beside_it(tmp_path, folders):
     from safetensors.torch import save_file
+
     folder = tiny.write_clip_folder(tmp_path / "flat")
     save_file(tiny.aesthetic_head_state(), str(folder / "sac+logos+ava1-l14-linearMSE.safetensors"))
     images = images_uint8(2)
     head = folder / "sac+logos+ava1-l14-linearMSE.safetensors"
     flat = get_reward("aesthetic", head, device="cpu")(images, PROMPTS[:2])
     nested = get_reward("aesthetic", folders["aesthetic"], device="cpu")(images, PROMPTS[:2])
-    assert torch.allclose(flat, nested)                   # same seeds: same CLIP, same head
+    assert torch.allclose(flat, nested)  # same seeds: same CLIP, same head
 
 
 # ------------------------------------------------------------------------------------------------- errors
@@ -282,6 +294,7 @@ def test_aesthetic_head_width_must_match_the_clip_projection_dim(tmp_path):
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     from open_clip.model import CLIP
+
     folder = tiny.write_hps_folder(tmp_path / "h")
     other = {**tiny.HPS_MODEL_CFG, "embed_dim": 16}
     torch.save({"state_dict": CLIP(**other).state_dict()}, folder / tiny.HPS_FILE)
@@ -310,6 +323,7 @@ def test_aesthetic_head_pickle_that_is_not_weights_only_is_refused(tmp_path):
 
 def test_transformers_bin_pickle_that_is_not_weights_only_is_refused(tmp_path):
     from safetensors.torch import load_file
+
     folder = tiny.write_clip_folder(tmp_path / "c")
     state = load_file(str(folder / "model.safetensors"))
     os.remove(folder / "model.safetensors")

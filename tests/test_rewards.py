@@ -1,5 +1,6 @@
 """The reward registry, specs and weighted sums, the weight-free rewards, input checks, caching, and the torch
 CLIP preprocessing against the reference processors. Model rewards: test_reward_models.py."""
+
 import io
 import socket
 import subprocess
@@ -8,12 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_reward_models as tiny
 import torch
 from PIL import Image
 
-import tiny_reward_models as tiny
-from densegrpo_core.rewards import (REWARD_REGISTRY, WeightedReward, get_reward, list_rewards, parse_reward_paths,
-                                    parse_reward_spec, release_rewards)
+from densegrpo_core.rewards import (
+    REWARD_REGISTRY,
+    WeightedReward,
+    get_reward,
+    list_rewards,
+    parse_reward_paths,
+    parse_reward_spec,
+    release_rewards,
+)
 from densegrpo_core.rewards.clip_preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipPreprocess
 
 PROMPTS = ["a red cat"] * 4
@@ -31,8 +39,16 @@ def one_uint8_level(std) -> float:
 
 # ------------------------------------------------------------------------------------------------ registry
 def test_registry_lists_every_builtin_reward_with_what_it_needs():
-    assert set(REWARD_REGISTRY) == {"pickscore", "pickscore_flowgrpo", "hpsv2", "aesthetic", "clipscore",
-                                    "jpeg_compressibility", "jpeg_incompressibility", "toy"}
+    assert set(REWARD_REGISTRY) == {
+        "pickscore",
+        "pickscore_flowgrpo",
+        "hpsv2",
+        "aesthetic",
+        "clipscore",
+        "jpeg_compressibility",
+        "jpeg_incompressibility",
+        "toy",
+    }
     for spec in list_rewards():
         assert spec.display_name and spec.description and spec.formula and spec.upstream
         assert spec.needs_path == bool(spec.expected_files) == (spec.folder is not None) == (spec.path_kind != "none")
@@ -40,8 +56,9 @@ def test_registry_lists_every_builtin_reward_with_what_it_needs():
 
 def test_importing_the_rewards_package_loads_no_model_library():
     code = "import densegrpo_core.rewards, sys; print(' '.join(sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).parent.parent)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent
+    )
     assert not {"transformers", "open_clip", "PIL"} & set(out.stdout.split())
 
 
@@ -77,9 +94,16 @@ def test_weighted_spec_string_and_dict_parse_alike():
     assert parse_reward_spec("my.module:fn") == "my.module:fn"
 
 
-@pytest.mark.parametrize("spec, msg", [("pickscore=high", "weight of 'pickscore' must be a number"),
-                                       ({"toy": float("nan")}, "must be finite"), ({}, "at least one term"),
-                                       ("=1", "empty term"), (3, "reward must be a name")])
+@pytest.mark.parametrize(
+    "spec, msg",
+    [
+        ("pickscore=high", "weight of 'pickscore' must be a number"),
+        ({"toy": float("nan")}, "must be finite"),
+        ({}, "at least one term"),
+        ("=1", "empty term"),
+        (3, "reward must be a name"),
+    ],
+)
 def test_bad_weighted_specs_are_refused(spec, msg):
     with pytest.raises(ValueError, match=msg):
         parse_reward_spec(spec)
@@ -91,15 +115,16 @@ def test_weighted_reward_is_the_weighted_sum_and_reports_each_term():
     total = r(images, PROMPTS)
     assert isinstance(r, WeightedReward) and set(r.last_terms) == {"jpeg_incompressibility", "test_rewards:brightness"}
     assert torch.allclose(r.last_terms["test_rewards:brightness"], images.mean(dim=(1, 2, 3)))
-    assert torch.allclose(total, 0.5 * r.last_terms["jpeg_incompressibility"]
-                          + 2 * r.last_terms["test_rewards:brightness"])
+    assert torch.allclose(
+        total, 0.5 * r.last_terms["jpeg_incompressibility"] + 2 * r.last_terms["test_rewards:brightness"]
+    )
     assert total.dtype == torch.float32 and total.shape == (4,)
 
 
 def test_reward_paths_parse_one_path_or_name_equals_path():
     assert parse_reward_paths("/models/reward_models/pickscore") == "/models/reward_models/pickscore"
     assert parse_reward_paths("pickscore=/a,aesthetic=/b") == {"pickscore": "/a", "aesthetic": "/b"}
-    assert parse_reward_paths("/odd=folder") == "/odd=folder"        # not a reward name: one path
+    assert parse_reward_paths("/odd=folder") == "/odd=folder"  # not a reward name: one path
     assert parse_reward_paths(None) is None
 
 
@@ -131,14 +156,17 @@ def test_flat_images_are_more_compressible_than_noise():
 
 
 # ----------------------------------------------------------------------------------------------- input checks
-@pytest.mark.parametrize("images, prompts, msg", [
-    (torch.rand(2, 3, 8, 8), ["a", "b"], r"images must be a \(B, H, W, 3\) tensor, got \(2, 3, 8, 8\)"),
-    (torch.rand(8, 8, 3), ["a"], r"images must be a \(B, H, W, 3\) tensor"),
-    (torch.rand(2, 8, 8, 3) * 255, ["a", "b"], r"images must lie in \[0, 1\]"),
-    (torch.full((1, 8, 8, 3), float("nan")), ["a"], "images must be finite"),
-    (torch.rand(2, 8, 8, 3), ["a"], r"prompts must be a list of one prompt per image \(2\), got 1 prompts"),
-    (torch.rand(1, 8, 8, 3), "a", "got a single string"),
-])
+@pytest.mark.parametrize(
+    "images, prompts, msg",
+    [
+        (torch.rand(2, 3, 8, 8), ["a", "b"], r"images must be a \(B, H, W, 3\) tensor, got \(2, 3, 8, 8\)"),
+        (torch.rand(8, 8, 3), ["a"], r"images must be a \(B, H, W, 3\) tensor"),
+        (torch.rand(2, 8, 8, 3) * 255, ["a", "b"], r"images must lie in \[0, 1\]"),
+        (torch.full((1, 8, 8, 3), float("nan")), ["a"], "images must be finite"),
+        (torch.rand(2, 8, 8, 3), ["a"], r"prompts must be a list of one prompt per image \(2\), got 1 prompts"),
+        (torch.rand(1, 8, 8, 3), "a", "got a single string"),
+    ],
+)
 @pytest.mark.parametrize("reward", ["jpeg_compressibility", "jpeg_incompressibility=1,toy=0"])
 def test_wrong_images_or_prompts_are_named_in_the_error(reward, images, prompts, msg):
     with pytest.raises(ValueError, match=msg):
@@ -168,6 +196,7 @@ def test_bad_batch_size_and_dtype_are_refused(tmp_path):
 def test_hf_preprocess_matches_clip_image_processor_on_a_known_image(h, w):
     from transformers import CLIPImageProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
     img = tiny.known_image(h, w)
     pil = Image.fromarray((img * 255).round().to(torch.uint8).numpy())
     kw = dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
@@ -183,6 +212,7 @@ def test_hf_preprocess_matches_clip_image_processor_on_a_known_image(h, w):
 @pytest.mark.parametrize("h, w", [(40, 59), (59, 40), (100, 73)])
 def test_open_clip_preprocess_matches_open_clip_transform_on_a_known_image(mode, h, w):
     from open_clip.transform import PreprocessCfg, image_transform_v2
+
     img = tiny.known_image(h, w)
     pil = Image.fromarray((img * 255).round().to(torch.uint8).numpy())
     cfg = dict(size=32, resize_mode=mode)
@@ -193,8 +223,14 @@ def test_open_clip_preprocess_matches_open_clip_transform_on_a_known_image(mode,
 
 
 def test_preprocess_takes_each_models_mean_std_and_sizes():
-    p = ClipPreprocess.from_hf_config({"size": {"shortest_edge": 20}, "crop_size": {"height": 16, "width": 16},
-                                       "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25]})
+    p = ClipPreprocess.from_hf_config(
+        {
+            "size": {"shortest_edge": 20},
+            "crop_size": {"height": 16, "width": 16},
+            "image_mean": [0.5, 0.5, 0.5],
+            "image_std": [0.25, 0.25, 0.25],
+        }
+    )
     out = p(torch.full((2, 30, 40, 3), 0.75))
     assert out.shape == (2, 3, 16, 16) and torch.allclose(out, torch.ones_like(out))
     q = ClipPreprocess.from_open_clip_cfg({"size": 224})
@@ -203,8 +239,9 @@ def test_preprocess_takes_each_models_mean_std_and_sizes():
 
 def test_longest_edge_preprocess_pads_with_black_like_hpsv2():
     p = ClipPreprocess.from_open_clip_cfg({"size": 8, "resize_mode": "longest"})
-    out = p(torch.ones(1, 4, 8, 3)) * torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1) \
-        + torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)                      # back to pixel values
+    out = p(torch.ones(1, 4, 8, 3)) * torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1) + torch.tensor(
+        OPENAI_CLIP_MEAN
+    ).view(1, 3, 1, 1)  # back to pixel values
     assert torch.allclose(out[..., 2:6, :], torch.ones(1, 3, 4, 8), atol=1e-6)
     assert torch.allclose(out[..., :2, :], torch.zeros(1, 3, 2, 8), atol=1e-6)
 
@@ -213,4 +250,4 @@ def test_longest_edge_preprocess_pads_with_black_like_hpsv2():
 def test_network_is_guarded_in_tests(no_network):
     with pytest.raises(ConnectionRefusedError, match="network access in a test"):
         socket.create_connection(("192.0.2.1", 443), timeout=1)
-    no_network.clear()                                   # the attempt was the point of this test
+    no_network.clear()  # the attempt was the point of this test

@@ -1,11 +1,19 @@
-"""Fused rollouts and NFE accounting (MATH.md §4, §9)."""
+"""Fused rollouts and NFE accounting (docs/method.md §4, §9)."""
+
 import pytest
 import torch
 
-from densegrpo_core.guidance import GuidedVelocity
-from densegrpo_core.rollout import (fused_rollout, naive_rollout, ode_complete, ode_sub_grid, predicted_nfe, rollout,
-                                    sde_chain)
-from densegrpo_core.schedule import sde_noise_scales, shifted_linspace_grid
+from densegrpo_core.method.guidance import GuidedVelocity
+from densegrpo_core.method.rollout import (
+    fused_rollout,
+    naive_rollout,
+    ode_complete,
+    ode_sub_grid,
+    predicted_nfe,
+    rollout,
+    sde_chain,
+)
+from densegrpo_core.method.schedule import sde_noise_scales, shifted_linspace_grid
 
 T, B = 6, 4
 
@@ -67,8 +75,9 @@ def test_naive_and_fused_give_the_same_endpoints(tiny_velocity):
 def test_chunking_changes_calls_not_results(tiny_velocity):
     tau, sigmas, x_T = setup()
     a = fused_rollout(make_guide(tiny_velocity, 3.0), x_T, tau, sigmas, generator=torch.Generator().manual_seed(3))
-    b = fused_rollout(make_guide(tiny_velocity, 3.0, max_batch=6), x_T, tau, sigmas,
-                      generator=torch.Generator().manual_seed(3))
+    b = fused_rollout(
+        make_guide(tiny_velocity, 3.0, max_batch=6), x_T, tau, sigmas, generator=torch.Generator().manual_seed(3)
+    )
     torch.testing.assert_close(a.ode_endpoints, b.ode_endpoints, atol=1e-5, rtol=0)
     assert b.nfe == a.nfe
     # batch at step k is (k+1)·B rows, doubled by CFG, in chunks of at most 6 rows → 3 latents each

@@ -1,13 +1,22 @@
-"""Flow grids and the ψ(t) type (MATH.md §1-§2)."""
+"""Flow grids and the ψ(t) type (docs/method.md §1-§2)."""
+
 import json
 
 import pytest
 import torch
 
-from densegrpo_core.schedule import (PSI_FORMAT, Psi, as_psi, flow_grid, sd3_scheduler_grid, sde_noise_scales,
-                                     shifted_linspace_grid, validate_grid)
+from densegrpo_core.method.schedule import (
+    PSI_FORMAT,
+    Psi,
+    as_psi,
+    flow_grid,
+    sd3_scheduler_grid,
+    sde_noise_scales,
+    shifted_linspace_grid,
+    validate_grid,
+)
 
-# MATH.md §1: the SD3 scheduler grid for T = 10, shift 3, to its printed precision
+# docs/method.md §1: the SD3 scheduler grid for T = 10, shift 3, to its printed precision
 SD3_T10_SHIFT3 = [1.0, 0.960, 0.913, 0.858, 0.790, 0.707, 0.602, 0.465, 0.278, 0.0089, 0.0]
 
 
@@ -18,7 +27,7 @@ def test_sd3_grid_for_ten_steps_matches_math_md():
 
 
 def test_sd3_grid_matches_flow_grpo_formula():
-    """Flow-GRPO / diffusers: σ = shift(linspace(1, shift(1/1000), T)), then 0 (MATH.md §1)."""
+    """Flow-GRPO / diffusers: σ = shift(linspace(1, shift(1/1000), T)), then 0 (docs/method.md §1)."""
     shift, T = 3.0, 7
     sh = lambda s: shift * s / (1 + (shift - 1) * s)  # noqa: E731
     s = torch.linspace(1.0, sh(torch.tensor(1e-3, dtype=torch.float64)).item(), T, dtype=torch.float64)
@@ -44,8 +53,11 @@ def test_flow_grid_defaults_to_sd3_and_names_the_shifted_linspace_option():
 
 def test_psi_calibrated_on_one_grid_is_refused_on_another_naming_both():
     psi = Psi([0.7] * 10, tau=shifted_linspace_grid(10).tolist(), meta={"source": "calibration"})
-    with pytest.raises(ValueError, match=r"calibrated on the grid \[1, 0.9643.*used on the training grid "
-                                         r"\[1, 0.9601, .*0.008929"):
+    with pytest.raises(
+        ValueError,
+        match=r"calibrated on the grid \[1, 0.9643.*used on the training grid "
+        r"\[1, 0.9601, .*0.008929",
+    ):
         psi.check_grid(sd3_scheduler_grid(10).tolist(), "the training grid")
     assert psi.check_grid(shifted_linspace_grid(10).tolist()) is psi
 
@@ -63,10 +75,15 @@ def test_shifted_grid_matches_sd3_formula():
     assert tau[0] == 1.0 and tau[-1] == 0.0
 
 
-@pytest.mark.parametrize("grid, msg", [([1.0, 0.5, 0.6, 0.0], "strictly decreasing"),
-                                       ([1.0, 0.5, 0.1], "end at 0"),
-                                       ([1.5, 0.5, 0.0], "<= 1"),
-                                       ([0.0], "at least 2")])
+@pytest.mark.parametrize(
+    "grid, msg",
+    [
+        ([1.0, 0.5, 0.6, 0.0], "strictly decreasing"),
+        ([1.0, 0.5, 0.1], "end at 0"),
+        ([1.5, 0.5, 0.0], "<= 1"),
+        ([0.0], "at least 2"),
+    ],
+)
 def test_bad_grids_are_rejected(grid, msg):
     with pytest.raises(ValueError, match=msg):
         validate_grid(torch.tensor(grid))

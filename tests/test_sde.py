@@ -1,10 +1,11 @@
-"""SDE and ODE steps (MATH.md §3-§4)."""
+"""SDE and ODE steps (docs/method.md §3-§4)."""
+
 import math
 
 import torch
 
-from densegrpo_core.schedule import Psi, sde_noise_scales, shifted_linspace_grid
-from densegrpo_core.sde import gaussian_log_prob, ode_step, sde_step, sde_step_mean, sde_step_std
+from densegrpo_core.method.schedule import Psi, sde_noise_scales, shifted_linspace_grid
+from densegrpo_core.method.sde import gaussian_log_prob, ode_step, sde_step, sde_step_mean, sde_step_std
 
 
 def test_sde_step_with_zero_psi_is_euler():
@@ -34,7 +35,7 @@ def test_sde_samples_match_mean_and_std():
     v = torch.randn(1, 2000, generator=torch.Generator().manual_seed(3)).expand(4000, 2000)
     tau, tau_next, sigma = 0.7, 0.55, 0.9
     g = torch.Generator().manual_seed(4)
-    samples = sde_step(x, v, tau, tau_next, sigma, generator=g).x_next        # (4000, 2000)
+    samples = sde_step(x, v, tau, tau_next, sigma, generator=g).x_next  # (4000, 2000)
     mean = sde_step_mean(x[:1], v[:1], tau, tau_next, sigma)[0]
     std = sde_step_std(tau, tau_next, sigma)
     assert std == sigma * math.sqrt(tau - tau_next)
@@ -47,7 +48,7 @@ def test_sde_mean_matches_flow_grpo_formula():
     x, v = torch.randn(3, 5), torch.randn(3, 5)
     tau, tau_next, s = 0.6, 0.45, 0.5
     dt = tau_next - tau
-    expected = x + (v + s ** 2 / (2 * tau) * (x + (1 - tau) * v)) * dt
+    expected = x + (v + s**2 / (2 * tau) * (x + (1 - tau) * v)) * dt
     torch.testing.assert_close(sde_step_mean(x, v, tau, tau_next, s), expected)
 
 
@@ -63,7 +64,7 @@ def test_first_step_at_tau_one_is_finite():
 
 
 def test_noise_scale_formula_inside_grid():
-    tau = shifted_linspace_grid(4, shift=1.0)           # 1, .75, .5, .25, 0
+    tau = shifted_linspace_grid(4, shift=1.0)  # 1, .75, .5, .25, 0
     sig = sde_noise_scales(torch.tensor([0.1, 0.2, 0.3, 0.4]), tau)
     assert math.isclose(sig[2].item(), 0.3 * math.sqrt(0.5 / 0.5), rel_tol=1e-6)
     assert math.isclose(sig[3].item(), 0.4 * math.sqrt(0.25 / 0.75), rel_tol=1e-6)

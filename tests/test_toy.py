@@ -1,16 +1,27 @@
 """The embedded toy model: task, tokenizer, reward, shipped weights and pretraining."""
+
 import os
 
 import pytest
 import torch
 
-from densegrpo_core.schedule import shifted_linspace_grid
-from densegrpo_core.toy import ToyBundle, load_toy, load_toy_model
-from densegrpo_core.toy.model import VOCAB, ToyDiT, ToyDiTConfig, encode_prompts, null_cond
-from densegrpo_core.toy.pretrain import PretrainConfig, guided_ode_sample, pretrain, save_weights
-from densegrpo_core.toy.reward import toy_reward
-from densegrpo_core.toy.task import (SHAPE_COLOURS, SHAPES, all_prompts, decode, eval_prompts, make_prompt,
-                                     parse_prompt, prompt_colours, render, train_prompts)
+from densegrpo_core.method.schedule import shifted_linspace_grid
+from densegrpo_core.models.toy import ToyBundle, load_toy, load_toy_model
+from densegrpo_core.models.toy.model import VOCAB, ToyDiT, ToyDiTConfig, encode_prompts, null_cond
+from densegrpo_core.models.toy.pretrain import PretrainConfig, guided_ode_sample, pretrain, save_weights
+from densegrpo_core.models.toy.reward import toy_reward
+from densegrpo_core.models.toy.task import (
+    SHAPE_COLOURS,
+    SHAPES,
+    all_prompts,
+    decode,
+    eval_prompts,
+    make_prompt,
+    parse_prompt,
+    prompt_colours,
+    render,
+    train_prompts,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -68,8 +79,14 @@ def test_encode_unknown_word_raises_naming_it():
 def test_shipped_weights_load_and_generate_finite_images(toy):
     assert not toy.model.training and all(p.dtype == torch.float32 for p in toy.model.parameters())
     assert toy.meta["format"] == "densegrpo.toy/1" and toy.shift in (1.0, 3.0) and toy.cfg_scale > 1
-    assert os.path.getsize(os.path.join(os.path.dirname(__file__), "..", "densegrpo_core", "toy", "weights",
-                                        "toy_dit.safetensors")) < 4e6
+    assert (
+        os.path.getsize(
+            os.path.join(
+                os.path.dirname(__file__), "..", "densegrpo_core", "models", "toy", "weights", "toy_dit.safetensors"
+            )
+        )
+        < 4e6
+    )
     x = _sample(toy, toy.eval_prompts[:4])
     assert x.shape == (4, 3, 16, 16) and torch.isfinite(x).all()
     images = toy.decode(x)
@@ -103,14 +120,25 @@ def _wrong(prompt, field):
 
 
 def test_reward_ranks_correct_renders_above_wrong_ones_and_collapses():
-    prompts = [make_prompt(c, s, b) for c, s, b in [("red", "circle", "white"), ("green", "square", "black"),
-                                                    ("blue", "triangle", "gray"), ("yellow", "square", "blue"),
-                                                    ("cyan", "circle", "gray"), ("magenta", "triangle", "white")]]
+    prompts = [
+        make_prompt(c, s, b)
+        for c, s, b in [
+            ("red", "circle", "white"),
+            ("green", "square", "black"),
+            ("blue", "triangle", "gray"),
+            ("yellow", "square", "blue"),
+            ("cyan", "circle", "gray"),
+            ("magenta", "triangle", "white"),
+        ]
+    ]
     g = torch.Generator().manual_seed(0)
     correct = toy_reward(decode(render(prompts, g)), prompts)
     assert correct.dtype == torch.float32 and (correct > 0.8).all() and (correct <= 1).all()
     shape_rgb, bg_rgb = prompt_colours(prompts)
-    flat = lambda rgb: rgb.view(-1, 1, 1, 3).expand(-1, 16, 16, 3)
+
+    def flat(rgb):
+        return rgb.view(-1, 1, 1, 3).expand(-1, 16, 16, 3)
+
     fixed = decode(render(prompts[:1], g)).expand(len(prompts), -1, -1, -1)
     others = {
         "wrong colour": decode(render([_wrong(p, "colour") for p in prompts], g)),
@@ -153,7 +181,7 @@ def test_reward_validates_inputs():
 
 
 def test_missing_weights_give_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="densegrpo_core.toy.pretrain"):
+    with pytest.raises(FileNotFoundError, match="densegrpo_core.models.toy.pretrain"):
         load_toy(path=str(tmp_path / "absent.safetensors"))
 
 
@@ -168,6 +196,6 @@ def test_pretrain_saves_weights_that_load_and_mismatches_are_rejected(tmp_path):
     for k, v in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[k], v)
     bigger = ToyDiT(ToyDiTConfig(width=16, depth=2, heads=2, mlp_ratio=1.0, freq_dim=16))
-    save_weights(bigger, path, meta)          # the metadata says depth 1: two blocks too many
+    save_weights(bigger, path, meta)  # the metadata says depth 1: two blocks too many
     with pytest.raises(ValueError, match="unexpected keys \\['blocks.1"):
         load_toy_model(path)

@@ -1,18 +1,28 @@
 """The work function of a background training job on the toy model: LoRA files, plots, stop, resume."""
+
 import os
 import threading
 from dataclasses import dataclass, field
 
 import pytest
 
-from densegrpo_core.lora import read_lora_metadata
-from densegrpo_core.pipeline import load_pipeline
+from densegrpo_core.jobs.training_work import lora_file_names, training_work
+from densegrpo_core.models.lora import read_lora_metadata
+from densegrpo_core.models.pipeline import load_pipeline
 from densegrpo_core.rewards import get_reward
-from densegrpo_core.train_job import lora_file_names, training_work
-from densegrpo_core.trainer import TrainConfig
+from densegrpo_core.training.trainer import TrainConfig
 
-SMALL = dict(steps=3, prompts_per_iteration=1, group_size=2, train_batch=2, lora_rank=2, lora_alpha=4,
-             eval_every=0, save_every=1, iterations=2)
+SMALL = dict(
+    steps=3,
+    prompts_per_iteration=1,
+    group_size=2,
+    train_batch=2,
+    lora_rank=2,
+    lora_alpha=4,
+    eval_every=0,
+    save_every=1,
+    iterations=2,
+)
 
 
 @dataclass
@@ -23,6 +33,7 @@ class Job:
 @dataclass
 class Context:
     """What JobManager hands to a work function: the job, an event sink and the stop flag."""
+
     job: Job
     events: list = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -37,8 +48,16 @@ class Context:
 def run_work(tmp_path, folder="job", ctx=None, **kw):
     pipe, prompts, _ = load_pipeline("toy")
     cfg = TrainConfig(out_dir="unused", **{**SMALL, **kw.pop("cfg", {})})
-    work = training_work(cfg, pipe, get_reward("toy"), prompts[:3], lora_dir=str(tmp_path / "loras"),
-                         lora_name="my_lora", sample_prompts=prompts[:2], **kw)
+    work = training_work(
+        cfg,
+        pipe,
+        get_reward("toy"),
+        prompts[:3],
+        lora_dir=str(tmp_path / "loras"),
+        lora_name="my_lora",
+        sample_prompts=prompts[:2],
+        **kw,
+    )
     ctx = ctx or Context(Job(str(tmp_path / folder)))
     os.makedirs(ctx.job.folder, exist_ok=True)
     work(ctx)
@@ -71,8 +90,9 @@ def test_a_stop_request_ends_the_work_with_a_saved_lora(tmp_path):
 
 def test_resuming_continues_the_iteration_count(tmp_path):
     first = run_work(tmp_path, "a", cfg={"iterations": 1})
-    second = run_work(tmp_path, "b", cfg={"iterations": 2},
-                      resume_checkpoint=os.path.join(first.job.folder, "checkpoint"))
+    second = run_work(
+        tmp_path, "b", cfg={"iterations": 2}, resume_checkpoint=os.path.join(first.job.folder, "checkpoint")
+    )
     assert [e["iteration"] for e in second.events if e["type"] == "iteration"] == [2]
 
 

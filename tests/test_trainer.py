@@ -1,4 +1,5 @@
 """The GRPO trainer on the shipped toy model: iteration contents, KL reference, resume, stop, export."""
+
 import json
 import math
 import os
@@ -6,12 +7,23 @@ import os
 import pytest
 import torch
 
-from densegrpo_core.pipeline import load_pipeline
+from densegrpo_core.models.pipeline import load_pipeline
 from densegrpo_core.rewards import get_reward
-from densegrpo_core.trainer import TrainConfig, Trainer
+from densegrpo_core.training.trainer import TrainConfig, Trainer
 
-SMALL = dict(steps=4, prompts_per_iteration=2, group_size=3, train_batch=3, lora_rank=4, lora_alpha=8,
-             eval_every=0, save_every=0, eval_seeds=(0,), eval_steps=4, lr=1e-3)
+SMALL = dict(
+    steps=4,
+    prompts_per_iteration=2,
+    group_size=3,
+    train_batch=3,
+    lora_rank=4,
+    lora_alpha=8,
+    eval_every=0,
+    save_every=0,
+    eval_seeds=(0,),
+    eval_steps=4,
+    lr=1e-3,
+)
 
 
 def make_trainer(tmp_path, name="run", **kw):
@@ -28,7 +40,7 @@ def test_dense_iteration_reports_fused_nfe_and_dense_counts(tmp_path):
     m = make_trainer(tmp_path).iteration()
     assert m["nfe_per_trajectory"] == 4 * 5 / 2
     assert len(m["dR_mean"]) == 4 and all(p + n <= 6 for p, n in zip(m["dR_pos"], m["dR_neg"]))
-    assert m["trained_steps"] == [0, 1, 2]          # ⌊0.99·4⌋ = 3: the last step is not trained
+    assert m["trained_steps"] == [0, 1, 2]  # ⌊0.99·4⌋ = 3: the last step is not trained
     assert m["optimizer_steps"] >= 1
 
 
@@ -38,7 +50,7 @@ def test_flow_grpo_iteration_samples_the_sde_chain_only(tmp_path):
 
 
 def test_first_update_is_on_policy_with_zero_kl(tmp_path):
-    t = make_trainer(tmp_path, train_batch=6, inner_epochs=1)   # one minibatch: no update before the loss
+    t = make_trainer(tmp_path, train_batch=6, inner_epochs=1)  # one minibatch: no update before the loss
     m = t.iteration()
     assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-5) and m["kl"] == pytest.approx(0.0, abs=1e-12)
 
@@ -83,7 +95,8 @@ def test_stop_flag_saves_checkpoint_and_lora(tmp_path):
 
 
 def test_exported_lora_reproduces_trained_model(tmp_path):
-    from densegrpo_core.lora import inject_lora, load_lora, read_lora_metadata
+    from densegrpo_core.models.lora import inject_lora, load_lora, read_lora_metadata
+
     t = make_trainer(tmp_path, iterations=1)
     res = t.run()
     meta = read_lora_metadata(res.lora_path)
@@ -103,9 +116,14 @@ def test_resume_with_other_mode_is_refused(tmp_path):
         other.load_checkpoint(str(tmp_path / "run" / "checkpoint"))
 
 
-@pytest.mark.parametrize("field, value, msg", [("group_size", 1, "group_size must be >= 2"),
-                                               ("advantage_mode", "ppo", "unknown advantage mode"),
-                                               ("dtype", "fp8", "dtype must be")])
+@pytest.mark.parametrize(
+    "field, value, msg",
+    [
+        ("group_size", 1, "group_size must be >= 2"),
+        ("advantage_mode", "ppo", "unknown advantage mode"),
+        ("dtype", "fp8", "dtype must be"),
+    ],
+)
 def test_bad_config_is_rejected(field, value, msg):
     with pytest.raises(ValueError, match=msg):
         TrainConfig(**{field: value})
@@ -135,20 +153,23 @@ def test_bf16_autocast_iteration_trains_with_finite_stats(tmp_path):
 
 
 def test_training_grid_defaults_to_the_sd3_scheduler_grid(tmp_path):
-    from densegrpo_core.schedule import sd3_scheduler_grid
+    from densegrpo_core.method.schedule import sd3_scheduler_grid
+
     t = make_trainer(tmp_path)
     torch.testing.assert_close(t.tau, sd3_scheduler_grid(4, t.shift))
-    assert t.tau[-2].item() < 0.02                   # the last step is tiny, as in Flow-GRPO
+    assert t.tau[-2].item() < 0.02  # the last step is tiny, as in Flow-GRPO
 
 
 def test_shifted_linspace_grid_is_an_option(tmp_path):
-    from densegrpo_core.schedule import shifted_linspace_grid
+    from densegrpo_core.method.schedule import shifted_linspace_grid
+
     t = make_trainer(tmp_path, grid="shifted_linspace")
     torch.testing.assert_close(t.tau, shifted_linspace_grid(4, t.shift))
 
 
 def test_explicit_grid_trains_on_those_flow_times_and_records_them(tmp_path):
-    from densegrpo_core.lora import read_lora_metadata
+    from densegrpo_core.models.lora import read_lora_metadata
+
     grid = [1.0, 0.8, 0.5, 0.1, 0.0]
     t = make_trainer(tmp_path, grid=grid, iterations=1)
     torch.testing.assert_close(t.tau, torch.tensor(grid))
@@ -165,7 +186,8 @@ def test_explicit_grid_of_the_wrong_length_is_rejected():
 
 
 def test_psi_file_from_another_grid_is_refused(tmp_path):
-    from densegrpo_core.schedule import Psi, shifted_linspace_grid
+    from densegrpo_core.method.schedule import Psi, shifted_linspace_grid
+
     path = tmp_path / "psi.json"
     Psi([0.7] * 4, tau=shifted_linspace_grid(4).tolist(), meta={"source": "calibration"}).save(path)
     with pytest.raises(ValueError, match="used on the training grid"):
@@ -176,7 +198,7 @@ def test_a_batch_never_repeats_a_prompt(tmp_path):
     t = make_trainer(tmp_path, prompts_per_iteration=6)
     for _ in range(20):
         prompts, groups = t._draw_prompts()
-        texts = prompts[::t.config.group_size]
+        texts = prompts[:: t.config.group_size]
         assert len(set(texts)) == 6
         assert groups.tolist() == [g for g in range(6) for _ in range(t.config.group_size)]
 
@@ -184,9 +206,17 @@ def test_a_batch_never_repeats_a_prompt(tmp_path):
 def test_duplicate_prompt_texts_form_one_group(tmp_path):
     cfg = TrainConfig(out_dir=str(tmp_path / "dup"), **{**SMALL, "prompts_per_iteration": 2})
     pipe, _, _ = load_pipeline("toy")
-    t = Trainer(cfg, pipe, get_reward("toy"), ["a red circle on a white background"] * 3
-                + ["a blue square on a black background"])
+    t = Trainer(
+        cfg,
+        pipe,
+        get_reward("toy"),
+        ["a red circle on a white background"] * 3 + ["a blue square on a black background"],
+    )
     assert t.prompts == ["a red circle on a white background", "a blue square on a black background"]
     with pytest.raises(ValueError, match="exceeds the 2 distinct training prompts"):
-        Trainer(TrainConfig(out_dir=str(tmp_path / "dup3"), **{**SMALL, "prompts_per_iteration": 3}), pipe,
-                get_reward("toy"), t.prompts)
+        Trainer(
+            TrainConfig(out_dir=str(tmp_path / "dup3"), **{**SMALL, "prompts_per_iteration": 3}),
+            pipe,
+            get_reward("toy"),
+            t.prompts,
+        )

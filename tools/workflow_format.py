@@ -6,6 +6,7 @@ UI format (what users drag into ComfyUI): {"nodes": [{"id", "type", "inputs": [{
 type], ...]}. Seed-like INT widgets carry an extra "control after generate" value right after them.
 API format (POST /prompt): {"<id>": {"class_type": type, "inputs": {name: value | [from_id, slot]}}}.
 """
+
 from __future__ import annotations
 
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
@@ -38,7 +39,7 @@ def to_api(workflow: dict, object_info: dict) -> dict:
     links = {link[0]: link for link in workflow["links"]}
     prompt = {}
     for node in workflow["nodes"]:
-        if node.get("mode", 0) in (2, 4):                       # muted / bypassed
+        if node.get("mode", 0) in (2, 4):  # muted / bypassed
             continue
         if node["type"] not in object_info:
             raise KeyError(f"node type {node['type']!r} (node {node['id']}) is not installed")
@@ -83,21 +84,47 @@ def build(nodes: list[dict], object_info: dict) -> dict:
                 if has_control_value(name, spec):
                     widgets.append("fixed")
                 if link is not None:
-                    inputs.append({"name": name, "type": spec[0] if isinstance(spec[0], str) else "COMBO",
-                                   "link": link[0], "widget": {"name": name}})
+                    inputs.append(
+                        {
+                            "name": name,
+                            "type": spec[0] if isinstance(spec[0], str) else "COMBO",
+                            "link": link[0],
+                            "widget": {"name": name},
+                        }
+                    )
             elif link is not None or name in info["input"].get("required", {}):
                 inputs.append({"name": name, "type": spec[0], "link": link[0] if link else None})
-        ui_nodes.append({
-            "id": n["id"], "type": n["type"], "pos": list(n.get("pos", (100 + 320 * order, 100))),
-            "size": list(n.get("size", (300, 120))), "flags": {}, "order": order, "mode": 0, "inputs": inputs,
-            "outputs": [{"name": oname, "type": otype, "links": outputs[n["id"]][i], "slot_index": i}
-                        for i, (oname, otype) in enumerate(zip(info["output_name"], info["output"]))],
-            "properties": {"Node name for S&R": n["type"]}, "widgets_values": widgets})
-    for link in links:                                           # input name → slot index
+        ui_nodes.append(
+            {
+                "id": n["id"],
+                "type": n["type"],
+                "pos": list(n.get("pos", (100 + 320 * order, 100))),
+                "size": list(n.get("size", (300, 120))),
+                "flags": {},
+                "order": order,
+                "mode": 0,
+                "inputs": inputs,
+                "outputs": [
+                    {"name": oname, "type": otype, "links": outputs[n["id"]][i], "slot_index": i}
+                    for i, (oname, otype) in enumerate(zip(info["output_name"], info["output"]))
+                ],
+                "properties": {"Node name for S&R": n["type"]},
+                "widgets_values": widgets,
+            }
+        )
+    for link in links:  # input name → slot index
         dst = next(u for u in ui_nodes if u["id"] == link[3])
         link[4] = [i["name"] for i in dst["inputs"]].index(link[4])
-    return {"last_node_id": max(n["id"] for n in nodes), "last_link_id": len(links), "nodes": ui_nodes,
-            "links": links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
+    return {
+        "last_node_id": max(n["id"] for n in nodes),
+        "last_link_id": len(links),
+        "nodes": ui_nodes,
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {},
+        "version": 0.4,
+    }
 
 
 def _default(spec: list):

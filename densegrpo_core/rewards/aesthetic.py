@@ -8,6 +8,7 @@ Files (one folder, e.g. ComfyUI/models/reward_models/aesthetic/): the head
 transformers files (`config.json`, `model.safetensors`, `preprocessor_config.json`) in the same folder or in
 a `clip/` subfolder. The path may also name the head file itself.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,15 +19,23 @@ import torch.nn.functional as F
 
 from .base import DEFAULT_BATCH_SIZE, BatchedReward, resolve_device, resolve_dtype
 from .cache import cached_model
-from .files import comfy_hint, find_file, load_matching, load_weights, require_path
 from .hf_clip import load_hf_clip
+from .model_files import comfy_hint, find_file, load_matching, load_weights, require_path
 
 COMFY_FOLDER = "aesthetic"
-HEAD_FILES = ("sac+logos+ava1-l14-linearMSE.safetensors", "sac+logos+ava1-l14-linearMSE.pth",
-              "*-linearMSE.safetensors", "*-linearMSE.pth", "aesthetic*.safetensors", "aesthetic*.pth")
+HEAD_FILES = (
+    "sac+logos+ava1-l14-linearMSE.safetensors",
+    "sac+logos+ava1-l14-linearMSE.pth",
+    "*-linearMSE.safetensors",
+    "*-linearMSE.pth",
+    "aesthetic*.safetensors",
+    "aesthetic*.pth",
+)
 HIDDEN = (1024, 128, 64, 16)
-EXPECTED = ("the aesthetic head sac+logos+ava1-l14-linearMSE.pth (or .safetensors) and the clip-vit-large-patch14 "
-            "files (config.json, model.safetensors, preprocessor_config.json) beside it or in clip/")
+EXPECTED = (
+    "the aesthetic head sac+logos+ava1-l14-linearMSE.pth (or .safetensors) and the clip-vit-large-patch14 "
+    "files (config.json, model.safetensors, preprocessor_config.json) beside it or in clip/"
+)
 
 
 class AestheticHead(nn.Module):
@@ -34,9 +43,16 @@ class AestheticHead(nn.Module):
 
     def __init__(self, in_dim: int = 768):
         super().__init__()
-        self.layers = nn.Sequential(nn.Linear(in_dim, HIDDEN[0]), nn.Dropout(0.2), nn.Linear(HIDDEN[0], HIDDEN[1]),
-                                    nn.Dropout(0.2), nn.Linear(HIDDEN[1], HIDDEN[2]), nn.Dropout(0.1),
-                                    nn.Linear(HIDDEN[2], HIDDEN[3]), nn.Linear(HIDDEN[3], 1))
+        self.layers = nn.Sequential(
+            nn.Linear(in_dim, HIDDEN[0]),
+            nn.Dropout(0.2),
+            nn.Linear(HIDDEN[0], HIDDEN[1]),
+            nn.Dropout(0.2),
+            nn.Linear(HIDDEN[1], HIDDEN[2]),
+            nn.Dropout(0.1),
+            nn.Linear(HIDDEN[2], HIDDEN[3]),
+            nn.Linear(HIDDEN[3], 1),
+        )
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         return self.layers(embedding).squeeze(-1)
@@ -50,8 +66,8 @@ class AestheticReward(BatchedReward):
         self.clip, self.head = clip, head
 
     def score_batch(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        emb = F.normalize(self.clip.encode_images(images), dim=-1)              # (b, D) float32
-        return self.head(emb)                                                   # (b,); the head stays float32
+        emb = F.normalize(self.clip.encode_images(images), dim=-1)  # (b, D) float32
+        return self.head(emb)  # (b,); the head stays float32
 
 
 def find_aesthetic_files(path) -> tuple[Path, Path]:
@@ -60,14 +76,18 @@ def find_aesthetic_files(path) -> tuple[Path, Path]:
     folder = p.parent if p.is_file() else p
     head = p if p.is_file() else find_file(folder, HEAD_FILES)
     if head is None:
-        raise FileNotFoundError(f"reward 'aesthetic': no aesthetic head in {folder}; expected "
-                                f"sac+logos+ava1-l14-linearMSE.pth (or .safetensors) "
-                                f"(put it in {comfy_hint(COMFY_FOLDER)})")
+        raise FileNotFoundError(
+            f"reward 'aesthetic': no aesthetic head in {folder}; expected "
+            f"sac+logos+ava1-l14-linearMSE.pth (or .safetensors) "
+            f"(put it in {comfy_hint(COMFY_FOLDER)})"
+        )
     clip_dir = folder if (folder / "config.json").is_file() else folder / "clip"
     if not (clip_dir / "config.json").is_file():
-        raise FileNotFoundError(f"reward 'aesthetic': no CLIP model beside the head: expected config.json, "
-                                f"model.safetensors and preprocessor_config.json of clip-vit-large-patch14 in "
-                                f"{folder} or {folder / 'clip'} (put them in {comfy_hint(COMFY_FOLDER)}clip/)")
+        raise FileNotFoundError(
+            f"reward 'aesthetic': no CLIP model beside the head: expected config.json, "
+            f"model.safetensors and preprocessor_config.json of clip-vit-large-patch14 in "
+            f"{folder} or {folder / 'clip'} (put them in {comfy_hint(COMFY_FOLDER)}clip/)"
+        )
     return head, clip_dir
 
 
@@ -80,8 +100,10 @@ def load_aesthetic(path, device=None, dtype=None, batch_size: int = DEFAULT_BATC
         state = load_weights(head_file)
         first = state.get("layers.0.weight")
         if first is not None and first.ndim == 2 and first.shape[1] != clip.projection_dim:
-            raise ValueError(f"aesthetic head {head_file} takes {first.shape[1]}-wide embeddings but the CLIP model in "
-                             f"{clip_dir} has projection dim {clip.projection_dim} (the L/14 head needs CLIP ViT-L/14)")
+            raise ValueError(
+                f"aesthetic head {head_file} takes {first.shape[1]}-wide embeddings but the CLIP model in "
+                f"{clip_dir} has projection dim {clip.projection_dim} (the L/14 head needs CLIP ViT-L/14)"
+            )
         head = AestheticHead(clip.projection_dim)
         load_matching(head, state, head_file, "aesthetic MLP head (layers.0/2/4/6/7)")
         return head.to(device).eval().requires_grad_(False)

@@ -2,6 +2,7 @@
 
 A reward maps images (B, H, W, 3) float in [0, 1] and B prompts to scores (B,) float32 on the images' device.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -9,27 +10,13 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
-IMAGE_VALUE_TOLERANCE = 1e-3  # images may leave [0, 1] by this much (rounding)
-DEFAULT_BATCH_SIZE = 32       # images per forward pass of a reward model
+from ..models.protocols import check_reward_inputs
+
+DEFAULT_BATCH_SIZE = 32  # images per forward pass of a reward model
 
 
 class RewardModel(Protocol):
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor: ...
-
-
-def check_reward_inputs(images: torch.Tensor, prompts: Sequence[str]) -> None:
-    """ValueError naming `images` or `prompts` unless images is (B, H, W, 3) finite in [0, 1] with B prompts."""
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] != 3:
-        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must be a (B, H, W, 3) tensor, got {got}")
-    if not images.is_floating_point() or not torch.isfinite(images).all():
-        raise ValueError("images must be finite floating-point values in [0, 1]")
-    lo, hi = images.min().item(), images.max().item()
-    if lo < -IMAGE_VALUE_TOLERANCE or hi > 1 + IMAGE_VALUE_TOLERANCE:
-        raise ValueError(f"images must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
-    if isinstance(prompts, str) or len(prompts) != images.shape[0]:
-        got = "a single string" if isinstance(prompts, str) else f"{len(prompts)} prompts"
-        raise ValueError(f"prompts must be a list of one prompt per image ({images.shape[0]}), got {got}")
 
 
 def check_reward_output(scores, batch: int, name: str) -> torch.Tensor:
@@ -85,10 +72,16 @@ class BatchedReward:
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         check_reward_inputs(images, prompts)
         prompts = list(prompts)
-        with torch.autocast(self.device.type, enabled=False):   # the model's own dtype, whatever the caller runs
-            out = [self.score_batch(images[i:i + self.batch_size].to(self.device).float(),
-                                    prompts[i:i + self.batch_size]).float().flatten().to(images.device)
-                   for i in range(0, images.shape[0], self.batch_size)]
+        with torch.autocast(self.device.type, enabled=False):  # the model's own dtype, whatever the caller runs
+            out = [
+                self.score_batch(
+                    images[i : i + self.batch_size].to(self.device).float(), prompts[i : i + self.batch_size]
+                )
+                .float()
+                .flatten()
+                .to(images.device)
+                for i in range(0, images.shape[0], self.batch_size)
+            ]
         return torch.cat(out) if out else torch.zeros(0, device=images.device)
 
 
@@ -99,8 +92,15 @@ def resolve_device(device=None) -> torch.device:
     return torch.device(device)
 
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 def resolve_dtype(dtype, device: torch.device) -> torch.dtype:

@@ -1,4 +1,5 @@
 """One copy of each reward model per process, keyed by (kind, resolved path, device, dtype); released on request."""
+
 from __future__ import annotations
 
 import gc

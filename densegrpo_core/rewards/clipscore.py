@@ -6,17 +6,18 @@ Files: any transformers CLIP folder (e.g. the openai clip-vit-large-patch14 chec
 `model.safetensors`, `preprocessor_config.json`, `tokenizer.json` or `vocab.json` + `merges.txt`),
 e.g. in ComfyUI/models/reward_models/clipscore/.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 from .base import DEFAULT_BATCH_SIZE, BatchedReward, resolve_device, resolve_dtype
-from .files import require_path
 from .hf_clip import CLIP_FILES_TEXT, encode_unique_texts, load_hf_clip
+from .model_files import require_path
 
 COMFY_FOLDER = "clipscore"
-CLIPSCORE_WEIGHT = 2.5   # w of Hessel et al.
+CLIPSCORE_WEIGHT = 2.5  # w of Hessel et al.
 EXPECTED = f"a transformers CLIP folder ({CLIP_FILES_TEXT})"
 
 
@@ -28,9 +29,9 @@ class ClipScoreReward(BatchedReward):
         self.clip = clip
 
     def score_batch(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        img = F.normalize(self.clip.encode_images(images), dim=-1)                       # (b, D)
+        img = F.normalize(self.clip.encode_images(images), dim=-1)  # (b, D)
         txt = F.normalize(encode_unique_texts(self.clip, prompts, self.batch_size), dim=-1)  # (b, D)
-        return CLIPSCORE_WEIGHT * (img * txt).sum(-1).clamp(min=0)                        # (b,)
+        return CLIPSCORE_WEIGHT * (img * txt).sum(-1).clamp(min=0)  # (b,)
 
 
 def load_clipscore(path, device=None, dtype=None, batch_size: int = DEFAULT_BATCH_SIZE) -> ClipScoreReward:

@@ -3,6 +3,7 @@
 After each call `last_terms` maps every term's name to its unweighted scores (B,) float32; the sum is what
 training uses.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -23,7 +24,9 @@ class WeightedReward:
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         check_reward_inputs(images, prompts)
-        terms = {name: check_reward_output(reward(images, prompts), images.shape[0], name).to(images.device)
-                 for name, (_, reward) in self.terms.items()}                   # name → (B,)
+        terms = {
+            name: check_reward_output(reward(images, prompts), images.shape[0], name).to(images.device)
+            for name, (_, reward) in self.terms.items()
+        }  # name → (B,)
         self.last_terms = terms
         return sum(self.weights[name] * r for name, r in terms.items()).float()

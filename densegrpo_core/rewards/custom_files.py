@@ -5,6 +5,7 @@ top-level `def reward(images, prompts)`. Listing reads the files with `ast` (not
 `load_reward_file` imports one file by path only when its function is chosen. Choices are written
 "<file>.py:<function>". The headless `module:function` path (`load_callable`) is unaffected.
 """
+
 from __future__ import annotations
 
 import ast
@@ -32,8 +33,11 @@ def reward_functions(path: str) -> list[str]:
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "REWARDS" for t in node.targets):
             if isinstance(node.value, (ast.List, ast.Tuple)):
-                listed = [e.value for e in node.value.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)
-                          and e.value.isidentifier()]
+                listed = [
+                    e.value
+                    for e in node.value.elts
+                    if isinstance(e, ast.Constant) and isinstance(e.value, str) and e.value.isidentifier()
+                ]
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == DEFAULT_FUNCTION:
             has_default = True
     if listed is not None:
@@ -42,7 +46,7 @@ def reward_functions(path: str) -> list[str]:
 
 
 def list_custom_rewards(folders: Sequence[str]) -> list[str]:
-    """"<file>.py:<function>" for every reward function of every top-level .py file in the folders (sorted,
+    """ "<file>.py:<function>" for every reward function of every top-level .py file in the folders (sorted,
     the first folder wins a name that several hold)."""
     out = []
     for folder in folders:
@@ -65,8 +69,10 @@ def resolve_custom_reward(choice: str, folders: Sequence[str]) -> tuple[str, str
     if not m:
         raise ValueError(f"{str(choice)[:200]!r} is not a custom reward choice '<file>.py:<function>'")
     if choice not in list_custom_rewards(folders):
-        raise ValueError(f"{choice!r} is not an installed custom reward: put a Python file with "
-                         f"`def reward(images, prompts)` (or a REWARDS = [...] list) in {' or '.join(folders)}")
+        raise ValueError(
+            f"{choice!r} is not an installed custom reward: put a Python file with "
+            f"`def reward(images, prompts)` (or a REWARDS = [...] list) in {' or '.join(folders)}"
+        )
     for folder in folders:
         path = os.path.join(folder, m["file"])
         if os.path.isfile(path) and m["function"] in reward_functions(path):
@@ -87,8 +93,9 @@ def load_reward_file(path: str, function: str) -> CallableReward:
         try:
             spec.loader.exec_module(module)
         except Exception as e:  # noqa: BLE001 - the user's file: report what it raised
-            raise ValueError(f"custom reward file {os.path.basename(path)} failed to import: "
-                             f"{type(e).__name__}: {e}") from e
+            raise ValueError(
+                f"custom reward file {os.path.basename(path)} failed to import: {type(e).__name__}: {e}"
+            ) from e
         sys.modules[mod_name] = module
     fn = getattr(module, function, None)
     if not callable(fn):

@@ -10,6 +10,7 @@ Files (e.g. ComfyUI/models/reward_models/hpsv2/): `HPS_v2.1_compressed.pt` or `H
 optional `open_clip_config.json` beside it ({"model_cfg": ..., "preprocess_cfg": ...}, the layout of
 open_clip's Hugging Face repos) replaces the built-in ViT-H-14 architecture and preprocessing.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,13 +22,19 @@ import torch
 from .base import DEFAULT_BATCH_SIZE, BatchedReward, resolve_device, resolve_dtype
 from .cache import cached_model
 from .clip_preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipPreprocess
-from .files import comfy_hint, find_file, load_matching, load_weights, require_path
+from .model_files import comfy_hint, find_file, load_matching, load_weights, require_path
 
 COMFY_FOLDER = "hpsv2"
 ARCHITECTURE = "ViT-H-14"
 CONFIG_FILE = "open_clip_config.json"
-CHECKPOINTS = ("HPS_v2.1_compressed.safetensors", "HPS_v2.1_compressed.pt", "HPS_v2_compressed.safetensors",
-               "HPS_v2_compressed.pt", "HPS_v2*.safetensors", "HPS_v2*.pt")
+CHECKPOINTS = (
+    "HPS_v2.1_compressed.safetensors",
+    "HPS_v2.1_compressed.pt",
+    "HPS_v2_compressed.safetensors",
+    "HPS_v2_compressed.pt",
+    "HPS_v2*.safetensors",
+    "HPS_v2*.pt",
+)
 EXPECTED = "HPS_v2.1_compressed.pt or HPS_v2_compressed.pt (or a .safetensors of its state dict)"
 
 
@@ -49,11 +56,11 @@ class HPSv2Reward(BatchedReward):
 
     def score_batch(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         c = self.clip
-        img = c.model.encode_image(c.preprocess(images).to(c.dtype), normalize=True).float()   # (b, D)
+        img = c.model.encode_image(c.preprocess(images).to(c.dtype), normalize=True).float()  # (b, D)
         unique = list(dict.fromkeys(prompts))
-        txt = c.model.encode_text(c.tokenizer(unique).to(c.device), normalize=True).float()    # (u, D)
-        txt = txt[torch.tensor([unique.index(p) for p in prompts], device=txt.device)]         # (b, D)
-        return (img * txt).sum(-1)                                                             # (b,)
+        txt = c.model.encode_text(c.tokenizer(unique).to(c.device), normalize=True).float()  # (u, D)
+        txt = txt[torch.tensor([unique.index(p) for p in prompts], device=txt.device)]  # (b, D)
+        return (img * txt).sum(-1)  # (b,)
 
 
 def find_hpsv2_files(path) -> tuple[Path, Path | None]:
@@ -62,14 +69,16 @@ def find_hpsv2_files(path) -> tuple[Path, Path | None]:
     folder = p.parent if p.is_file() else p
     ckpt = p if p.is_file() else find_file(folder, CHECKPOINTS)
     if ckpt is None:
-        raise FileNotFoundError(f"reward 'hpsv2': no HPS checkpoint in {folder}; expected {EXPECTED} "
-                                f"(put it in {comfy_hint(COMFY_FOLDER)})")
+        raise FileNotFoundError(
+            f"reward 'hpsv2': no HPS checkpoint in {folder}; expected {EXPECTED} (put it in {comfy_hint(COMFY_FOLDER)})"
+        )
     config = folder / CONFIG_FILE
     return ckpt, config if config.is_file() else None
 
 
 def _model_and_preprocess_cfg(config: Path | None) -> tuple[dict, dict]:
     import open_clip
+
     if config is None:
         return open_clip.get_model_config(ARCHITECTURE), {}
     try:
@@ -77,19 +86,26 @@ def _model_and_preprocess_cfg(config: Path | None) -> tuple[dict, dict]:
     except json.JSONDecodeError as e:
         raise ValueError(f"{config} is not valid JSON: {e}") from None
     if not isinstance(data.get("model_cfg"), dict):
-        raise ValueError(f"{config} has no 'model_cfg' "
-                         f"(expected {{\"model_cfg\": {{...}}, \"preprocess_cfg\": {{...}}}})")
+        raise ValueError(
+            f'{config} has no \'model_cfg\' (expected {{"model_cfg": {{...}}, "preprocess_cfg": {{...}}}})'
+        )
     return data["model_cfg"], data.get("preprocess_cfg") or {}
 
 
 def _create_open_clip(model_cfg: dict, config) -> torch.nn.Module:
     """An open_clip CLIP from an architecture dict, random weights, nothing fetched."""
     from open_clip.model import CLIP, CustomTextCLIP
+
     cfg = dict(model_cfg)
-    if "hf_model_name" in cfg.get("text_cfg", {}) or "timm_model_name" in cfg.get("vision_cfg", {}) \
-            or "multimodal_cfg" in cfg:
-        raise ValueError(f"{config or ARCHITECTURE}: only plain open_clip CLIP architectures are supported "
-                         f"(no Hugging Face text tower, timm vision tower or CoCa)")
+    if (
+        "hf_model_name" in cfg.get("text_cfg", {})
+        or "timm_model_name" in cfg.get("vision_cfg", {})
+        or "multimodal_cfg" in cfg
+    ):
+        raise ValueError(
+            f"{config or ARCHITECTURE}: only plain open_clip CLIP architectures are supported "
+            f"(no Hugging Face text tower, timm vision tower or CoCa)"
+        )
     cls = CustomTextCLIP if cfg.pop("custom_text", False) else CLIP
     try:
         return cls(**cfg)
@@ -104,13 +120,22 @@ def load_hpsv2(path, device=None, dtype=None, batch_size: int = DEFAULT_BATCH_SI
 
     def build() -> OpenClipModel:
         from open_clip.tokenizer import SimpleTokenizer
+
         model_cfg, preprocess_cfg = _model_and_preprocess_cfg(config)
         model = _create_open_clip(model_cfg, config)
         load_matching(model, load_weights(ckpt), ckpt, f"open_clip model ({config or ARCHITECTURE})")
         model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-        preprocess = ClipPreprocess.from_open_clip_cfg({
-            "size": model.visual.image_size, "mean": OPENAI_CLIP_MEAN, "std": OPENAI_CLIP_STD,
-            "interpolation": "bicubic", "resize_mode": "longest", "fill_color": 0, **preprocess_cfg})
+        preprocess = ClipPreprocess.from_open_clip_cfg(
+            {
+                "size": model.visual.image_size,
+                "mean": OPENAI_CLIP_MEAN,
+                "std": OPENAI_CLIP_STD,
+                "interpolation": "bicubic",
+                "resize_mode": "longest",
+                "fill_color": 0,
+                **preprocess_cfg,
+            }
+        )
         tokenizer = SimpleTokenizer(context_length=int(model_cfg.get("text_cfg", {}).get("context_length", 77)))
         return OpenClipModel(model, tokenizer, preprocess, device, dtype)
 

@@ -1,5 +1,6 @@
 """The `comfy` fixture: one real ComfyUI server per test session (see harness.py). Skips every test that
 uses it when $COMFYUI_PATH is unset or not a ComfyUI checkout."""
+
 import os
 import sys
 

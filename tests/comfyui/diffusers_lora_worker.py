@@ -6,6 +6,7 @@ Loads a diffusers-format SD3 transformer state dict the way UNETLoader does (`co
 applies the LoRA the way LoraLoaderModelOnly does (`comfy.sd.load_lora_for_models`), runs the patched diffusion
 model on the saved inputs and writes {"model": class, "not_loaded": [...], "max_abs_diff": x, "lora_effect": x}.
 """
+
 import json
 import logging
 import sys
@@ -17,7 +18,7 @@ sys.argv = sys.argv[:1]
 sys.path.insert(0, ".")
 from comfy.cli_args import args  # noqa: E402  (parsed with [] outside main.py)
 
-args.cpu = True                  # before comfy.model_management is imported: no CUDA probing
+args.cpu = True  # before comfy.model_management is imported: no CUDA probing
 import comfy.model_management  # noqa: E402
 import comfy.sd  # noqa: E402
 import comfy.utils  # noqa: E402
@@ -42,15 +43,21 @@ inputs = torch.load(inputs_path, weights_only=True)
 def run(m):
     comfy.model_management.load_models_gpu([m], force_full_load=True)
     with torch.no_grad():
-        return m.model.diffusion_model(inputs["x"], inputs["timesteps"], context=inputs["context"],
-                                       y=inputs["pooled"]).float()
+        return m.model.diffusion_model(
+            inputs["x"], inputs["timesteps"], context=inputs["context"], y=inputs["pooled"]
+        ).float()
 
 
 v_base = run(model)
 v_lora = run(patched)
 with open(out_path, "w") as f:
-    json.dump({"model": type(model.model).__name__,
-               "not_loaded": [m for m in messages if "not loaded" in m],
-               "max_abs_diff": (v_lora - inputs["expected"]).abs().max().item(),
-               "base_diff": (v_base - inputs["base"]).abs().max().item(),
-               "lora_effect": (inputs["expected"] - inputs["base"]).abs().max().item()}, f)
+    json.dump(
+        {
+            "model": type(model.model).__name__,
+            "not_loaded": [m for m in messages if "not loaded" in m],
+            "max_abs_diff": (v_lora - inputs["expected"]).abs().max().item(),
+            "base_diff": (v_base - inputs["base"]).abs().max().item(),
+            "lora_effect": (inputs["expected"] - inputs["base"]).abs().max().item(),
+        },
+        f,
+    )

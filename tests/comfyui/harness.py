@@ -22,6 +22,7 @@ Environment:
 
 By hand: `python tests/comfyui/harness.py` starts a server and prints its URL and base directory.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,14 @@ TINY_SD3 = "tiny_sd3.safetensors"
 TINY_VAE = "taesd3"
 
 # isolation flags, used when this ComfyUI's comfy/cli_args.py defines them (0.3.64 and 0.8.0 both do)
-_ISOLATION_FLAGS = ("--base-directory", "--output-directory", "--input-directory", "--temp-directory",
-                    "--user-directory", "--database-url")
+_ISOLATION_FLAGS = (
+    "--base-directory",
+    "--output-directory",
+    "--input-directory",
+    "--temp-directory",
+    "--user-directory",
+    "--database-url",
+)
 
 
 class ComfyError(RuntimeError):
@@ -105,8 +112,10 @@ def _format_validation_error(body):
     if not isinstance(body, dict):
         return str(body)
     err = body.get("error") or {}
-    lines = [f"prompt refused: {err.get('message', err) if isinstance(err, dict) else err}"
-             + (f": {err.get('details')}" if isinstance(err, dict) and err.get("details") else "")]
+    lines = [
+        f"prompt refused: {err.get('message', err) if isinstance(err, dict) else err}"
+        + (f": {err.get('details')}" if isinstance(err, dict) and err.get("details") else "")
+    ]
     for node_id, node in (body.get("node_errors") or {}).items():
         for e in node.get("errors", []):
             lines.append(f"  node {node_id} ({node.get('class_type')}): {e.get('message')}: {e.get('details')}")
@@ -116,8 +125,10 @@ def _format_validation_error(body):
 def _format_execution_error(messages):
     for event, data in messages or []:
         if event == "execution_error":
-            return (f"{data.get('node_type')} (node {data.get('node_id')}) failed: "
-                    f"{data.get('exception_type')}: {data.get('exception_message')}"), data
+            return (
+                f"{data.get('node_type')} (node {data.get('node_id')}) failed: "
+                f"{data.get('exception_type')}: {data.get('exception_message')}"
+            ), data
         if event == "execution_interrupted":
             return f"interrupted at {data.get('node_type')} (node {data.get('node_id')})", data
     return f"prompt failed without an execution_error message: {messages}", None
@@ -142,8 +153,12 @@ class ComfyClient:
     def request(self, method, path, json_body=None, timeout=60):
         """(status, body): body parsed as JSON when the answer is JSON, else bytes. Never raises on 4xx/5xx."""
         data = None if json_body is None else json.dumps(json_body).encode("utf-8")
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data is not None else {})
+        req = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"} if data is not None else {},
+        )
         try:
             with self._opener.open(req, timeout=timeout) as resp:
                 status, ctype, raw = resp.status, resp.headers.get("Content-Type", ""), resp.read()
@@ -159,15 +174,17 @@ class ComfyClient:
     def get(self, path, timeout=60):
         status, body = self.request("GET", path, timeout=timeout)
         if status >= 400:
-            raise ComfyHTTPError(status, body if not isinstance(body, bytes) else body.decode("utf-8", "replace"),
-                                 self.url + path)
+            raise ComfyHTTPError(
+                status, body if not isinstance(body, bytes) else body.decode("utf-8", "replace"), self.url + path
+            )
         return body
 
     def post(self, path, json=None, timeout=60):  # noqa: A002 - mirrors requests' keyword
         status, body = self.request("POST", path, json_body={} if json is None else json, timeout=timeout)
         if status >= 400:
-            raise ComfyHTTPError(status, body if not isinstance(body, bytes) else body.decode("utf-8", "replace"),
-                                 self.url + path)
+            raise ComfyHTTPError(
+                status, body if not isinstance(body, bytes) else body.decode("utf-8", "replace"), self.url + path
+            )
         return body
 
     # ------------------------------------------------------------- ComfyUI API
@@ -245,11 +262,19 @@ class ComfyServer:
         models = os.path.join(self.base_dir, "models")
         env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
         env.pop("PYTHONPATH", None)
-        res = subprocess.run([self.python, os.path.join(HERE, "make_tiny_models.py"), models],
-                             cwd=self.comfyui_path, env=env, capture_output=True, text=True, timeout=600)
+        res = subprocess.run(
+            [self.python, os.path.join(HERE, "make_tiny_models.py"), models],
+            cwd=self.comfyui_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if res.returncode != 0:
-            raise RuntimeError(f"make_tiny_models.py failed ({self.python}, cwd {self.comfyui_path}):\n"
-                               f"{res.stdout[-4000:]}\n{res.stderr[-8000:]}")
+            raise RuntimeError(
+                f"make_tiny_models.py failed ({self.python}, cwd {self.comfyui_path}):\n"
+                f"{res.stdout[-4000:]}\n{res.stderr[-8000:]}"
+            )
         self.timings["models_s"] = time.monotonic() - t0
 
     def _supported(self, flag):
@@ -261,11 +286,24 @@ class ComfyServer:
 
     def command(self):
         b = self.base_dir
-        values = {"--base-directory": b, "--output-directory": os.path.join(b, "output"),
-                  "--input-directory": os.path.join(b, "input"), "--temp-directory": b,  # ComfyUI appends "temp"
-                  "--user-directory": os.path.join(b, "user"), "--database-url": "sqlite:///:memory:"}
-        cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--disable-auto-launch"]
+        values = {
+            "--base-directory": b,
+            "--output-directory": os.path.join(b, "output"),
+            "--input-directory": os.path.join(b, "input"),
+            "--temp-directory": b,  # ComfyUI appends "temp"
+            "--user-directory": os.path.join(b, "user"),
+            "--database-url": "sqlite:///:memory:",
+        }
+        cmd = [
+            self.python,
+            "main.py",
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--disable-auto-launch",
+        ]
         for flag in _ISOLATION_FLAGS:
             if self._supported(flag):
                 cmd += [flag, values[flag]]
@@ -278,15 +316,21 @@ class ComfyServer:
         timeout = float(timeout or os.environ.get("COMFYUI_STARTUP_TIMEOUT", 240))
         self.build_base_dir()
         t0 = time.monotonic()
-        env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                   PYTHONUNBUFFERED="1")
+        env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
         env.pop("PYTHONPATH", None)
-        for attempt in range(3):                       # a free port can be taken between probe and bind
+        for _attempt in range(3):  # a free port can be taken between probe and bind
             self.port = free_port()
             self.url = f"http://127.0.0.1:{self.port}"
             self._log_file = open(self.log_path, "ab")
-            self.proc = subprocess.Popen(self.command(), cwd=self.comfyui_path, env=env, stdin=subprocess.DEVNULL,
-                                         stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.command(),
+                cwd=self.comfyui_path,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             self.client = ComfyClient(self)
             if self._wait_until_up(timeout, t0):
                 self.timings["startup_s"] = time.monotonic() - t0
@@ -295,8 +339,9 @@ class ComfyServer:
             self.stop(remove=False)
             if not in_use:
                 break
-        raise RuntimeError(f"ComfyUI did not start within {timeout:.0f} s ({' '.join(self.command())}):\n"
-                           f"{self.log_tail(12000)}")
+        raise RuntimeError(
+            f"ComfyUI did not start within {timeout:.0f} s ({' '.join(self.command())}):\n{self.log_tail(12000)}"
+        )
 
     def _wait_until_up(self, timeout, t0):
         while time.monotonic() - t0 < timeout:

@@ -1,15 +1,15 @@
 """A LoRA the headless trainer writes for a diffusers SD3.5 transformer loads through ComfyUI's own loaders
 (UNETLoader's diffusers-format detection, LoraLoaderModelOnly's key map) with no "not loaded" key, and gives
 the diffusers model's output with the LoRA."""
+
 import json
 import os
 import subprocess
 import sys
 
+import harness
 import pytest
 import torch
-
-import harness
 
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
@@ -17,37 +17,58 @@ sys.path.insert(0, os.path.dirname(harness.HERE))
 sys.path.insert(0, harness.REPO_ROOT)
 from diffusers_tiny import tiny_sd35_transformer  # noqa: E402
 
-from densegrpo_core import lora  # noqa: E402
+from densegrpo_core.models import lora  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def comfy_result(tmp_path_factory):
     import safetensors.torch
+
     tmp = tmp_path_factory.mktemp("difflora")
     transformer = tiny_sd35_transformer(seed=0)
-    safetensors.torch.save_file({k: v.contiguous() for k, v in transformer.state_dict().items()},
-                                str(tmp / "transformer.safetensors"))
+    safetensors.torch.save_file(
+        {k: v.contiguous() for k, v in transformer.state_dict().items()}, str(tmp / "transformer.safetensors")
+    )
     g = torch.Generator().manual_seed(0)
     x, tau = torch.randn((1, 16, 8, 8), generator=g), torch.tensor([0.7])
     context, pooled = torch.randn((1, 12, 64), generator=g), torch.randn((1, 64), generator=g)
 
     def v():
         with torch.no_grad():
-            return transformer(hidden_states=x, timestep=tau * 1000, encoder_hidden_states=context,
-                               pooled_projections=pooled, return_dict=False)[0]
+            return transformer(
+                hidden_states=x,
+                timestep=tau * 1000,
+                encoder_hidden_states=context,
+                pooled_projections=pooled,
+                return_dict=False,
+            )[0]
+
     base = v()
-    lora.inject_lora(transformer, "diffusers_sd3", rank=4, alpha=8.0)      # α ≠ r: a wrong scale would show
+    lora.inject_lora(transformer, "diffusers_sd3", rank=4, alpha=8.0)  # α ≠ r: a wrong scale would show
     with torch.no_grad():
         for i, p in enumerate(lora.lora_parameters(transformer)):
             p.copy_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
     lora.save_lora(str(tmp / "lora.safetensors"), transformer, prefix="transformer.")
-    torch.save({"x": x, "timesteps": tau * 1000, "context": context, "pooled": pooled, "expected": v(),
-                "base": base}, str(tmp / "inputs.pt"))
+    torch.save(
+        {"x": x, "timesteps": tau * 1000, "context": context, "pooled": pooled, "expected": v(), "base": base},
+        str(tmp / "inputs.pt"),
+    )
     path, _ = harness.find_comfyui()
-    r = subprocess.run([harness.comfy_python(path), os.path.join(harness.HERE, "diffusers_lora_worker.py"),
-                        str(tmp / "transformer.safetensors"), str(tmp / "lora.safetensors"), str(tmp / "inputs.pt"),
-                        str(tmp / "out.json")], cwd=path, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(
+        [
+            harness.comfy_python(path),
+            os.path.join(harness.HERE, "diffusers_lora_worker.py"),
+            str(tmp / "transformer.safetensors"),
+            str(tmp / "lora.safetensors"),
+            str(tmp / "inputs.pt"),
+            str(tmp / "out.json"),
+        ],
+        cwd=path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     with open(tmp / "out.json") as f:
         return json.load(f)
@@ -63,5 +84,5 @@ def test_comfyui_loads_every_lora_key(comfy_result):
 
 
 def test_comfyui_output_with_the_lora_matches_diffusers_with_the_lora(comfy_result):
-    assert comfy_result["lora_effect"] > 1e-3                # the LoRA changes the output
+    assert comfy_result["lora_effect"] > 1e-3  # the LoRA changes the output
     assert comfy_result["max_abs_diff"] < 1e-4

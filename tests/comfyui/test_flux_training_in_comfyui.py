@@ -1,6 +1,7 @@
-"""ComfyUI's own Flux class trained by the private copy (in process, skipped without $COMFYUI_PATH; issue 14):
+"""ComfyUI's own Flux class trained by the private copy (in process, skipped without $COMFYUI_PATH):
 its blocks add residuals in place and use a rotary-embedding kernel without backward, so the copy runs them in
 a differentiable form while gradients are recorded, and exactly as ComfyUI does otherwise."""
+
 import os
 import sys
 
@@ -14,16 +15,34 @@ pytestmark = pytest.mark.comfyui
 def tiny_flux():
     """A FLUX.1-dev twin with 1 double and 1 single block (ComfyUI detects Flux with 24 heads of 128, so the
     width is the real 3072), random bf16 weights, loaded by ComfyUI's own loader."""
-    sys.path.append(os.path.abspath(os.environ["COMFYUI_PATH"]))      # after the repository: our `nodes` package
+    sys.path.append(os.path.abspath(os.environ["COMFYUI_PATH"]))  # after the repository: our `nodes` package
     import comfy.cli_args
+
     comfy.cli_args.args.cpu = True
     import comfy.ops
     import comfy.sd
     from comfy.ldm.flux.model import Flux
-    net = Flux(in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=3072, mlp_ratio=4.0,
-               num_heads=24, depth=1, depth_single_blocks=1, axes_dim=[16, 56, 56], theta=10000, patch_size=2,
-               qkv_bias=True, guidance_embed=True, txt_ids_dims=[], dtype=torch.bfloat16, device="meta",
-               operations=comfy.ops.disable_weight_init).to_empty(device="cpu")
+
+    net = Flux(
+        in_channels=16,
+        out_channels=16,
+        vec_in_dim=768,
+        context_in_dim=4096,
+        hidden_size=3072,
+        mlp_ratio=4.0,
+        num_heads=24,
+        depth=1,
+        depth_single_blocks=1,
+        axes_dim=[16, 56, 56],
+        theta=10000,
+        patch_size=2,
+        qkv_bias=True,
+        guidance_embed=True,
+        txt_ids_dims=[],
+        dtype=torch.bfloat16,
+        device="meta",
+        operations=comfy.ops.disable_weight_init,
+    ).to_empty(device="cpu")
     torch.manual_seed(0)
     with torch.no_grad():
         for _, p in net.named_parameters():
@@ -35,14 +54,21 @@ def tiny_flux():
 
 def inputs():
     g = torch.Generator().manual_seed(1)
-    return dict(x=torch.randn(1, 16, 8, 8, generator=g), t=torch.tensor([0.6]),
-                cond=dict(c_crossattn=torch.randn(1, 8, 4096, generator=g), y=torch.randn(1, 768, generator=g),
-                          guidance=torch.tensor([3.5])))
+    return dict(
+        x=torch.randn(1, 16, 8, 8, generator=g),
+        t=torch.tensor([0.6]),
+        cond=dict(
+            c_crossattn=torch.randn(1, 8, 4096, generator=g),
+            y=torch.randn(1, 768, generator=g),
+            guidance=torch.tensor([3.5]),
+        ),
+    )
 
 
 def lora_grads(base, checkpointing: bool):
-    from densegrpo_core.lora import inject_lora, lora_parameters
-    from densegrpo_core.memory import enable_gradient_checkpointing
+    from densegrpo_core.models.lora import inject_lora, lora_parameters
+    from densegrpo_core.resources.memory import enable_gradient_checkpointing
+
     dm = base.diffusion_model
     if not any("lora_" in n for n, _ in dm.named_parameters()):
         inject_lora(dm, "flux", rank=2, alpha=2.0)
@@ -58,6 +84,7 @@ def lora_grads(base, checkpointing: bool):
 
 def test_the_private_copy_of_a_flux_model_computes_exactly_as_comfyui_without_gradients(tiny_flux):
     from nodes.comfy_training import private_base_model
+
     private = private_base_model(tiny_flux, "test")
     i = inputs()
     with torch.no_grad():
@@ -68,6 +95,7 @@ def test_the_private_copy_of_a_flux_model_computes_exactly_as_comfyui_without_gr
 
 def test_a_flux_lora_trains_through_comfyuis_flux_with_and_without_checkpointing_to_the_same_gradients(tiny_flux):
     from nodes.comfy_training import private_base_model
+
     private = private_base_model(tiny_flux, "test")
     plain = lora_grads(private, checkpointing=False)
     checkpointed = lora_grads(private, checkpointing=True)

@@ -1,14 +1,14 @@
-"""Device memory of a training job inside a real ComfyUI (skipped without $COMFYUI_PATH; issue 14): the
+"""Device memory of a training job inside a real ComfyUI (skipped without $COMFYUI_PATH): the
 trained model's weights are held once (ComfyUI's own copy offloaded while the job holds its copy), the job's
 memory is reserved from ComfyUI's model management and released when it ends, prompts on the MODEL stay
 bit-identical, a Cancel does not reach the job, and an fp8 model trains a LoRA the stock loader applies."""
+
 import json
 import os
 import re
 
 import pytest
 import torch
-
 from test_training_in_comfyui import job, job_id_of, latent, sample_prompt, train_prompt, wait_for
 
 pytestmark = pytest.mark.comfyui
@@ -18,9 +18,15 @@ TERMINAL = ("finished", "failed", "stopped")
 def memory_state(comfy, weight_dtype="default") -> dict:
     """ComfyUI's loaded models and reserved memory, in a prompt that keeps the tiny SD3 loader's cached MODEL
     (the object the sample and train prompts use) alive without loading it."""
-    entry = comfy.run({"unet": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny_sd3.safetensors",
-                                                                      "weight_dtype": weight_dtype}},
-                       "mem": {"class_type": "DenseGRPOTest_MemoryState", "inputs": {"model": ["unet", 0]}}})
+    entry = comfy.run(
+        {
+            "unet": {
+                "class_type": "UNETLoader",
+                "inputs": {"unet_name": "tiny_sd3.safetensors", "weight_dtype": weight_dtype},
+            },
+            "mem": {"class_type": "DenseGRPOTest_MemoryState", "inputs": {"model": ["unet", 0]}},
+        }
+    )
     return json.loads(entry["outputs"]["mem"]["text"][0])
 
 
@@ -44,8 +50,15 @@ def memory_job(comfy):
     after_cancel = wait_for(comfy, job_id, lambda j: j["iteration"] >= at_cancel + 2 or j["state"] in TERMINAL)
     comfy.post(f"/densegrpo/jobs/{job_id}/stop")
     final = wait_for(comfy, job_id, lambda j: j["state"] in TERMINAL)
-    return {"loaded": loaded, "during": during, "reserved": reserved, "after_cancel": after_cancel,
-            "final": final, "after": memory_state(comfy), "status": " ".join(entry["outputs"]["train"]["text"])}
+    return {
+        "loaded": loaded,
+        "during": during,
+        "reserved": reserved,
+        "after_cancel": after_cancel,
+        "final": final,
+        "after": memory_state(comfy),
+        "status": " ".join(entry["outputs"]["train"]["text"]),
+    }
 
 
 def test_comfyuis_copy_of_the_trained_model_leaves_the_loaded_list_while_the_job_holds_the_weights(memory_job):
@@ -105,9 +118,12 @@ def test_the_lora_trained_on_fp8_loads_on_the_fp8_and_the_full_precision_model(c
 
 def test_a_run_that_cannot_fit_is_refused_naming_the_settings_that_would_fit(comfy):
     from harness import ComfyError
+
     p = train_prompt("too_big_options", iterations=10)
-    p["latent"]["inputs"].update(width=1024, height=1024)         # rollout chunks of 1280 rows: ~26 GiB
+    p["latent"]["inputs"].update(width=1024, height=1024)  # rollout chunks of 1280 rows: ~26 GiB
     p["train"]["inputs"].update(group_size=32, steps=20, lora_name="too_big_options", max_batch=4096)
     with pytest.raises(ComfyError, match=r"it would fit with .*max_batch \d+ \(~[\d.]+ GiB\)"):
         comfy.run(p)
-    assert not os.path.exists(os.path.join(comfy.models_dir, "loras", "densegrpo", "too_big_options_latest.safetensors"))
+    assert not os.path.exists(
+        os.path.join(comfy.models_dir, "loras", "densegrpo", "too_big_options_latest.safetensors")
+    )

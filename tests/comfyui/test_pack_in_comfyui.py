@@ -1,6 +1,7 @@
 """The pack inside a real ComfyUI (skipped without $COMFYUI_PATH): registration, tooltips, the SDE sampler,
 the visualizer, calibration, errors, and the example workflows on a tiny SD3 model built from ComfyUI's
 own MMDiT class."""
+
 import glob
 import json
 import os
@@ -20,8 +21,10 @@ pytestmark = pytest.mark.comfyui
 
 # ------------------------------------------------------------------ prompt building blocks
 def tiny_model(prompt, node_id="model"):
-    prompt[node_id] = {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny_sd3.safetensors",
-                                                              "weight_dtype": "default"}}
+    prompt[node_id] = {
+        "class_type": "UNETLoader",
+        "inputs": {"unet_name": "tiny_sd3.safetensors", "weight_dtype": "default"},
+    }
     return [node_id, 0]
 
 
@@ -50,18 +53,31 @@ def sampling_prompt(sampler_node: dict, prefix: str, steps=4, seed=7, model=None
     p = {}
     m = model(p) if model else tiny_model(p)
     p["sampler"] = sampler_node
-    p["sigmas"] = {"class_type": "BasicScheduler", "inputs": {"model": m, "scheduler": "normal", "steps": steps,
-                                                             "denoise": 1.0}}
-    p["sample"] = {"class_type": "SamplerCustom", "inputs": {
-        "model": m, "add_noise": True, "noise_seed": seed, "cfg": 2.0, "positive": conditioning(p, "a red cube", "pos"),
-        "negative": conditioning(p, "", "neg"), "sampler": ["sampler", 0], "sigmas": ["sigmas", 0],
-        "latent_image": empty_latent(p, batch=2)}}
+    p["sigmas"] = {
+        "class_type": "BasicScheduler",
+        "inputs": {"model": m, "scheduler": "normal", "steps": steps, "denoise": 1.0},
+    }
+    p["sample"] = {
+        "class_type": "SamplerCustom",
+        "inputs": {
+            "model": m,
+            "add_noise": True,
+            "noise_seed": seed,
+            "cfg": 2.0,
+            "positive": conditioning(p, "a red cube", "pos"),
+            "negative": conditioning(p, "", "neg"),
+            "sampler": ["sampler", 0],
+            "sigmas": ["sigmas", 0],
+            "latent_image": empty_latent(p, batch=2),
+        },
+    }
     p["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["sample", 0], "filename_prefix": prefix}}
     return p
 
 
 def saved_latent(comfy, prefix: str) -> torch.Tensor:
     from safetensors.torch import load_file
+
     files = sorted(glob.glob(os.path.join(comfy.output_dir, f"{prefix}_*.latent")))
     assert files, f"no latent saved with prefix {prefix}"
     return load_file(files[-1])["latent_tensor"]
@@ -100,8 +116,7 @@ def test_object_info_lists_every_node_with_tooltips_on_every_input_and_output(co
 def test_sde_sampler_with_psi_zero_equals_stock_euler_bit_for_bit(comfy):
     stock = sampling_prompt({"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}, "stock_euler")
     run(comfy, stock)
-    ours = sampling_prompt({"class_type": "DenseGRPO_SDESampler", "inputs": {"psi": ["psi", 0], "seed": 3}},
-                           "sde_psi0")
+    ours = sampling_prompt({"class_type": "DenseGRPO_SDESampler", "inputs": {"psi": ["psi", 0], "seed": 3}}, "sde_psi0")
     ours["psi"] = {"class_type": "DenseGRPO_PsiUniform", "inputs": {"a": 0.0}}
     run(comfy, ours)
     assert torch.equal(saved_latent(comfy, "stock_euler"), saved_latent(comfy, "sde_psi0"))
@@ -121,10 +136,20 @@ def test_ksampler_sde_node_samples_and_reports_its_trajectory(comfy):
     p = {}
     m = tiny_model(p)
     p["psi"] = {"class_type": "DenseGRPO_PsiFromList", "inputs": {"values": "0.7, 0.6, 0.5"}}
-    p["ks"] = {"class_type": "DenseGRPO_KSamplerSDE", "inputs": {
-        "model": m, "positive": conditioning(p, "a cube", "pos"), "negative": conditioning(p, "", "neg"),
-        "latent_image": empty_latent(p), "seed": 0, "steps": 3, "cfg": 2.0, "scheduler": "normal",
-        "psi": ["psi", 0]}}
+    p["ks"] = {
+        "class_type": "DenseGRPO_KSamplerSDE",
+        "inputs": {
+            "model": m,
+            "positive": conditioning(p, "a cube", "pos"),
+            "negative": conditioning(p, "", "neg"),
+            "latent_image": empty_latent(p),
+            "seed": 0,
+            "steps": 3,
+            "cfg": 2.0,
+            "scheduler": "normal",
+            "psi": ["psi", 0],
+        },
+    }
     p["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["ks", 0], "filename_prefix": "ksde"}}
     run(comfy, p)
     assert saved_latent(comfy, "ksde").shape == (1, 16, 8, 8)
@@ -134,12 +159,25 @@ def test_ksampler_sde_node_samples_and_reports_its_trajectory(comfy):
 def test_a_non_flow_model_gives_a_clear_error(comfy):
     p = {}
     tiny_model(p, "unet")
-    p["eps"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["unet", 0], "sampling": "eps",
-                                                                 "zsnr": False}}
+    p["eps"] = {
+        "class_type": "ModelSamplingDiscrete",
+        "inputs": {"model": ["unet", 0], "sampling": "eps", "zsnr": False},
+    }
     p["psi"] = {"class_type": "DenseGRPO_PsiUniform", "inputs": {"a": 0.7}}
-    p["ks"] = {"class_type": "DenseGRPO_KSamplerSDE", "inputs": {
-        "model": ["eps", 0], "positive": conditioning(p, "a", "pos"), "negative": conditioning(p, "", "neg"),
-        "latent_image": empty_latent(p), "seed": 0, "steps": 3, "cfg": 2.0, "scheduler": "normal", "psi": ["psi", 0]}}
+    p["ks"] = {
+        "class_type": "DenseGRPO_KSamplerSDE",
+        "inputs": {
+            "model": ["eps", 0],
+            "positive": conditioning(p, "a", "pos"),
+            "negative": conditioning(p, "", "neg"),
+            "latent_image": empty_latent(p),
+            "seed": 0,
+            "steps": 3,
+            "cfg": 2.0,
+            "scheduler": "normal",
+            "psi": ["psi", 0],
+        },
+    }
     p["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["ks", 0], "filename_prefix": "never"}}
     assert "is not a flow-matching model" in error_of(comfy, p)
 
@@ -149,22 +187,48 @@ def visualizer_prompt(group=2, steps=3, psi="0.7, 0.7, 0.7", prompt_text="a red 
     m = tiny_model(p)
     p["psi"] = {"class_type": "DenseGRPO_PsiFromList", "inputs": {"values": psi}}
     latent = channels_latent(p) if channels_latent else empty_latent(p)
-    p["viz"] = {"class_type": "DenseGRPO_DenseRewardVisualizer", "inputs": {
-        "model": m, "positive": conditioning(p, "a red cube", "pos"), "negative": conditioning(p, "", "neg"),
-        "vae": tiny_vae(p), "reward_model": jpeg_reward(p), "prompt": prompt_text, "latent_image": latent,
-        "steps": steps, "cfg": 2.0, "scheduler": "normal", "psi": ["psi", 0], "group_size": group, "seed": 0}}
+    p["viz"] = {
+        "class_type": "DenseGRPO_DenseRewardVisualizer",
+        "inputs": {
+            "model": m,
+            "positive": conditioning(p, "a red cube", "pos"),
+            "negative": conditioning(p, "", "neg"),
+            "vae": tiny_vae(p),
+            "reward_model": jpeg_reward(p),
+            "prompt": prompt_text,
+            "latent_image": latent,
+            "steps": steps,
+            "cfg": 2.0,
+            "scheduler": "normal",
+            "psi": ["psi", 0],
+            "group_size": group,
+            "seed": 0,
+        },
+    }
     p["plot"] = {"class_type": "SaveImage", "inputs": {"images": ["viz", 0], "filename_prefix": "viz_plot"}}
     p["grid"] = {"class_type": "SaveImage", "inputs": {"images": ["viz", 1], "filename_prefix": "viz_grid"}}
     return p
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(psi="0.7, 0.7"), "input 'psi'"),
-    (dict(group=1), "group_size"),
-    (dict(prompt_text="   "), "input 'prompt' is empty"),
-    (dict(channels_latent=lambda p: (p.__setitem__("sd", {"class_type": "DenseGRPOTest_RandomLatent", "inputs": {
-        "channels": 4, "size": 8}}), ["sd", 0])[1]), "has 4 channels but this model's latents have 16"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(psi="0.7, 0.7"), "input 'psi'"),
+        (dict(group=1), "group_size"),
+        (dict(prompt_text="   "), "input 'prompt' is empty"),
+        (
+            dict(
+                channels_latent=lambda p: (
+                    p.__setitem__(
+                        "sd", {"class_type": "DenseGRPOTest_RandomLatent", "inputs": {"channels": 4, "size": 8}}
+                    ),
+                    ["sd", 0],
+                )[1]
+            ),
+            "has 4 channels but this model's latents have 16",
+        ),
+    ],
+)
 def test_visualizer_bad_inputs_give_clear_node_errors(comfy, change, message):
     text = error_of(comfy, visualizer_prompt(**change))
     assert message is None or message in text, text
@@ -174,11 +238,12 @@ def test_visualizer_bad_inputs_give_clear_node_errors(comfy, change, message):
 def test_visualizer_draws_dense_rewards_and_the_ode_grid(comfy):
     run(comfy, visualizer_prompt(group=3, steps=3))
     from PIL import Image
+
     plot = sorted(glob.glob(os.path.join(comfy.output_dir, "viz_plot_*.png")))[-1]
     grid = sorted(glob.glob(os.path.join(comfy.output_dir, "viz_grid_*.png")))[-1]
     with Image.open(plot) as im:
         assert im.width > 300 and im.height > 300
-    with Image.open(grid) as im:                     # 3 rows (trajectories) x 4 columns (T + 1 endpoints)
+    with Image.open(grid) as im:  # 3 rows (trajectories) x 4 columns (T + 1 endpoints)
         assert im.width > im.height
 
 
@@ -193,8 +258,10 @@ def make_tiny(prompt: dict, small: dict) -> dict:
     shrink sizes and settings (`small`: {input name: value} applied wherever the input exists)."""
     for node_id, node in list(prompt.items()):
         if node["class_type"] == "CheckpointLoaderSimple":
-            prompt[node_id + "m"] = {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny_sd3.safetensors",
-                                                                            "weight_dtype": "default"}}
+            prompt[node_id + "m"] = {
+                "class_type": "UNETLoader",
+                "inputs": {"unet_name": "tiny_sd3.safetensors", "weight_dtype": "default"},
+            }
             prompt[node_id + "c"] = {"class_type": "DenseGRPOTest_TinyCLIP", "inputs": {}}
             prompt[node_id + "v"] = {"class_type": "VAELoader", "inputs": {"vae_name": "taesd3"}}
             del prompt[node_id]
@@ -217,8 +284,8 @@ def test_example_workflows_use_only_installed_nodes(comfy):
     names = [os.path.basename(p)[:-5] for p in glob.glob(os.path.join(ROOT, "workflows", "*.json"))]
     assert len(names) >= 4
     for name in names:
-        load_workflow(comfy, name)                   # KeyError names a missing node type
-    templates = comfy.get("/workflow_templates")     # ComfyUI's template browser finds them
+        load_workflow(comfy, name)  # KeyError names a missing node type
+    templates = comfy.get("/workflow_templates")  # ComfyUI's template browser finds them
     assert sorted(set(templates.get("ComfyUI-DenseGRPO", []))) == sorted(names), templates
 
 
@@ -228,16 +295,19 @@ def test_example_workflow_sample_with_psi_runs(comfy):
 
 
 def test_example_workflow_visualize_dense_rewards_runs(comfy):
-    run(comfy, make_tiny(load_workflow(comfy, "densegrpo_visualize_dense_rewards"),
-                         {"steps": 3, "group_size": 2}))
+    run(comfy, make_tiny(load_workflow(comfy, "densegrpo_visualize_dense_rewards"), {"steps": 3, "group_size": 2}))
     assert glob.glob(os.path.join(comfy.output_dir, "densegrpo_dense_rewards_*.png"))
     assert glob.glob(os.path.join(comfy.output_dir, "densegrpo_ode_grid_*.png"))
 
 
 def test_example_workflow_calibrate_saves_psi_where_the_loader_finds_it(comfy):
-    run(comfy, make_tiny(load_workflow(comfy, "densegrpo_calibrate_psi"),
-                         {"steps": 3, "group_size": 3, "iterations": 3, "prompts_per_iteration": 1,
-                          "save_name": "tiny_calibration"}))
+    run(
+        comfy,
+        make_tiny(
+            load_workflow(comfy, "densegrpo_calibrate_psi"),
+            {"steps": 3, "group_size": 3, "iterations": 3, "prompts_per_iteration": 1, "save_name": "tiny_calibration"},
+        ),
+    )
     path = os.path.join(comfy.output_dir, "densegrpo", "psi", "tiny_calibration.json")
     psi = json.load(open(path))
     assert len(psi["psi"]) == 3 and len(psi["history"]) == 3
@@ -247,16 +317,39 @@ def test_example_workflow_calibrate_saves_psi_where_the_loader_finds_it(comfy):
 
 def test_cancel_button_interrupts_a_long_calibration(comfy):
     import time
+
     from harness import ComfyError
+
     p = {}
-    p["model"] = {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny_sd3.safetensors", "weight_dtype": "default"}}
+    p["model"] = {
+        "class_type": "UNETLoader",
+        "inputs": {"unet_name": "tiny_sd3.safetensors", "weight_dtype": "default"},
+    }
     p["clip"] = {"class_type": "DenseGRPOTest_TinyCLIP", "inputs": {}}
     p["psi"] = {"class_type": "DenseGRPO_PsiUniform", "inputs": {"a": 0.7}}
-    p["cal"] = {"class_type": "DenseGRPO_CalibratePsi", "inputs": {
-        "model": ["model", 0], "clip": ["clip", 0], "vae": tiny_vae(p), "reward_model": jpeg_reward(p),
-        "prompts": "a cube", "negative_prompt": "", "latent_image": empty_latent(p), "steps": 3, "cfg": 2.0,
-        "scheduler": "normal", "psi_init": ["psi", 0], "iterations": 1000, "prompts_per_iteration": 1,
-        "group_size": 2, "criterion": "relative", "eps2": 0.01, "seed": 0, "save_name": "never_saved"}}
+    p["cal"] = {
+        "class_type": "DenseGRPO_CalibratePsi",
+        "inputs": {
+            "model": ["model", 0],
+            "clip": ["clip", 0],
+            "vae": tiny_vae(p),
+            "reward_model": jpeg_reward(p),
+            "prompts": "a cube",
+            "negative_prompt": "",
+            "latent_image": empty_latent(p),
+            "steps": 3,
+            "cfg": 2.0,
+            "scheduler": "normal",
+            "psi_init": ["psi", 0],
+            "iterations": 1000,
+            "prompts_per_iteration": 1,
+            "group_size": 2,
+            "criterion": "relative",
+            "eps2": 0.01,
+            "seed": 0,
+            "save_name": "never_saved",
+        },
+    }
     prompt_id = comfy.queue(p)
     time.sleep(3)
     t0 = time.time()

@@ -1,14 +1,16 @@
-"""The DenseGRPO sidebar panel in ComfyUI's real front-end, driven in headless Chromium (issue 13).
+"""The DenseGRPO sidebar panel in ComfyUI's real front-end, driven in headless Chromium.
 
 One scenario (browser/panel_scenario.cjs) plays a new user: load a training workflow on the tiny SD3, press
 Run, open the DenseGRPO tab, watch the iteration rise without queueing again, press Run again with the same
-settings, add a LoRA to the workflow, press Stop, press Resume (and Stop), reload the page. The tests below check its observations.
+settings, add a LoRA to the workflow, press Stop, press Resume (and Stop), reload the page. The tests below check its
+observations.
 
 Needs, besides $COMFYUI_PATH: `node`, the npm package playwright-core (a node_modules folder named by
 $DENSEGRPO_PLAYWRIGHT, or tests/comfyui/browser/node_modules from `npm install playwright-core` there) and a
 Chromium ($DENSEGRPO_CHROMIUM, else chromium on PATH); skipped with the reason when one is missing.
 $DENSEGRPO_SCREENSHOT_DIR keeps the screenshots (comfyui_panel_running.png, comfyui_panel_stopped.png).
 """
+
 import json
 import os
 import re
@@ -29,13 +31,17 @@ def browser_tools():
     if not node:
         return None, "browser tests: `node` is not on PATH (install Node.js 18+)"
     candidates = [os.environ.get("DENSEGRPO_PLAYWRIGHT", ""), os.path.join(HERE, "browser", "node_modules")]
-    modules = next((c for c in candidates if c and os.path.isfile(os.path.join(c, "playwright-core", "package.json"))),
-                   None)
+    modules = next(
+        (c for c in candidates if c and os.path.isfile(os.path.join(c, "playwright-core", "package.json"))), None
+    )
     if not modules:
-        return None, ("browser tests: playwright-core not found (set DENSEGRPO_PLAYWRIGHT to a node_modules folder "
-                      "holding it, or run `npm install --prefix tests/comfyui/browser playwright-core`)")
+        return None, (
+            "browser tests: playwright-core not found (set DENSEGRPO_PLAYWRIGHT to a node_modules folder "
+            "holding it, or run `npm install --prefix tests/comfyui/browser playwright-core`)"
+        )
     chromium = os.environ.get("DENSEGRPO_CHROMIUM") or next(
-        (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+        (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
+    )
     if not chromium or not os.path.exists(chromium):
         return None, "browser tests: no Chromium found (set DENSEGRPO_CHROMIUM or put chromium on PATH)"
     return (node, modules, chromium), None
@@ -57,13 +63,36 @@ def train_workflow() -> dict:
         "5": {"class_type": "DenseGRPO_PsiUniform", "inputs": {"a": 0.7}},
         "6": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "8": {"class_type": "DenseGRPOTest_Passthrough", "inputs": {"model": ["1", 0], "nonce": 0}},
-        TRAIN: {"class_type": "DenseGRPO_TrainLoRA", "inputs": {
-            "model": ["8", 0], "clip": ["2", 0], "vae": ["3", 0], "reward_model": ["4", 0], "psi": ["5", 0],
-            "prompts": "a red cube\na blue ball", "negative_prompt": "", "latent_image": ["6", 0],
-            "lora_name": NAME, "iterations": 100000, "group_size": 2, "steps": 3, "cfg": 2.0,
-            "scheduler": "normal", "advantage_mode": "dense_grpo", "learning_rate": 1e-2, "beta": 0.01,
-            "save_every": 1, "seed": 0, "prompts_per_iteration": 1, "lora_rank": 4, "lora_alpha": 4.0,
-            "train_batch": 2, "resume_job": ""}}}
+        TRAIN: {
+            "class_type": "DenseGRPO_TrainLoRA",
+            "inputs": {
+                "model": ["8", 0],
+                "clip": ["2", 0],
+                "vae": ["3", 0],
+                "reward_model": ["4", 0],
+                "psi": ["5", 0],
+                "prompts": "a red cube\na blue ball",
+                "negative_prompt": "",
+                "latent_image": ["6", 0],
+                "lora_name": NAME,
+                "iterations": 100000,
+                "group_size": 2,
+                "steps": 3,
+                "cfg": 2.0,
+                "scheduler": "normal",
+                "advantage_mode": "dense_grpo",
+                "learning_rate": 1e-2,
+                "beta": 0.01,
+                "save_every": 1,
+                "seed": 0,
+                "prompts_per_iteration": 1,
+                "lora_rank": 4,
+                "lora_alpha": 4.0,
+                "train_batch": 2,
+                "resume_job": "",
+            },
+        },
+    }
 
 
 @pytest.fixture(scope="module")
@@ -73,25 +102,38 @@ def seen(comfy, tmp_path_factory):
     folder = tmp_path_factory.mktemp("browser")
     shots = os.environ.get("DENSEGRPO_SCREENSHOT_DIR") or str(folder / "screenshots")
     config = folder / "config.json"
-    config.write_text(json.dumps({"url": comfy.url, "prompt": train_workflow(), "train_node": TRAIN,
-                                  "playwright": modules, "chromium": chromium, "screenshots": shots,
-                                  "timeout_ms": 180_000}))
+    config.write_text(
+        json.dumps(
+            {
+                "url": comfy.url,
+                "prompt": train_workflow(),
+                "train_node": TRAIN,
+                "playwright": modules,
+                "chromium": chromium,
+                "screenshots": shots,
+                "timeout_ms": 180_000,
+            }
+        )
+    )
     try:
         res = subprocess.run([node, SCENARIO, str(config)], capture_output=True, text=True, timeout=900)
-    finally:                                          # never leave a training job running for the next tests
+    finally:  # never leave a training job running for the next tests
         for job in comfy.get("/densegrpo/jobs")["jobs"]:
             if job["name"] == NAME and job["state"] in ("queued", "running"):
                 comfy.post(f"/densegrpo/jobs/{job['id']}/stop")
     try:
         out = json.loads(res.stdout)
     except ValueError:
-        raise AssertionError(f"the browser scenario printed no result (rc {res.returncode}):\n"
-                             f"{res.stdout[-3000:]}\n{res.stderr[-6000:]}") from None
+        raise AssertionError(
+            f"the browser scenario printed no result (rc {res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}"
+        ) from None
     if out.get("error"):
-        raise AssertionError(f"browser scenario failed: {out['error']}\nsteps: {out.get('steps')}\n"
-                             f"console: {out.get('console', [])[-30:]}\n(screenshot: {shots}/failure.png)")
+        raise AssertionError(
+            f"browser scenario failed: {out['error']}\nsteps: {out.get('steps')}\n"
+            f"console: {out.get('console', [])[-30:]}\n(screenshot: {shots}/failure.png)"
+        )
     out["screenshots"] = shots
-    with open(os.path.join(folder, "observations.json"), "w") as f:   # for a look after a failure
+    with open(os.path.join(folder, "observations.json"), "w") as f:  # for a look after a failure
         json.dump(out, f, indent=1)
     return out
 
@@ -107,8 +149,11 @@ def test_the_job_appears_in_the_panel_and_its_iteration_rises_without_queueing_a
 
 
 def test_the_train_node_shows_iteration_reward_and_eta_while_its_job_runs(seen):
-    assert re.search(r"DenseGRPO job [a-z0-9]{12} running · iteration \d+/100000 · reward -?\d+\.\d+ · "
-                     r"\d+\.\d+ s/it · ETA", seen["node_progress_text"])
+    assert re.search(
+        r"DenseGRPO job [a-z0-9]{12} running · iteration \d+/100000 · reward -?\d+\.\d+ · "
+        r"\d+\.\d+ s/it · ETA",
+        seen["node_progress_text"],
+    )
 
 
 def test_the_selected_job_shows_reward_curve_sign_counts_samples_and_lora_files(seen):
@@ -149,7 +194,7 @@ def test_the_console_has_no_unknown_message_type(seen):
 
 
 def test_the_extension_loads_once_and_announces_a_stop_once(seen):
-    assert not [l for l in seen["console"] if "densegrpo" in l.lower() and "error" in l.lower()]
+    assert not [m for m in seen["console"] if "densegrpo" in m.lower() and "error" in m.lower()]
     assert seen["stop_toasts"] == 1
 
 

@@ -1,13 +1,13 @@
 """Shutting ComfyUI down (Ctrl+C) stops a running training job cleanly, and after a restart the job is
 listed and can be resumed (skipped without $COMFYUI_PATH). Runs its own server, not the session's."""
+
 import json
 import os
 import signal
 import time
 
-import pytest
-
 import harness
+import pytest
 from test_training_in_comfyui import job_id_of, train_prompt
 
 pytestmark = pytest.mark.comfyui

@@ -1,6 +1,7 @@
 """Background training inside a real ComfyUI (skipped without $COMFYUI_PATH): the train prompt returns at
 once, the shared MODEL is untouched, stop over HTTP, LoRA files that the stock loader applies, resume,
 name sanitising, the job routes, the status node."""
+
 import glob
 import json
 import os
@@ -17,45 +18,96 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def sample_prompt(nonce: int, prefix: str, lora: str | None = None) -> dict:
     """Tiny SD3 through a passthrough (same MODEL object, fresh execution), Euler, saved latent."""
-    p = {"unet": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny_sd3.safetensors", "weight_dtype": "default"}},
-         "pass": {"class_type": "DenseGRPOTest_Passthrough", "inputs": {"model": ["unet", 0], "nonce": nonce}}}
+    p = {
+        "unet": {
+            "class_type": "UNETLoader",
+            "inputs": {"unet_name": "tiny_sd3.safetensors", "weight_dtype": "default"},
+        },
+        "pass": {"class_type": "DenseGRPOTest_Passthrough", "inputs": {"model": ["unet", 0], "nonce": nonce}},
+    }
     model = ["pass", 0]
     if lora:
-        p["lora"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": model, "lora_name": lora,
-                                                                    "strength_model": 1.0}}
+        p["lora"] = {
+            "class_type": "LoraLoaderModelOnly",
+            "inputs": {"model": model, "lora_name": lora, "strength_model": 1.0},
+        }
         model = ["lora", 0]
-    p.update({
-        "pos": {"class_type": "DenseGRPOTest_SD3Conditioning", "inputs": {"text": "a red cube", "seed": 0}},
-        "neg": {"class_type": "DenseGRPOTest_SD3Conditioning", "inputs": {"text": "", "seed": 0}},
-        "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},
-        "sampler": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
-        "sigmas": {"class_type": "BasicScheduler", "inputs": {"model": model, "scheduler": "normal", "steps": 4,
-                                                             "denoise": 1.0}},
-        "sample": {"class_type": "SamplerCustom", "inputs": {
-            "model": model, "add_noise": True, "noise_seed": 11, "cfg": 2.0, "positive": ["pos", 0],
-            "negative": ["neg", 0], "sampler": ["sampler", 0], "sigmas": ["sigmas", 0], "latent_image": ["latent", 0]}},
-        "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sample", 0], "filename_prefix": prefix}}})
+    p.update(
+        {
+            "pos": {"class_type": "DenseGRPOTest_SD3Conditioning", "inputs": {"text": "a red cube", "seed": 0}},
+            "neg": {"class_type": "DenseGRPOTest_SD3Conditioning", "inputs": {"text": "", "seed": 0}},
+            "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},
+            "sampler": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+            "sigmas": {
+                "class_type": "BasicScheduler",
+                "inputs": {"model": model, "scheduler": "normal", "steps": 4, "denoise": 1.0},
+            },
+            "sample": {
+                "class_type": "SamplerCustom",
+                "inputs": {
+                    "model": model,
+                    "add_noise": True,
+                    "noise_seed": 11,
+                    "cfg": 2.0,
+                    "positive": ["pos", 0],
+                    "negative": ["neg", 0],
+                    "sampler": ["sampler", 0],
+                    "sigmas": ["sigmas", 0],
+                    "latent_image": ["latent", 0],
+                },
+            },
+            "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sample", 0], "filename_prefix": prefix}},
+        }
+    )
     return p
 
 
 def train_prompt(name: str, iterations: int, resume: str = "") -> dict:
     return {
-        "unet": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny_sd3.safetensors", "weight_dtype": "default"}},
+        "unet": {
+            "class_type": "UNETLoader",
+            "inputs": {"unet_name": "tiny_sd3.safetensors", "weight_dtype": "default"},
+        },
         "clip": {"class_type": "DenseGRPOTest_TinyCLIP", "inputs": {}},
         "vae": {"class_type": "VAELoader", "inputs": {"vae_name": "taesd3"}},
         "reward": {"class_type": "DenseGRPO_LoadJPEGCompressibility", "inputs": {"device": "cpu"}},
         "psi": {"class_type": "DenseGRPO_PsiUniform", "inputs": {"a": 0.7}},
         "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "train": {"class_type": "DenseGRPO_TrainLoRA", "inputs": {
-            "model": ["unet", 0], "clip": ["clip", 0], "vae": ["vae", 0], "reward_model": ["reward", 0],
-            "psi": ["psi", 0], "prompts": "a red cube\na blue ball", "negative_prompt": "", "latent_image": ["latent", 0],
-            "lora_name": name, "iterations": iterations, "group_size": 2, "steps": 3, "cfg": 2.0, "scheduler": "normal",
-            "advantage_mode": "dense_grpo", "learning_rate": 1e-2, "beta": 0.01, "save_every": 1, "seed": 0,
-            "prompts_per_iteration": 1, "lora_rank": 4, "lora_alpha": 4.0, "train_batch": 2, "resume_job": resume}}}
+        "train": {
+            "class_type": "DenseGRPO_TrainLoRA",
+            "inputs": {
+                "model": ["unet", 0],
+                "clip": ["clip", 0],
+                "vae": ["vae", 0],
+                "reward_model": ["reward", 0],
+                "psi": ["psi", 0],
+                "prompts": "a red cube\na blue ball",
+                "negative_prompt": "",
+                "latent_image": ["latent", 0],
+                "lora_name": name,
+                "iterations": iterations,
+                "group_size": 2,
+                "steps": 3,
+                "cfg": 2.0,
+                "scheduler": "normal",
+                "advantage_mode": "dense_grpo",
+                "learning_rate": 1e-2,
+                "beta": 0.01,
+                "save_every": 1,
+                "seed": 0,
+                "prompts_per_iteration": 1,
+                "lora_rank": 4,
+                "lora_alpha": 4.0,
+                "train_batch": 2,
+                "resume_job": resume,
+            },
+        },
+    }
 
 
 def latent(comfy, prefix):
     from safetensors.torch import load_file
+
     return load_file(sorted(glob.glob(os.path.join(comfy.output_dir, f"{prefix}_*.latent")))[-1])["latent_tensor"]
 
 
@@ -91,8 +143,14 @@ def stopped_job(comfy):
     during_state = job(comfy, job_id)["state"]
     stop = comfy.post(f"/densegrpo/jobs/{job_id}/stop")
     final = wait_for(comfy, job_id, lambda j: j["state"] in ("stopped", "failed", "finished"))
-    return {"id": job_id, "returned_s": returned_s, "running": running, "during_state": during_state,
-            "stop": stop, "final": final}
+    return {
+        "id": job_id,
+        "returned_s": returned_s,
+        "running": running,
+        "during_state": during_state,
+        "stop": stop,
+        "final": final,
+    }
 
 
 def test_train_prompt_returns_while_the_job_keeps_running(stopped_job):
@@ -133,7 +191,8 @@ def test_lora_records_the_scheduler_and_sigmas_it_trained_on(comfy, stopped_job)
 
     from safetensors import safe_open
 
-    from densegrpo_core.schedule import sd3_scheduler_grid
+    from densegrpo_core.method.schedule import sd3_scheduler_grid
+
     path = os.path.join(comfy.models_dir, "loras", "densegrpo", "x_latest.safetensors")
     with safe_open(path, "pt") as f:
         meta = f.metadata()
@@ -146,15 +205,20 @@ def test_lora_records_the_scheduler_and_sigmas_it_trained_on(comfy, stopped_job)
 def test_a_psi_calibrated_on_another_grid_is_refused_naming_both(comfy, tmp_path):
     from harness import ComfyError
 
-    from densegrpo_core.schedule import Psi, shifted_linspace_grid
+    from densegrpo_core.method.schedule import Psi, shifted_linspace_grid
+
     folder = os.path.join(comfy.output_dir, "densegrpo", "psi")
     os.makedirs(folder, exist_ok=True)
-    Psi([0.7, 0.6, 0.5], tau=shifted_linspace_grid(3, 3.0).tolist(),
-        meta={"source": "calibration"}).save(os.path.join(folder, "other_grid.json"))
+    Psi([0.7, 0.6, 0.5], tau=shifted_linspace_grid(3, 3.0).tolist(), meta={"source": "calibration"}).save(
+        os.path.join(folder, "other_grid.json")
+    )
     p = train_prompt("other_grid", iterations=1)
     p["psi"] = {"class_type": "DenseGRPO_PsiLoad", "inputs": {"psi_file": "other_grid.json"}}
-    with pytest.raises(ComfyError, match=r"input 'psi'.*calibrated on the grid \[1, 0.8571, 0.6, 0\].*used on the grid of "
-                                         r"scheduler 'normal' \(3 steps\) \[1, 0.7511, 0.008929, 0\]"):
+    with pytest.raises(
+        ComfyError,
+        match=r"input 'psi'.*calibrated on the grid \[1, 0.8571, 0.6, 0\].*used on the grid of "
+        r"scheduler 'normal' \(3 steps\) \[1, 0.7511, 0.008929, 0\]",
+    ):
         comfy.run(p)
 
 
@@ -171,6 +235,7 @@ def test_resume_continues_the_iteration_count(comfy, stopped_job):
 
 def test_job_routes_answer_404_for_unknown_and_400_for_malformed_ids(comfy, stopped_job):
     from harness import ComfyHTTPError
+
     with pytest.raises(ComfyHTTPError) as info:
         comfy.get("/densegrpo/jobs/abcdefabcdef")
     assert info.value.status == 404
@@ -185,28 +250,38 @@ def test_job_routes_answer_404_for_unknown_and_400_for_malformed_ids(comfy, stop
 
 
 def test_status_node_shows_the_reward_curve_and_samples(comfy, stopped_job):
-    entry = comfy.run({"status": {"class_type": "DenseGRPO_TrainingStatus", "inputs": {"job_id": stopped_job["id"]}},
-                       "save": {"class_type": "SaveImage", "inputs": {"images": ["status", 1],
-                                                                      "filename_prefix": "densegrpo_status"}}})
+    entry = comfy.run(
+        {
+            "status": {"class_type": "DenseGRPO_TrainingStatus", "inputs": {"job_id": stopped_job["id"]}},
+            "save": {
+                "class_type": "SaveImage",
+                "inputs": {"images": ["status", 1], "filename_prefix": "densegrpo_status"},
+            },
+        }
+    )
     text = " ".join(entry["outputs"]["status"]["text"])
     assert stopped_job["id"] in text and "stopped" in text
     shown = [im["filename"] for im in entry["outputs"]["status"]["images"]]
     assert any("reward_curve" in f for f in shown) and any("samples" in f for f in shown)
     keep = os.environ.get("DENSEGRPO_SCREENSHOT_DIR")
-    if keep:                                         # README evidence: the Status node's rendered plots
+    if keep:  # README evidence: the Status node's rendered plots
         os.makedirs(keep, exist_ok=True)
-        shutil.copy(sorted(glob.glob(os.path.join(comfy.output_dir, "densegrpo_status_*.png")))[-1],
-                    os.path.join(keep, "comfyui_training_status.png"))
+        shutil.copy(
+            sorted(glob.glob(os.path.join(comfy.output_dir, "densegrpo_status_*.png")))[-1],
+            os.path.join(keep, "comfyui_training_status.png"),
+        )
 
 
 def test_unknown_job_id_in_the_status_node_is_a_clear_error(comfy):
     from harness import ComfyError
+
     with pytest.raises(ComfyError, match="not a known DenseGRPO job id"):
         comfy.run({"status": {"class_type": "DenseGRPO_TrainingStatus", "inputs": {"job_id": "nope"}}})
 
 
 def test_a_run_whose_memory_estimate_exceeds_free_memory_is_refused_before_it_starts(comfy):
     from harness import ComfyError
+
     p = train_prompt("too_big", iterations=10)
     p["latent"]["inputs"].update(width=1024, height=1024)
     p["train"]["inputs"].update(group_size=256, steps=100, lora_name="too_big")
@@ -226,6 +301,7 @@ def test_train_status_text_shows_the_estimate(comfy):
 
 def test_resume_with_other_settings_is_refused_naming_the_setting(comfy, stopped_job):
     from harness import ComfyError
+
     p = train_prompt("x", iterations=50, resume=stopped_job["id"])
     p["train"]["inputs"]["group_size"] = 3
     with pytest.raises(ComfyError, match="input 'resume_job'.*group_size=2"):
@@ -245,6 +321,7 @@ def test_job_routes_name_files_relative_to_comfyuis_folders(comfy, stopped_job):
 
 def test_the_panel_serves_a_jobs_plots_and_nothing_else(comfy, stopped_job):
     from harness import ComfyHTTPError
+
     status, body = comfy.request("GET", f"/densegrpo/jobs/{stopped_job['id']}/files/samples.png")
     assert status == 200 and body[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ComfyHTTPError) as info:

@@ -13,6 +13,7 @@ custom_nodes/densegrpo_test_nodes. Never shipped, never loaded outside the tests
   input keeps that model's loader output (and so its loaded entry) alive without loading it.
 - DenseGRPOTest_Fail: output node that raises ValueError(message) (tests the error reporting).
 """
+
 import hashlib
 import json
 
@@ -32,10 +33,12 @@ def sd3_conditioning(text: str, seed: int = 0):
 class SD3Conditioning:
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "text": ("STRING", {"default": "a red cube", "multiline": True, "tooltip": "Any text; hashed."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Mixed into the hash."}),
-        }}
+        return {
+            "required": {
+                "text": ("STRING", {"default": "a red cube", "multiline": True, "tooltip": "Any text; hashed."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Mixed into the hash."}),
+            }
+        }
 
     RETURN_TYPES = ("CONDITIONING",)
     OUTPUT_TOOLTIPS = ("SD3-shaped random conditioning, deterministic in (text, seed).",)
@@ -109,6 +112,7 @@ class DescribeModel:
 
     def describe(self, model):
         import comfy.model_sampling
+
         ms = model.get_model_object("model_sampling")
         info = {
             "model_class": type(model.model).__name__,
@@ -140,8 +144,12 @@ class RandomLatent:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"channels": ("INT", {"default": 4, "min": 1, "max": 64}),
-                             "size": ("INT", {"default": 8, "min": 1, "max": 256})}}
+        return {
+            "required": {
+                "channels": ("INT", {"default": 4, "min": 1, "max": 64}),
+                "size": ("INT", {"default": 8, "min": 1, "max": 256}),
+            }
+        }
 
     RETURN_TYPES = ("LATENT",)
     FUNCTION = "make"
@@ -187,9 +195,17 @@ class MemoryState:
 
     def describe(self, model=None):
         import comfy.model_management as mm
-        loaded = [{"class": type(lm.model.model).__name__, "device": str(lm.device),
-                   "loaded_bytes": int(lm.model_loaded_memory()), "total_bytes": int(lm.model_memory())}
-                  for lm in mm.current_loaded_models if lm.model is not None]
+
+        loaded = [
+            {
+                "class": type(lm.model.model).__name__,
+                "device": str(lm.device),
+                "loaded_bytes": int(lm.model_loaded_memory()),
+                "total_bytes": int(lm.model_memory()),
+            }
+            for lm in mm.current_loaded_models
+            if lm.model is not None
+        ]
         return {"ui": {"text": [json.dumps({"loaded": loaded, "extra_reserved": int(mm.extra_reserved_memory())})]}}
 
 

@@ -1,0 +1,12 @@
+"""The models the method runs on: the pipeline protocol, LoRA adapters, diffusers folders, the toy model.
+
+- `protocols`          the contracts every model side meets (the reward's image/prompt inputs)
+- `pipeline`           FlowPipeline (velocity model + prompt encoder + decoder), R_t of every rollout endpoint
+- `spec`               the model and data keys of a train TOML (`ModelSpec`, prompt lists)
+- `lora`               peft LoRA injection, target presets, ComfyUI- and diffusers-format files
+- `diffusers_pipeline` a diffusers SD3/SD3.5 or FLUX folder as a FlowPipeline
+- `toy/`               the embedded tiny DiT, its procedural task, its reward and shipped weights
+
+May import: torch, `densegrpo_core.method` and `densegrpo_core.util` (diffusers, peft and safetensors inside the
+functions that need them). Never rewards, resources, training, jobs or app.
+"""

@@ -1,0 +1,358 @@
+"""A diffusers SD3/SD3.5 or FLUX pipeline folder as the core's FlowPipeline (VelocityModel, Decoder, prompt encoder).
+
+No formula of the method lives here: this module only adapts diffusers' objects to the three protocols of
+docs/architecture.md, so the SDE/ODE/rollout/objective code of the core runs on them unchanged.
+
+Notation map (diffusers → core, docs/method.md §1):
+    sigma (scheduler), timestep = 1000·sigma     τ, the flow time (τ = 1 noise)
+    SD3 transformer(x, 1000·τ, …) = noise − x0   v(x, τ, c), the velocity with the core's sign
+    FLUX transformer(pack(x), τ, guidance, …)     v, packed 2×2 → unpacked to (C, h, w)
+    latents / scaling_factor + shift_factor       what the VAE decodes; images (N, H, W, 3) in [0, 1]
+
+diffusers is imported inside the functions that load a model: `import densegrpo_core` stays light. Every
+`from_pretrained` passes `local_files_only=True`: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+PIPELINE_KINDS = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}  # model_index.json _class_name
+LORA_PREFIX = "transformer."  # diffusers' key prefix, which ComfyUI's SD3/FLUX LoRA key maps accept
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SD3_MAX_SEQUENCE_LENGTH = 128  # T5 tokens per prompt, as Flow-GRPO encodes for SD3 (diffusers default 256)
+FLUX_MAX_SEQUENCE_LENGTH = 512  # diffusers FluxPipeline's default
+FLUX_GUIDANCE = 3.5  # diffusers FluxPipeline's default guidance_scale (FLUX.1-dev embedding)
+
+
+def is_diffusers_folder(path: str) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "model_index.json"))
+
+
+def pipeline_kind(folder: str) -> tuple[str, str]:
+    """("sd3" | "flux", pipeline class name) from the folder's model_index.json; ValueError naming what is wrong."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"model folder {folder!r} does not exist")
+    index = os.path.join(folder, "model_index.json")
+    if not os.path.isfile(index):
+        raise ValueError(
+            f"{folder!r} is not a diffusers pipeline folder (no model_index.json); expected a folder "
+            f"written by save_pretrained, e.g. stabilityai/stable-diffusion-3.5-medium"
+        )
+    try:
+        with open(index) as f:
+            cls = json.load(f).get("_class_name")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(f"{index} is not a valid model_index.json: {e}") from None
+    if cls not in PIPELINE_KINDS:
+        raise ValueError(f"unsupported pipeline class {cls!r} in {index}; supported: {', '.join(PIPELINE_KINDS)}")
+    return PIPELINE_KINDS[cls], cls
+
+
+def flux_shift(image_seq_len: int, scheduler_config) -> float:
+    """The grid shift FluxPipeline uses at this resolution: exp(μ), μ = diffusers' `calculate_shift(image_seq_len,
+    base_image_seq_len, max_image_seq_len, base_shift, max_shift)` (pipeline_flux.py). The scheduler's exponential
+    time shift exp(μ)/(exp(μ) + 1/s − 1) is exactly schedule.time_shift(s, exp(μ)) (docs/method.md §1)."""
+    get = scheduler_config.get
+    base_len, max_len = get("base_image_seq_len", 256), get("max_image_seq_len", 4096)
+    base_shift, max_shift = get("base_shift", 0.5), get("max_shift", 1.15)
+    m = (max_shift - base_shift) / (max_len - base_len)
+    mu = image_seq_len * m + (base_shift - m * base_len)
+    return math.exp(mu)
+
+
+# ------------------------------------------------------------------------------------------- protocols
+class SD3Velocity(nn.Module):
+    """VelocityModel over an SD3Transformer2DModel: v = transformer(x, 1000·τ, prompt_embeds, pooled)."""
+
+    def __init__(self, transformer: nn.Module):
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, x: torch.Tensor, tau: torch.Tensor, cond: dict) -> torch.Tensor:
+        dtype = self.transformer.dtype
+        v = self.transformer(
+            hidden_states=x.to(dtype),
+            timestep=tau.float() * 1000,  # (N, C, h, w)
+            encoder_hidden_states=cond["prompt_embeds"].to(x.device, dtype),
+            pooled_projections=cond["pooled"].to(x.device, dtype),
+            return_dict=False,
+        )[0]
+        return v.float()
+
+
+def pack_latents(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, h, w) → (N, h/2·w/2, 4C): FluxPipeline._pack_latents."""
+    n, c, h, w = x.shape
+    return x.view(n, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(n, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(N, h/2·w/2, 4C) → (N, C, h, w): FluxPipeline._unpack_latents."""
+    n, _, c4 = x.shape
+    return x.view(n, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(n, c4 // 4, h, w)
+
+
+class FluxVelocity(nn.Module):
+    """VelocityModel over a FluxTransformer2DModel: v = unpack(transformer(pack(x), τ, guidance, …)).
+
+    FLUX takes τ itself (FluxPipeline passes timestep / 1000) and, for FLUX.1-dev, the guidance embedding value."""
+
+    def __init__(self, transformer: nn.Module, latent_hw: tuple[int, int], guidance: float):
+        super().__init__()
+        self.transformer, self.guidance = transformer, guidance
+        h, w = latent_hw
+        ids = torch.zeros(h // 2, w // 2, 3)  # FluxPipeline._prepare_latent_image_ids
+        ids[..., 1] += torch.arange(h // 2)[:, None]
+        ids[..., 2] += torch.arange(w // 2)[None, :]
+        self.register_buffer("img_ids", ids.reshape(-1, 3), persistent=False)
+
+    def forward(self, x: torch.Tensor, tau: torch.Tensor, cond: dict) -> torch.Tensor:
+        n, _, h, w = x.shape
+        dtype = self.transformer.dtype
+        embeds = cond["prompt_embeds"].to(x.device, dtype)  # (N, L, D)
+        guidance = (
+            torch.full((n,), self.guidance, device=x.device, dtype=torch.float32)
+            if self.transformer.config.guidance_embeds
+            else None
+        )
+        v = self.transformer(
+            hidden_states=pack_latents(x).to(dtype),
+            timestep=tau.float(),
+            guidance=guidance,
+            pooled_projections=cond["pooled"].to(x.device, dtype),
+            encoder_hidden_states=embeds,
+            txt_ids=torch.zeros(embeds.shape[1], 3, device=x.device, dtype=dtype),
+            img_ids=self.img_ids.to(dtype),
+            return_dict=False,
+        )[0]
+        return unpack_latents(v, h, w).float()
+
+
+class VAEDecoder(nn.Module):
+    """Decoder: latents (N, C, h, w) → images (N, H, W, 3) in [0, 1], undoing the VAE's scaling and shift."""
+
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae
+        self.scaling = float(vae.config.scaling_factor)
+        self.shift = float(vae.config.get("shift_factor", None) or 0.0)
+
+    @torch.no_grad()
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        p = next(self.vae.parameters())
+        z = latents.to(p.device, p.dtype) / self.scaling + self.shift
+        images = self.vae.decode(z, return_dict=False)[0]  # (N, 3, H, W) in [-1, 1]
+        return (images.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+
+
+class PromptCache:
+    """Prompt conditionings encoded once at load time (the text encoders are freed after): encode(prompts) and
+    null_cond(n) look them up. Stored on the CPU in the model dtype; batches move to the device in `guide`."""
+
+    def __init__(self, table: dict[str, dict[str, torch.Tensor]], null: dict[str, torch.Tensor] | None):
+        self.table, self.null = table, null
+
+    def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        missing = [p for p in prompts if p not in self.table]
+        if missing:
+            raise ValueError(
+                f"prompt {missing[0]!r} was not encoded when the model was loaded (the text encoders "
+                f"are freed after encoding the configured prompts); add it to the prompts"
+            )
+        return {k: torch.stack([self.table[p][k] for p in prompts]) for k in ("prompt_embeds", "pooled")}
+
+    def null_cond(self, n: int) -> dict[str, torch.Tensor]:
+        return {k: v.unsqueeze(0).expand(n, *v.shape).contiguous() for k, v in self.null.items()}
+
+
+@torch.no_grad()
+def encode_prompts(
+    pipe, kind: str, prompts: Sequence[str], max_sequence_length: int, device, batch: int = 16
+) -> dict[str, dict[str, torch.Tensor]]:
+    """prompt → {"prompt_embeds": (L, D), "pooled": (P,)} with the pipeline's own `encode_prompt`, on the CPU."""
+    table = {}
+    prompts = list(dict.fromkeys(prompts))
+    for i in range(0, len(prompts), batch):
+        chunk = prompts[i : i + batch]
+        if kind == "sd3":
+            embeds, _, pooled, _ = pipe.encode_prompt(
+                chunk,
+                chunk,
+                chunk,
+                device=device,
+                do_classifier_free_guidance=False,
+                max_sequence_length=max_sequence_length,
+            )
+        else:
+            embeds, pooled, _ = pipe.encode_prompt(chunk, chunk, device=device, max_sequence_length=max_sequence_length)
+        for j, p in enumerate(chunk):
+            table[p] = {"prompt_embeds": embeds[j].cpu(), "pooled": pooled[j].cpu()}
+    return table
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def _dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def load_transformer_file(transformer: nn.Module, path: str, folder: str, dtype: torch.dtype) -> nn.Module:
+    """A single-file transformer checkpoint in place of the folder's: diffusers keys load as they are, an
+    original-format file (e.g. sd3.5_medium.safetensors) through diffusers' `from_single_file`."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"transformer file {path!r} does not exist")
+    import safetensors.torch
+
+    sd = safetensors.torch.load_file(path)
+    own = transformer.state_dict()
+    if set(sd) == set(own):
+        bad = [k for k in own if sd[k].shape != own[k].shape]
+        if bad:
+            raise ValueError(
+                f"transformer file {path!r}: {bad[0]!r} has shape {tuple(sd[bad[0]].shape)}, the "
+                f"folder's transformer expects {tuple(own[bad[0]].shape)}"
+            )
+        transformer.load_state_dict({k: v.to(dtype) for k, v in sd.items()})
+        return transformer
+    try:
+        return type(transformer).from_single_file(
+            path, config=folder, subfolder="transformer", torch_dtype=dtype, local_files_only=True
+        )
+    except Exception as e:
+        raise ValueError(
+            f"transformer file {path!r} is neither in the folder's diffusers key format nor an "
+            f"original checkpoint diffusers can convert: {e}"
+        ) from None
+
+
+def latent_size(pixels: int, what: str, multiple: int, vae_scale: int) -> int:
+    if not isinstance(pixels, int) or isinstance(pixels, bool) or pixels < 1:
+        raise ValueError(f"{what} must be a positive integer number of pixels, got {pixels!r}")
+    if pixels % multiple:
+        raise ValueError(
+            f"{what} {pixels} px is not divisible by {multiple} (VAE scale {vae_scale} × the "
+            f"transformer's patch size {multiple // vae_scale}); use e.g. {pixels - pixels % multiple or multiple}"
+        )
+    return pixels // vae_scale
+
+
+def load_diffusers_pipeline(
+    folder: str,
+    device="cpu",
+    *,
+    prompts: Sequence[str] = (),
+    height: int | None = None,
+    width: int | None = None,
+    dtype="float32",
+    transformer_file: str | None = None,
+    negative_prompt: str = "",
+    cfg_scale: float | None = None,
+    guidance: float = FLUX_GUIDANCE,
+    max_sequence_length: int | None = None,
+):
+    """The fields of a FlowPipeline (pipeline.load_pipeline builds it) over the SD3/SD3.5 or FLUX pipeline
+    folder (model_index.json decides).
+
+    `prompts` are encoded once (with `negative_prompt` for SD3's CFG) and the text encoders freed; `height` ×
+    `width` pixels (default: the transformer's sample size) must be divisible by VAE scale × patch size.
+    SD3: CFG 4.5, shift from the scheduler config. FLUX: no CFG, guidance embedding `guidance`, the shift
+    FluxPipeline computes for this resolution (`flux_shift`).
+    """
+    kind, cls_name = pipeline_kind(folder)
+    torch_dtype = _dtype(dtype)
+    import diffusers
+
+    pipe = getattr(diffusers, cls_name).from_pretrained(folder, dtype=torch_dtype, local_files_only=True)
+    if transformer_file:
+        pipe.transformer = load_transformer_file(pipe.transformer, transformer_file, folder, torch_dtype)
+    transformer, vae = pipe.transformer, pipe.vae
+    vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    patch = transformer.config.patch_size * (2 if kind == "flux" else 1)  # FLUX packs 2×2 latent patches
+    default_px = (transformer.config.get("sample_size", 128) if kind == "sd3" else 128) * vae_scale  # as diffusers
+    h = latent_size(height or default_px, "height", vae_scale * patch, vae_scale)
+    w = latent_size(width or default_px, "width", vae_scale * patch, vae_scale)
+    max_patches = transformer.config.get("pos_embed_max_size") if kind == "sd3" else None
+    if max_patches and max(h, w) // patch > max_patches:
+        raise ValueError(
+            f"{max(h, w) * vae_scale} px exceeds this SD3 transformer's position table "
+            f"(pos_embed_max_size {max_patches}: at most {max_patches * patch * vae_scale} px a side)"
+        )
+    prompts = list(dict.fromkeys(prompts))
+    if not prompts:
+        raise ValueError(f"no prompts to encode for {folder!r}: give train_prompts (a .txt file or a list)")
+    max_len = max_sequence_length or (SD3_MAX_SEQUENCE_LENGTH if kind == "sd3" else FLUX_MAX_SEQUENCE_LENGTH)
+    pipe.to(device)
+    table = encode_prompts(pipe, kind, prompts + ([negative_prompt] if kind == "sd3" else []), max_len, device)
+    null = table[negative_prompt] if kind == "sd3" else None
+    if kind == "sd3" and negative_prompt not in prompts:
+        del table[negative_prompt]
+    for name in ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3"):
+        if hasattr(pipe, name):
+            setattr(pipe, name, None)
+    del pipe
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    cache = PromptCache(table, null)
+    sched = diffusers_scheduler_config(folder)
+    if kind == "sd3":
+        model, channels, arch = SD3Velocity(transformer), transformer.config.in_channels, "diffusers_sd3"
+        shift, default_cfg = float(sched.get("shift", 3.0)), 4.5 if cfg_scale is None else cfg_scale
+    else:
+        model, channels, arch = (
+            FluxVelocity(transformer, (h, w), guidance),
+            transformer.config.in_channels // 4,
+            "diffusers_flux",
+        )
+        shift = (
+            flux_shift((h // 2) * (w // 2), sched)
+            if sched.get("use_dynamic_shifting")
+            else float(sched.get("shift", 1.0))
+        )
+        default_cfg = 1.0 if cfg_scale is None else cfg_scale
+        if default_cfg != 1.0:
+            raise ValueError(
+                "FLUX has no classifier-free guidance here (cfg_scale must be 1); set `guidance`, the "
+                "guidance embedding value, instead"
+            )
+    info = {
+        "name": os.path.basename(os.path.normpath(folder)),
+        "pipeline": cls_name,
+        "height": h * vae_scale,
+        "width": w * vae_scale,
+        "dtype": str(torch_dtype).removeprefix("torch."),
+        **({"transformer_file": os.path.basename(transformer_file)} if transformer_file else {}),
+        **({"guidance": guidance} if kind == "flux" else {"negative_prompt": negative_prompt}),
+    }
+    return dict(
+        model=model.to(device),
+        encode=cache.encode,
+        null_cond=cache.null_cond if null else None,
+        decode=VAEDecoder(vae).to(device),
+        latent_shape=(channels, h, w),
+        arch=arch,
+        default_shift=shift,
+        default_cfg=default_cfg,
+        info=info,
+        lora_module=transformer,
+        lora_prefix=LORA_PREFIX,
+    )
+
+
+def diffusers_scheduler_config(folder: str) -> dict:
+    path = os.path.join(folder, "scheduler", "scheduler_config.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)

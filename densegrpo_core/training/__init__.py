@@ -1,0 +1,7 @@
+"""Training: the configuration dataclass and the GRPO trainer loop (docs/method.md §5-§7).
+
+- `config`  TrainConfig, every hyperparameter with one comment each, and the batch arithmetic
+- `trainer` the loop: rollout → rewards → advantages → PPO update, read top to bottom
+
+May import: method, models, rewards, resources, util. Never jobs or app.
+"""

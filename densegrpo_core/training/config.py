@@ -1,0 +1,184 @@
+"""The trainer's configuration: every hyperparameter in one dataclass, and the batch arithmetic it implies.
+
+Derived sizes (CleanRL style) are properties computed once from the fields: `batch_size` = prompts × G
+trajectories per iteration (all ranks), `trained_step_count` = ⌊train_fraction · T⌋ (docs/method.md §3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..method.advantages import ADVANTAGE_MODES
+from ..method.schedule import GRIDS, validate_grid
+from .optimizer import OPTIMIZERS
+
+
+@dataclass
+class TrainConfig:
+    # --- run ---
+    out_dir: str = "out/train"  # metrics, LoRA exports and checkpoints go here
+    seed: int = 0  # seeds LoRA init, prompt draws, initial noise and SDE noise
+    device: str = "cpu"  # "cpu" or "cuda" (or "cuda:N")
+    dtype: str = "float32"  # model compute: "float32" or "bfloat16" (autocast); log-probs stay fp32
+    iterations: int = 100  # GRPO iterations (rollout + update)
+    # --- sampling (docs/method.md §1-§3) ---
+    steps: int = 10  # T, sampling steps of the rollout (paper: 10)
+    shift: float | None = None  # grid shift; None = the model's default (SD3: 3)
+    grid: str | list[float] = "sd3"  # "sd3": diffusers' SD3 scheduler, as Flow-GRPO samples (= ComfyUI's
+    # `normal`); "shifted_linspace": shift(linspace(1, 0, T+1)); or the T+1
+    # flow times themselves (e.g. ComfyUI's sigmas of the user's scheduler)
+    scheduler: str | None = None  # name of the host scheduler an explicit grid came from (LoRA metadata)
+    cfg_scale: float | None = None  # CFG scale for rollouts and training; None = the model's default
+    uncond_grad: bool = False  # also backpropagate through CFG's unconditional pass; default detaches
+    # it and runs it without autograd, as Flow-GRPO (docs/method.md §7)
+    psi: float | list[float] | str = 0.7  # ψ(t): uniform value, list of T values, or a psi.json path
+    ode_steps: int | None = None  # n of ODE_n for latent rewards; None = n = t (fused sweep)
+    max_batch: int = 256  # most rows per forward call in rollouts (memory budget)
+    reward_batch: int = 64  # most images per reward call
+    # --- GRPO (docs/method.md §6-§7) ---
+    advantage_mode: str = "dense_grpo"  # flow_grpo | dense_grpo | dense_baseline | coca
+    prompts_per_iteration: int = 4  # distinct prompts per iteration (all ranks together)
+    group_size: int = 8  # G samples per prompt (paper: 24; scaled down for the toy)
+    global_std: bool = False  # normalise by the batch std instead of the group std
+    adv_clip: float = 5.0  # A_max
+    clip_range: float = 1e-4  # PPO ε
+    beta: float = 0.01  # KL weight β (0.04 for compositional/text rewards)
+    train_fraction: float = 0.99  # train the first ⌊fraction·T⌋ steps; the last step stays untrained
+    # --- optimisation ---
+    lr: float = 3e-4  # AdamW learning rate
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # AdamW β1, β2
+    weight_decay: float = 1e-4  # AdamW weight decay
+    train_batch: int = 8  # trajectories per minibatch; one optimizer step per minibatch
+    grad_accum: int = 1  # minibatches accumulated per optimizer step
+    inner_epochs: int = 1  # passes over one iteration's samples
+    grad_clip: float = 1.0  # max global grad norm of the LoRA parameters
+    ema_decay: float | None = None  # EMA of LoRA weights for eval/export (e.g. 0.9); None = off
+    # --- LoRA ---
+    lora_rank: int = 32  # r
+    lora_alpha: float = 64.0  # α (scale α/r)
+    lora_targets: str = "auto"  # preset name (toy | mmdit | flux) or a module-name regex
+    init_lora: str | None = None  # start from this LoRA file (same rank/targets) instead of zero
+    # --- reward, evaluation, saving ---
+    reward: str | dict = "toy"  # reward name, "module:function", or weighted {name: weight} / "a=1,b=0.5"
+    reward_path: str | dict | None = None  # file/folder of the reward model (or {name: path} for weighted sums)
+    eval_every: int = 10  # evaluate every N iterations (and at the end); 0 = only at the end
+    eval_steps: int = 10  # ODE steps for evaluation (paper: 40)
+    eval_seeds: tuple[int, ...] = (0, 1)  # initial-noise seeds per evaluation prompt
+    save_every: int = 10  # checkpoint + LoRA export every N iterations (and on stop/end)
+    eval_images: bool = False  # save each evaluation's images as out_dir/samples/eval_<iteration>.png
+    export_diffusers: bool = False  # also write lora_diffusers.safetensors (diffusers/peft keys, α/r folded)
+    # --- memory and speed (docs/benchmarks.md) ---
+    grad_checkpointing: bool = False  # recompute block activations in the backward pass: much less update memory,
+    # one more forward per trained step; same loss and gradients
+    offload_reward: bool = False  # park the decoder (VAE) and reward model on the CPU during rollout and update
+    optimizer: str = "adamw"  # "adamw" (torch) or "adamw8bit" (optional bitsandbytes: 8-bit moments)
+    rollout_memory_gb: float | None = None  # cap rows per no-grad forward so their activations fit this many GiB
+    # (estimate.py); None = max_batch alone sets the chunk size
+
+    def __post_init__(self):
+        if self.advantage_mode not in ADVANTAGE_MODES:
+            raise ValueError(
+                f"unknown advantage mode {self.advantage_mode!r}; expected one of {', '.join(ADVANTAGE_MODES)}"
+            )
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2 (GRPO compares samples of one prompt), got {self.group_size}")
+        for name in (
+            "iterations",
+            "steps",
+            "prompts_per_iteration",
+            "train_batch",
+            "grad_accum",
+            "inner_epochs",
+            "lora_rank",
+            "max_batch",
+            "reward_batch",
+        ):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.rollout_memory_gb is not None and not self.rollout_memory_gb > 0:
+            raise ValueError(f"rollout_memory_gb must be > 0 or None, got {self.rollout_memory_gb}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if not 0 < self.train_fraction <= 1:
+            raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
+        if isinstance(self.grid, str):
+            if self.grid not in GRIDS:
+                raise ValueError(
+                    f"grid must be one of {', '.join(GRIDS)} or a list of steps+1 flow times, got {self.grid!r}"
+                )
+        else:
+            self.grid = validate_grid(torch.as_tensor(self.grid), "grid").tolist()
+            if len(self.grid) != self.steps + 1:
+                raise ValueError(
+                    f"grid has {len(self.grid)} flow times but steps = {self.steps} needs {self.steps + 1}"
+                )
+        self.adam_betas = tuple(self.adam_betas)
+        self.eval_seeds = tuple(self.eval_seeds)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; valid keys: {sorted(names)}")
+        return cls(**d)
+
+    # --- derived sizes: the batch arithmetic, computed once here (trainer and estimator use these) ---
+    @property
+    def batch_size(self) -> int:
+        """B = prompts_per_iteration · G trajectories per iteration, all ranks together."""
+        return self.prompts_per_iteration * self.group_size
+
+    def prompts_per_rank(self, world: int) -> int:
+        """Prompts (whole groups) each of `world` processes samples."""
+        if self.prompts_per_iteration % world:
+            raise ValueError(
+                f"prompts_per_iteration ({self.prompts_per_iteration}) must be divisible by the "
+                f"number of processes ({world})"
+            )
+        return self.prompts_per_iteration // world
+
+    @property
+    def trained_step_count(self) -> int:
+        """⌊train_fraction · T⌋ (at least 1): the first steps get trained, the last one not (docs/method.md §3)."""
+        return max(1, math.floor(self.train_fraction * self.steps + 1e-9))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        d = {k: v for k, v in self.to_dict().items() if k not in ("out_dir", "iterations", "device", "reward_path")}
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+RESUME_KEYS = ("advantage_mode", "steps", "grid", "lora_rank", "group_size", "prompts_per_iteration", "seed")
+
+
+def check_resumable(config: TrainConfig, checkpoint: str) -> None:
+    """ValueError unless the checkpoint folder was written by a run with the same RESUME_KEYS settings."""
+    try:
+        with open(os.path.join(checkpoint, "config.json")) as f:
+            saved = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no checkpoint config in {checkpoint!r} (expected config.json)") from None
+    for key in RESUME_KEYS:
+        if saved.get(key) != getattr(config, key):
+            raise ValueError(
+                f"cannot resume: checkpoint has {key}={saved.get(key)!r}, config has {getattr(config, key)!r}"
+            )
+
+
+def trained_steps(config: TrainConfig, trainable: torch.Tensor) -> list[int]:
+    """Grid indices of trained steps: the first `trained_step_count` that have a density (docs/method.md §3)."""
+    return [k for k in range(config.trained_step_count) if bool(trainable[k])]

@@ -1,0 +1,539 @@
+"""GRPO training of a LoRA with dense (per-step) rewards: DenseGRPO and its baselines (docs/method.md §5-§7).
+
+One iteration, top to bottom (see `Trainer.iteration`):
+    prompts → fused rollout (SDE chain + ODE branches, no grad) → decode + reward all T+1 endpoints
+    → advantages (mode) → PPO-clip + KL updates over the trained steps, shuffled, adapter-off reference.
+Runs on CPU or CUDA, float32 or bf16 autocast (log-probs and rewards stay float32), one process or
+several under `torchrun` (whole prompt groups per rank, rewards gathered for statistics, LoRA gradients
+all-reduced, rank 0 writes files).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from ..method.advantages import DENSE_MODES, dense_rewards, group_advantages, prompt_groups
+from ..method.calibrate import sign_counts
+from ..method.objective import grpo_loss
+from ..method.rollout import rollout, sde_chain
+from ..method.schedule import Psi, as_psi, flow_grid, sde_noise_scales
+from ..method.sde import gaussian_log_prob, sde_step_mean, sde_step_std
+from ..models import lora
+from ..models.pipeline import FlowPipeline, evaluate_ode, latent_rewards, score_latents
+from ..resources.estimate import model_info, rollout_max_batch
+from ..resources.memory import StageMeter, enable_gradient_checkpointing, offloaded
+from ..util.atomic import atomic_write_text
+from .config import TrainConfig, check_resumable, trained_steps
+from .optimizer import build_optimizer
+
+CHECKPOINT_FORMAT = "densegrpo.checkpoint/1"
+__all__ = ["CHECKPOINT_FORMAT", "TrainConfig", "TrainResult", "Trainer", "check_resumable"]
+
+
+def _dist():
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+@dataclass
+class TrainResult:
+    metrics: list[dict]  # one record per iteration
+    evals: list[dict]  # {"iteration", "reward_mean", ...}
+    out_dir: str
+    lora_path: str | None
+    stopped: bool = False
+    wall_s: float = 0.0
+
+
+@dataclass
+class Trainer:
+    """Owns the LoRA-injected model, optimizer and RNG of one run; `run()` trains, `iteration()` is one step."""
+
+    config: TrainConfig
+    pipe: FlowPipeline
+    reward: Callable
+    train_prompts: Sequence[str]
+    eval_prompts: Sequence[str] = ()
+    on_event: Callable[[dict], None] | None = None  # receives {"type": ..., ...} events (rank 0 only)
+    should_stop: Callable[[], bool] | None = None  # polled between iterations
+    metrics: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+
+    def __post_init__(self):
+        config = self.config
+        if not self.train_prompts:
+            raise ValueError("train prompts must not be empty")
+        self.rank, self.world = _dist()
+        config.prompts_per_rank(self.world)  # divisible, or a clear error
+        self.device = torch.device(config.device)
+        self.autocast_dtype = torch.bfloat16 if config.dtype == "bfloat16" else None
+        self.shift = self.pipe.default_shift if config.shift is None else config.shift
+        self.cfg_scale = self.pipe.default_cfg if config.cfg_scale is None else config.cfg_scale
+        self.tau = self.grid(config.steps)  # (T+1,)
+        psi = Psi.load(config.psi) if isinstance(config.psi, str) else as_psi(config.psi, config.steps)
+        self.psi = as_psi(psi, config.steps).check_grid(self.tau.tolist(), "the training grid")
+        self.prompts = list(dict.fromkeys(self.train_prompts))  # distinct texts: a group is keyed by its text
+        if config.prompts_per_iteration > len(self.prompts):
+            raise ValueError(
+                f"prompts_per_iteration ({config.prompts_per_iteration}) exceeds the {len(self.prompts)} "
+                f"distinct training prompts: a batch draws its prompts without replacement"
+            )
+        self.sigmas = sde_noise_scales(self.psi.tensor(config.steps), self.tau)  # (T,)
+        self.pipe.model.to(self.device)
+        # the LoRA lives in the diffusion network; its module names are the LoRA file's keys
+        model = self.pipe.model if self.pipe.lora_module is None else self.pipe.lora_module
+        for p in self.pipe.model.parameters():
+            p.requires_grad_(False)
+        self.targets = config.lora_targets if config.lora_targets != "auto" else self.pipe.arch
+        lora.inject_lora(model, self.targets, rank=config.lora_rank, alpha=config.lora_alpha, seed=config.seed)
+        for p in lora.lora_parameters(model):  # float32 master weights on bf16/fp16 base weights (peft copies
+            p.data = p.data.float()  # the base dtype); autocast still runs the matmuls in bf16
+        if config.init_lora:
+            lora.load_lora(config.init_lora, model, prefix=self.pipe.lora_prefix)
+        self.model = model
+        self.params = lora.lora_parameters(model)
+        if config.grad_checkpointing:
+            enable_gradient_checkpointing(model)
+        self.optimizer = build_optimizer(
+            config.optimizer, self.params, config.lr, config.adam_betas, config.weight_decay
+        )
+        self.max_batch = self._rollout_max_batch()
+        self.meter = StageMeter(self.device)  # seconds per stage; peak memory on CUDA
+        self.ema = [p.detach().clone() for p in self.params] if config.ema_decay else None
+        self.prompt_gen = torch.Generator().manual_seed(config.seed)  # same on every rank
+        self.noise_gen = torch.Generator().manual_seed(config.seed * 1000 + 1 + self.rank)
+        self.iteration_done = 0
+        self.lora_path = None
+        self.last_rewards = None  # R (B_all, T+1) of the last iteration
+        if self.rank == 0:
+            os.makedirs(config.out_dir, exist_ok=True)
+
+    # ----------------------------------------------------------------- helpers
+    def grid(self, steps: int) -> torch.Tensor:
+        """The flow-time grid of `steps` steps: the configured explicit grid, or the named one (docs/method.md §1)."""
+        config = self.config
+        if isinstance(config.grid, list) and steps == config.steps:
+            return torch.tensor(config.grid, dtype=torch.float32)
+        return flow_grid(steps, self.shift, config.grid if isinstance(config.grid, str) else "sd3")
+
+    def _emit(self, event: dict) -> None:
+        if self.rank == 0 and self.on_event is not None:
+            self.on_event(event)
+
+    def _autocast(self):
+        return torch.autocast(
+            self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
+        )
+
+    def _offload_reward(self):
+        """With `offload_reward`, the decoder's and reward model's torch modules sit on the CPU inside the block."""
+        return offloaded(
+            self.pipe.decode, self.reward, exclude=(self.pipe.model, self.model), enabled=self.config.offload_reward
+        )
+
+    def _rollout_max_batch(self) -> int:
+        """max_batch, lowered so one no-grad forward's activations fit `rollout_memory_gb` (estimate.py)."""
+        config = self.config
+        if config.rollout_memory_gb is None:
+            return config.max_batch
+        cond = self.pipe.encode([self.train_prompts[0]])
+        tokens = [
+            v.shape[1]
+            for v in (cond.values() if isinstance(cond, dict) else [cond])
+            if isinstance(v, torch.Tensor) and v.ndim == 3
+        ]
+        try:
+            info = model_info(self.model, self.pipe.latent_shape, context_tokens=max(tokens, default=0))
+        except ValueError as e:
+            raise ValueError(
+                f"rollout_memory_gb needs a model the estimator can count ({e}); set max_batch instead"
+            ) from None
+        rows = rollout_max_batch(config.rollout_memory_gb * 2**30, info, config, kind=self.device.type)
+        return min(config.max_batch, rows)
+
+    def _gather(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return t
+        t = t.to(self.device).contiguous()
+        out = [torch.empty_like(t) for _ in range(self.world)]
+        torch.distributed.all_gather(out, t)
+        return torch.cat(out).cpu()
+
+    def _draw_prompts(self) -> tuple[list[str], torch.Tensor]:
+        """This rank's prompts, each repeated G times, and the group ids of the whole batch (B_all,).
+
+        The batch's prompts are drawn without replacement, the same draw on every rank (docs/method.md §6); a
+        group is keyed by prompt text, so the ids hold across ranks.
+        """
+        config = self.config
+        idx = torch.randperm(len(self.prompts), generator=self.prompt_gen)[: config.prompts_per_iteration].tolist()
+        batch = [self.prompts[i] for i in idx for _ in range(config.group_size)]  # (B_all,) rank-major
+        B = config.prompts_per_rank(self.world) * config.group_size  # this rank's trajectories
+        return batch[self.rank * B : (self.rank + 1) * B], prompt_groups(batch)
+
+    # ------------------------------------------------------------- iteration
+    def iteration(self) -> dict:
+        """One GRPO iteration: rollout, rewards, advantages, PPO updates. Returns its metrics."""
+        config, T = self.config, self.config.steps
+        t0 = time.perf_counter()
+        self.meter.reset()
+        prompts, groups_all = self._draw_prompts()
+        B = len(prompts)
+        dense = config.advantage_mode in DENSE_MODES
+        self.model.eval()
+        with self.meter.stage("rollout"), self._offload_reward(), torch.no_grad(), self._autocast():
+            x_T = torch.randn((B, *self.pipe.latent_shape), generator=self.noise_gen).to(self.device)
+            guide = self.pipe.guide(prompts, self.cfg_scale, self.max_batch, self.device)
+            if dense:  # SDE chain + ODE_t(x_t) for every t: T(T+1)/2 NFE per trajectory
+                ro = rollout(guide, x_T, self.tau, self.sigmas, self.noise_gen, config.ode_steps)
+            else:  # sparse modes only observe R_0: the SDE chain alone, T NFE
+                ro = sde_chain(guide, x_T, self.tau, self.sigmas, self.noise_gen)
+
+        with self.meter.stage("reward"):
+            if dense:
+                R_local = latent_rewards(ro, prompts, self.pipe.decode, self.reward, config.reward_batch)  # (B, T+1)
+            else:  # only R_0 is known; it fills every column so the advantage code sees (B, T+1)
+                R0 = score_latents(
+                    ro.latents[:, -1].float(), prompts, self.pipe.decode, self.reward, config.reward_batch
+                )
+                R_local = R0[:, None].expand(B, T + 1).contiguous()
+
+        R = self._gather(R_local)  # (B_all, T+1)
+        lat_all = self._gather(ro.latents.float()) if config.advantage_mode == "coca" else None
+        A_all = group_advantages(
+            R, groups_all, config.advantage_mode, latents=lat_all, global_std=config.global_std, clip=config.adv_clip
+        )  # (B_all, T)
+        A = A_all[self.rank * B : (self.rank + 1) * B]  # (B, T)
+
+        steps = trained_steps(config, ro.trainable)
+        with self.meter.stage("update"), self._offload_reward():
+            update_stats = self.update(ro, prompts, A, steps)
+
+        self.iteration_done += 1
+        m = {
+            "iteration": self.iteration_done,
+            "reward_mean": R[:, -1].mean().item(),
+            "reward_std": R[:, -1].std(unbiased=False).item(),
+        }
+        if dense:
+            dR = dense_rewards(R)  # (B_all, T)
+            pos, neg = sign_counts(dR)
+            m.update(
+                {
+                    "ode_reward_mean": R[:, 0].mean().item(),
+                    "dR_mean": dR.mean(0).tolist(),
+                    "dR_pos": pos.tolist(),
+                    "dR_neg": neg.tolist(),
+                }
+            )
+        m.update(
+            {
+                "adv_std": A_all[:, steps].std().item() if steps else 0.0,
+                "nfe": ro.nfe * self.world,
+                "nfe_per_trajectory": ro.nfe_per_trajectory,
+                "trained_steps": steps,
+                **update_stats,
+                **self.meter.last,
+                "iteration_s": time.perf_counter() - t0,
+            }
+        )
+        self.last_rewards = R
+        return m
+
+    def update(self, ro, prompts: list[str], A: torch.Tensor, steps: list[int]) -> dict:
+        """PPO-clip + KL over the trained steps; one optimizer step per `grad_accum` minibatches (docs/method.md §7)."""
+        config = self.config
+        B = A.shape[0]
+        active = (A[:, steps] != 0).any(dim=1).nonzero().flatten() if steps else A.new_zeros(0, dtype=torch.long)
+        stats = {"loss": [], "policy_loss": [], "kl": [], "ratio_mean": [], "clip_frac": []}
+        n_opt, grad_norms = 0, []
+        n_mb = self._max_over_ranks(-(-len(active) // config.train_batch))  # every rank takes as many steps
+        if n_mb == 0:
+            return {"skipped_samples": B, "optimizer_steps": 0, **{k: 0.0 for k in stats}, "grad_norm": 0.0}
+        guide = self.pipe.guide(
+            prompts, self.cfg_scale, self.max_batch, self.device, detach_uncond=not config.uncond_grad
+        )
+        self.model.train()
+        for _ in range(config.inner_epochs):
+            order = active[torch.randperm(len(active), generator=self.noise_gen)]
+            minibatches = [mb for mb in order.split(config.train_batch) if len(mb)]  # none if nothing active
+            for mb_i in range(n_mb):
+                if mb_i < len(minibatches):  # a rank with fewer active samples contributes zero gradient
+                    self._accumulate(ro, guide, minibatches[mb_i], A, steps, stats)
+                if (mb_i + 1) % config.grad_accum == 0 or mb_i == n_mb - 1:
+                    grad_norms.append(self._optimizer_step())
+                    n_opt += 1
+        self.model.eval()
+        return {
+            "skipped_samples": B - len(active),
+            "optimizer_steps": n_opt,
+            "grad_norm": sum(grad_norms) / len(grad_norms),
+            **{k: sum(v) / len(v) if v else 0.0 for k, v in stats.items()},
+        }
+
+    def _accumulate(self, ro, guide, mb: torch.Tensor, A: torch.Tensor, steps: list[int], stats: dict) -> None:
+        """Backpropagate the loss of one minibatch of trajectories over the trained steps, shuffled
+        (docs/method.md §7)."""
+        config = self.config
+        step_order = [steps[j] for j in torch.randperm(len(steps), generator=self.noise_gen).tolist()]
+        rows = mb.to(self.device)
+        for k in step_order:
+            tau, tau_next, sigma = self.tau[k].item(), self.tau[k + 1].item(), self.sigmas[k].item()
+            x = ro.latents[mb, k].to(self.device)  # (b, ...)
+            x_next = ro.latents[mb, k + 1].to(self.device)
+            with self._autocast():
+                v = guide.velocity(x, tau, rows)
+            mean = sde_step_mean(x, v, tau, tau_next, sigma)  # float32, with grad
+            log_prob = gaussian_log_prob(x_next, mean, sde_step_std(tau, tau_next, sigma))
+            with torch.no_grad(), lora.adapters_disabled(self.model), self._autocast():
+                mean_ref = sde_step_mean(x, guide.velocity(x, tau, rows), tau, tau_next, sigma)
+            loss, s = grpo_loss(
+                log_prob,
+                ro.log_probs[mb, k].to(self.device),
+                A[mb, k].to(self.device),
+                mean,
+                mean_ref,
+                sigma,
+                config.clip_range,
+                config.beta,
+            )
+            (loss / (len(step_order) * config.grad_accum)).backward()
+            for key in stats:
+                stats[key].append(s[key])
+
+    def _max_over_ranks(self, n: int) -> int:
+        if self.world == 1:
+            return n
+        t = torch.tensor([n], device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return int(t.item())
+
+    def _optimizer_step(self) -> float:
+        if self.world > 1:
+            for p in self.params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= self.world
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip).item()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            with torch.no_grad():
+                for e, p in zip(self.ema, self.params):
+                    e.lerp_(p.detach(), 1 - self.config.ema_decay)
+        return norm
+
+    # ------------------------------------------------------------ evaluation
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """Inside the block the LoRA holds its EMA weights (when `ema_decay` is set): evaluation and export."""
+        if self.ema is None:
+            yield
+            return
+        with torch.no_grad():
+            live = [p.detach().clone() for p in self.params]
+            for p, e in zip(self.params, self.ema):
+                p.copy_(e)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, w in zip(self.params, live):
+                    p.copy_(w)
+
+    def evaluate(self) -> dict:
+        """Mean reward of plain-ODE samples on the evaluation prompts (EMA weights when enabled); with
+        `eval_images`, rank 0 saves their grid as out_dir/samples/eval_<iteration>.png (a row per prompt)."""
+        config = self.config
+        with self.ema_weights():
+            res = evaluate_ode(
+                self.pipe,
+                self.reward,
+                self.eval_prompts,
+                seeds=config.eval_seeds,
+                tau=self.grid(config.eval_steps),
+                cfg_scale=self.cfg_scale,
+                device=self.device,
+                max_batch=self.max_batch,
+                autocast_dtype=self.autocast_dtype,
+            )
+        if config.eval_images and self.rank == 0:
+            from ..util.plots import save_image_grid
+
+            images = torch.cat(
+                [self.pipe.decode(x.to(self.device)).float().cpu() for x in res["latents"].split(config.reward_batch)]
+            )
+            os.makedirs(os.path.join(config.out_dir, "samples"), exist_ok=True)
+            save_image_grid(
+                images,
+                os.path.join(config.out_dir, "samples", f"eval_{self.iteration_done:05d}.png"),
+                ncol=len(config.eval_seeds),
+            )
+        return {
+            "iteration": self.iteration_done,
+            "reward_mean": res["reward_mean"],
+            "reward_std": res["reward_std"],
+            "n": res["n"],
+        }
+
+    # ------------------------------------------------------- save and resume
+    def lora_metadata(self) -> dict:
+        config = self.config
+        return {
+            "base_arch": self.targets,
+            "rank": config.lora_rank,
+            "alpha": config.lora_alpha,
+            "psi": json.dumps(self.psi.values),
+            "reward": config.reward,
+            "iteration": self.iteration_done,
+            "advantage_mode": config.advantage_mode,
+            "config_hash": config.hash(),
+            "steps": config.steps,
+            "shift": self.shift,
+            "cfg_scale": self.cfg_scale,
+            "grid": config.grid if isinstance(config.grid, str) else "explicit",
+            **({"scheduler": config.scheduler} if config.scheduler else {}),
+            "sigmas": json.dumps([round(t, 6) for t in self.tau.tolist()]),
+            **{f"model_{k}": v for k, v in self.pipe.info.items()},
+        }
+
+    def export_lora(self, path: str) -> str:
+        """Write the (EMA, if enabled) LoRA atomically in ComfyUI's key format."""
+        with self.ema_weights():
+            lora.save_lora(path, self.model, self.lora_metadata(), prefix=self.pipe.lora_prefix)
+            if self.config.export_diffusers:
+                lora.save_lora(
+                    os.path.splitext(path)[0] + "_diffusers.safetensors",
+                    self.model,
+                    self.lora_metadata(),
+                    prefix=self.pipe.lora_prefix,
+                    layout="diffusers",
+                )
+        return path
+
+    def save_checkpoint(self) -> str | None:
+        """Atomic checkpoint folder `out_dir/checkpoint`: LoRA, optimizer, RNG, ψ, config, metrics."""
+        states = [self.noise_gen.get_state()]
+        if self.world > 1:
+            gathered = [None] * self.world
+            torch.distributed.all_gather_object(gathered, self.noise_gen.get_state())
+            states = gathered
+        if self.rank != 0:
+            return None
+        out = self.config.out_dir
+        final, tmp = os.path.join(out, "checkpoint"), os.path.join(out, f".checkpoint.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        try:
+            lora.save_lora(
+                os.path.join(tmp, "lora.safetensors"), self.model, self.lora_metadata(), prefix=self.pipe.lora_prefix
+            )
+            torch.save(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "iteration": self.iteration_done,
+                    "optimizer": self.optimizer.state_dict(),
+                    "prompt_gen": self.prompt_gen.get_state(),
+                    "noise_gens": states,
+                    "ema": self.ema,
+                },
+                os.path.join(tmp, "state.pt"),
+            )
+            self.psi.save(os.path.join(tmp, "psi.json"))
+            atomic_write_text(os.path.join(tmp, "config.json"), json.dumps(self.config.to_dict(), indent=1))
+            atomic_write_text(
+                os.path.join(tmp, "metrics.json"), json.dumps({"metrics": self.metrics, "evals": self.evals})
+            )
+            old = os.path.join(out, f".checkpoint.old{os.getpid()}")
+            if os.path.exists(final):
+                os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._emit({"type": "checkpoint", "iteration": self.iteration_done, "path": final})
+        return final
+
+    def load_checkpoint(self, path: str) -> None:
+        """Continue from a checkpoint folder: same curves as an uninterrupted run."""
+        state_path = os.path.join(path, "state.pt")
+        if not os.path.isfile(state_path):
+            raise FileNotFoundError(f"no checkpoint in {path!r} (expected {state_path})")
+        state = torch.load(state_path, weights_only=True, map_location="cpu")
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{state_path} is not a {CHECKPOINT_FORMAT} checkpoint")
+        check_resumable(self.config, path)
+        lora.load_lora(os.path.join(path, "lora.safetensors"), self.model, prefix=self.pipe.lora_prefix)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.prompt_gen.set_state(state["prompt_gen"])
+        if len(state["noise_gens"]) != self.world:
+            raise ValueError(
+                f"checkpoint was written by {len(state['noise_gens'])} processes, resuming with {self.world}"
+            )
+        self.noise_gen.set_state(state["noise_gens"][self.rank])
+        if state["ema"] is not None and self.ema is not None:
+            for e, s in zip(self.ema, state["ema"]):
+                e.copy_(s)
+        self.iteration_done = int(state["iteration"])
+        self.psi = Psi.load(os.path.join(path, "psi.json"))
+        with open(os.path.join(path, "metrics.json")) as f:
+            saved_metrics = json.load(f)
+        self.metrics, self.evals = saved_metrics["metrics"], saved_metrics["evals"]
+        if self.rank == 0:
+            atomic_write_text(
+                os.path.join(self.config.out_dir, "metrics.jsonl"), "".join(json.dumps(m) + "\n" for m in self.metrics)
+            )
+
+    # -------------------------------------------------------------------- run
+    def run(self, progress: bool = False) -> TrainResult:
+        """Train until `iterations` or a stop request; evaluate, checkpoint and export along the way."""
+        config = self.config
+        start = time.perf_counter()
+        metrics_path = os.path.join(config.out_dir, "metrics.jsonl")
+        bar = None
+        if progress and self.rank == 0:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=config.iterations, initial=self.iteration_done, desc=config.advantage_mode, unit="it")
+        if self.eval_prompts and not self.evals:
+            self.evals.append(self.evaluate())
+            self._emit({"type": "eval", **self.evals[-1]})
+        stopped = False
+        while self.iteration_done < config.iterations:
+            if self.should_stop is not None and self.should_stop():
+                stopped = True
+                break
+            m = self.iteration()
+            self.metrics.append(m)
+            if self.rank == 0:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(m) + "\n")
+            self._emit({"type": "iteration", **m, "rewards": self.last_rewards.tolist()})
+            last = self.iteration_done == config.iterations
+            if self.eval_prompts and ((config.eval_every and self.iteration_done % config.eval_every == 0) or last):
+                self.evals.append(self.evaluate())
+                self._emit({"type": "eval", **self.evals[-1]})
+            if (config.save_every and self.iteration_done % config.save_every == 0) and not last:
+                self.save_checkpoint()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(reward=f"{m['reward_mean']:.3f}", kl=f"{m['kl']:.2e}")
+        if bar is not None:
+            bar.close()
+        self.save_checkpoint()
+        if self.rank == 0:
+            self.lora_path = self.export_lora(os.path.join(config.out_dir, "lora.safetensors"))
+        wall = time.perf_counter() - start
+        self._emit({"type": "done", "iteration": self.iteration_done, "stopped": stopped, "wall_s": wall})
+        return TrainResult(self.metrics, self.evals, config.out_dir, self.lora_path, stopped, wall)

@@ -1,0 +1,57 @@
+"""Writing files so that nothing is ever half-written: one atomic-write helper for every file the project saves.
+
+`atomic_write(path, write)` lets `write(tmp)` fill a temporary file beside `path`, flushes it to disk
+(fsync), gives it the permissions an ordinary new file gets (0o666 minus the umask; `mkstemp` alone would
+leave 0600) and renames it over `path`. A crash or an exception leaves the old file or none, never a partial one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from typing import Any, Callable
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # read it (os has no getter); called once, at import
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open(path, "w") would give a new file
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> str:
+    """Write `path` atomically: `write(tmp_path)` creates the content, then fsync, chmod, rename. → path."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> str:
+    """A text file (UTF-8), atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    return atomic_write(path, write)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1, **kwargs) -> str:
+    """A JSON file, atomically (`kwargs` go to json.dumps, e.g. allow_nan=False)."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent, **kwargs))
