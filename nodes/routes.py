@@ -4,7 +4,7 @@
 - GET  /densegrpo/jobs/{id}[?full=1]        one job (full: metrics, evals, latest events)
 - POST /densegrpo/jobs/{id}/stop            ask it to stop
 - GET  /densegrpo/jobs/{id}/resume_prompt   the job's own prompt with resume_job set (POST it to /prompt)
-- GET  /densegrpo/jobs/{id}/files/{name}    reward_curve.png, dense_rewards.png or samples.png of the job
+- GET  /densegrpo/jobs/{id}/files/{name}    a file of web_contract.JOB_FILES of the job (reward_curve.png, ...)
 
 Ids are validated by the manager: a malformed id answers 400, an unknown one 404. Answers name files
 relative to ComfyUI's folders (nodes/public.py), never by absolute server path.
@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import os
 
-JOB_FILES = ("reward_curve.png", "dense_rewards.png", "samples.png")
-PROMPT_FILE = "prompt.json"  # the API prompt that started a job (written by the Train node)
+from .job_service import PROMPT_FILE, get_manager
+from .web_contract import JOB_FILES
 
 
 def public_job(job, full: bool = False) -> dict:
@@ -26,8 +26,6 @@ def public_job(job, full: bool = False) -> dict:
 
 
 def _lookup(request, web):
-    from .train_nodes import get_manager
-
     job_id = request.match_info["job_id"]
     try:
         return get_manager().get(job_id), None
@@ -57,8 +55,6 @@ def resume_prompt(job, manager) -> dict:
 def register(routes) -> None:
     """Add the routes to ComfyUI's aiohttp route table (PromptServer.instance.routes)."""
     from aiohttp import web
-
-    from .train_nodes import get_manager
 
     @routes.get("/densegrpo/jobs")
     async def list_jobs(request):

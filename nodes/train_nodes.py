@@ -7,29 +7,25 @@ models/loras/densegrpo/ so LoraLoaderModelOnly lists them; job folders live in o
 
 Queueing the Train node again with the same settings while its job is queued or running returns that job
 (the settings key covers every widget, the prompts, the reward, ψ and a fingerprint of the MODEL). While
-a job runs, its Train node shows iteration / total, reward and ETA (send_progress_text) and every event
-goes to the browser as a `densegrpo.job` websocket message (web/densegrpo.js draws the sidebar panel).
+a job runs, its Train node shows iteration / total, reward and ETA and every event goes to the browser as a
+websocket message (job_service: the JobManager, event forwarding, progress text; web/densegrpo.js draws the panel).
 """
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import os
-import threading
 
 from densegrpo_core.method.advantages import ADVANTAGE_MODES
 from densegrpo_core.training.trainer import TrainConfig, check_resumable
 from densegrpo_core.util.atomic import atomic_write_json
 
 from . import comfy_bridge as bridge
+from .job_service import PROMPT_FILE, client_id, get_manager, show_progress
 from .sockets import CFG, GROUP, JOB_TYPE, REWARD_TYPE, SEED, STEPS, psi_input, scheduler_input
+from .web_contract import JOB_FILES
 
-EVENT = "densegrpo.job"  # websocket event name of job updates
 TRAIN_NODE = "DenseGRPO Train LoRA"
-_manager = None
-_manager_lock = threading.Lock()
-_progress_targets: dict[str, tuple[str, str | None]] = {}  # job id -> (Train node id, browser client id)
 SEED_TOOLTIP = (
     "seed of the prompt order, the start noise and the SDE noise; the DenseGRPO front-end keeps it "
     "fixed after each run, so queueing again does not start another job"
@@ -40,54 +36,6 @@ def lora_dir() -> str:
     import folder_paths
 
     return os.path.join(folder_paths.get_folder_paths("loras")[0], "densegrpo")
-
-
-def jobs_root() -> str:
-    import folder_paths
-
-    return os.path.join(folder_paths.get_output_directory(), "densegrpo", "jobs")
-
-
-def _send(job_id: str, event: dict) -> None:
-    """Forward a job event to the browser (thread safe): large payloads stay on the server, file names are
-    relative to ComfyUI's folders; the Train node that started the job shows the progress."""
-    try:
-        from server import PromptServer
-    except ImportError:
-        return
-    if PromptServer.instance is None:
-        return
-    from .public import comfy_roots, public_view
-
-    small = public_view({k: v for k, v in event.items() if k not in ("rewards",)}, comfy_roots())
-    PromptServer.instance.send_sync(EVENT, {**small, "job_id": job_id})
-    target = _progress_targets.get(job_id)
-    if target and isinstance(event.get("job"), dict) and event.get("type") in ("iteration", "state"):
-        PromptServer.instance.send_progress_text(progress_text(event["job"]), target[0], target[1])
-
-
-def _duration(seconds) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
-def progress_text(job: dict) -> str:
-    """One line for the Train node: state, iteration / total, last reward, s/it and ETA."""
-    last = job.get("last_metric") or {}
-    parts = [f"DenseGRPO job {job['id']} {job['state']}", f"iteration {job['iteration']}/{job['total']}"]
-    if isinstance(last.get("reward_mean"), (int, float)):
-        parts.append(f"reward {last['reward_mean']:.4f}")
-    if job.get("sec_per_iteration"):
-        parts.append(f"{job['sec_per_iteration']:.2f} s/it")
-    if job["state"] in ("queued", "running") and job.get("eta_s") is not None:
-        parts.append(f"ETA {_duration(job['eta_s'])}")
-    if job.get("error"):
-        parts.append(f"error: {job['error']}")
-    return " · ".join(parts)
 
 
 def model_fingerprint(model) -> dict:
@@ -104,19 +52,6 @@ def model_fingerprint(model) -> dict:
         "head": head,
         "patches": settings_key(patches),
     }
-
-
-def get_manager():
-    """The process-wide job manager (created on first use; stops its jobs when ComfyUI exits)."""
-    global _manager
-    with _manager_lock:
-        if _manager is None:
-            from densegrpo_core.jobs.manager import JobManager
-
-            _manager = JobManager(jobs_root(), on_event=_send)
-            _manager.load_records()  # jobs of earlier sessions: listed, resumable
-            atexit.register(_manager.shutdown)
-        return _manager
 
 
 def read_prompts(text: str, prompts_file: str, node: str) -> list[str]:
@@ -424,7 +359,7 @@ class TrainLoRA:
                 "reward_class": type(reward_model).__name__,
             }
         )
-        client = self.client_id()
+        client = client_id()
         active = manager.find_active(key)
         if active is not None:  # the same settings while its job is queued or running
             return self.duplicate(active, unique_id, client)
@@ -483,23 +418,10 @@ class TrainLoRA:
         return {"ui": {"text": [status]}, "result": (job.id, status)}
 
     @staticmethod
-    def client_id():
-        try:
-            from server import PromptServer
-
-            return getattr(PromptServer.instance, "client_id", None)
-        except ImportError:
-            return None
-
-    @staticmethod
     def remember(job, unique_id, client, prompt) -> None:
         """Where to show the job's progress, and the prompt that started it (for Resume in the panel)."""
-        if unique_id is not None:
-            _progress_targets[job.id] = (str(unique_id), client)
-            _send_text(job, unique_id, client)
+        show_progress(job, unique_id, client)
         if isinstance(prompt, dict):
-            from .routes import PROMPT_FILE
-
             path = os.path.join(job.folder, PROMPT_FILE)
             try:
                 atomic_write_json(path, prompt, indent=None)
@@ -508,24 +430,13 @@ class TrainLoRA:
 
     @staticmethod
     def duplicate(job, unique_id, client):
-        if unique_id is not None:
-            _progress_targets[job.id] = (str(unique_id), client)
-            _send_text(job, unique_id, client)
+        show_progress(job, unique_id, client)
         status = (
             f"job {job.id} {job.state.value}: already training with these settings (iteration "
             f"{job.iteration}/{job.total}); no second job started. Change a setting or the name to start "
             f"another, or stop it in the DenseGRPO panel"
         )
         return {"ui": {"text": [status]}, "result": (job.id, status)}
-
-
-def _send_text(job, unique_id, client) -> None:
-    try:
-        from server import PromptServer
-    except ImportError:
-        return
-    if PromptServer.instance is not None:
-        PromptServer.instance.send_progress_text(progress_text(job.to_dict()), str(unique_id), client)
 
 
 def job_inputs():
@@ -592,7 +503,7 @@ class TrainingStatus(JobNode):
             + (f"\nerror: {j.error}" if j.error else "")
         )
         images, ui = [], []
-        for name in ("reward_curve.png", "dense_rewards.png", "samples.png"):
+        for name in JOB_FILES:
             path = os.path.join(j.folder, name)
             if os.path.isfile(path):
                 with Image.open(path) as im:

@@ -80,7 +80,10 @@ def _imports(name: str, path: Path, known: dict) -> set[str]:
             if node.level:
                 parent = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(parent + ([base] if base else []))
-            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            # `from . import sub` imports the submodule, not the package's own code (already initialised as
+            # the parent of any submodule): the edge goes to the submodule; `from pkg import name` to pkg
+            subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known]
+            targets = subs if len(subs) == len(node.names) else [base, *subs]
         else:
             continue
         found |= {t for t in targets if t in known and t != name}

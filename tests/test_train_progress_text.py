@@ -1,6 +1,6 @@
 """What the Train node shows on itself while its job runs (send_progress_text), without ComfyUI."""
 
-from nodes.train_nodes import progress_text
+from nodes.job_service import progress_text
 
 
 def job(**kw):

@@ -5,12 +5,16 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import uPlot from "./vendor/uplot/uPlot.esm.js";
 
+// The event name, job states and job file names are defined once in nodes/web_contract.py;
+// tests/test_web_contract.py checks these lines against it.
 const EVENT = "densegrpo.job";
 const TRAIN_NODE = "DenseGRPO_TrainLoRA";
 const TAB_ID = "densegrpo";
 const TOAST_SETTING = "DenseGRPO.Panel.Toasts";
+const JOB_STATES = ["queued", "running", "stopping", "finished", "stopped", "failed"];
 const TERMINAL = new Set(["finished", "stopped", "failed"]);
 const ACTIVE = new Set(["queued", "running", "stopping"]);
+const JOB_FILES = ["reward_curve.png", "dense_rewards.png", "samples.png"];   // GET /densegrpo/jobs/{id}/files/{name}
 const JOB_IMAGES = [["samples.png", "latest samples"], ["dense_rewards.png", "R_t and ΔR_t of the last saved iteration"]];
 
 const state = {
@@ -201,7 +205,7 @@ function jobRow(job) {
   },
   el("div", { class: "densegrpo-row" },
     el("span", { class: "densegrpo-name" }, job.name),
-    el("span", { class: `densegrpo-state state-${job.state}` }, job.state)),
+    el("span", { class: `densegrpo-state state-${JOB_STATES.includes(job.state) ? job.state : "unknown"}` }, job.state)),
   el("div", { class: "densegrpo-meta" },
     `${job.meta?.model ?? "model"} · ${job.meta?.advantage_mode ?? ""}`),
   el("div", { class: "densegrpo-meta" },
@@ -272,7 +276,7 @@ function detailView(job) {
       ? el("button", { class: "densegrpo-btn", "data-action": "resume", onclick: () => resumeJob(job.id) }, "Resume") : null);
   const chart = el("div", { class: "densegrpo-chart" });
   const loras = [...(job.loras ?? [])].reverse().slice(0, 6);
-  const images = detail.plots ? JOB_IMAGES.map(([file, label]) => el("figure", { class: "densegrpo-figure" },
+  const images = detail.plots ? JOB_IMAGES.filter(([file]) => JOB_FILES.includes(file)).map(([file, label]) => el("figure", { class: "densegrpo-figure" },
     el("img", { src: api.apiURL(`/densegrpo/jobs/${job.id}/files/${file}?v=${detail.plots}`), alt: label,
                 onerror: (e) => { e.target.closest("figure")?.remove(); } }),
     el("figcaption", {}, `${label} (iteration ${detail.plots})`))) : [];
@@ -338,38 +342,7 @@ function unmount() {
 function injectStyle() {
   if (document.getElementById("densegrpo-style")) return;
   document.head.append(el("link", { rel: "stylesheet", href: new URL("./vendor/uplot/uPlot.min.css", import.meta.url).href }));
-  document.head.append(el("style", { id: "densegrpo-style" }, `
-.densegrpo-panel{padding:8px 10px;font-size:13px;color:var(--fg-color);overflow-y:auto;height:100%;box-sizing:border-box}
-.densegrpo-header{font-weight:600;font-size:14px;margin-bottom:8px}
-.densegrpo-job{border:1px solid var(--border-color);border-radius:6px;padding:6px 8px;margin-bottom:6px;cursor:pointer}
-.densegrpo-job.selected{border-color:#4ea1ff;background:rgba(78,161,255,.08)}
-.densegrpo-row{display:flex;justify-content:space-between;align-items:center;gap:6px}
-.densegrpo-name{font-weight:600;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-.densegrpo-meta{opacity:.8;font-size:12px;margin-top:2px}
-.densegrpo-state{font-size:11px;padding:1px 6px;border-radius:8px;background:#555;color:#fff}
-.state-running{background:#2e7d32}.state-queued{background:#6d6d6d}.state-stopping{background:#b26a00}
-.state-stopped{background:#8d6e63}.state-finished{background:#1565c0}.state-failed{background:#c62828}
-.densegrpo-error{color:#ff8a80;font-size:12px;margin-top:2px;word-break:break-word}
-.densegrpo-detail{margin-top:10px;border-top:1px solid var(--border-color);padding-top:8px}
-.densegrpo-title{font-weight:600;margin:6px 0 4px}
-.densegrpo-section{margin-top:8px}
-.densegrpo-buttons{display:flex;gap:6px;margin-top:6px}
-.densegrpo-btn{background:var(--comfy-input-bg);color:var(--input-text,var(--fg-color));border:1px solid var(--border-color);border-radius:4px;padding:3px 10px;cursor:pointer}
-.densegrpo-btn:hover{border-color:#4ea1ff}.densegrpo-btn.small{font-size:11px;padding:1px 6px;white-space:nowrap}
-.densegrpo-chart .u-legend{font-size:11px;color:var(--fg-color)}
-.densegrpo-bars{display:flex;gap:2px;height:90px;align-items:stretch}
-.densegrpo-bar{flex:1;display:flex;flex-direction:column;min-width:6px}
-.densegrpo-bar .pos-box{flex:1;display:flex;align-items:flex-end}.densegrpo-bar .neg-box{flex:1;display:flex;align-items:flex-start}
-.densegrpo-bar .pos{width:100%;background:#43a047}.densegrpo-bar .neg{width:100%;background:#e53935}
-.densegrpo-step{font-size:10px;text-align:center;opacity:.7}
-.densegrpo-legend{font-weight:400;font-size:11px;margin-left:8px;opacity:.8}
-.densegrpo-legend .sw{display:inline-block;width:9px;height:9px;margin:0 3px 0 6px}.sw.pos{background:#43a047}.sw.neg{background:#e53935}
-.densegrpo-figure{margin:4px 0}.densegrpo-figure img{max-width:100%;image-rendering:pixelated;border:1px solid var(--border-color)}
-.densegrpo-figure figcaption{font-size:11px;opacity:.7}
-.densegrpo-lora{display:flex;justify-content:space-between;align-items:center;gap:6px;margin:2px 0}
-.densegrpo-lora-name{overflow:hidden;text-overflow:ellipsis;white-space:nowrap;font-family:monospace;font-size:11px}
-.densegrpo-empty{opacity:.8;line-height:1.4}
-`));
+  document.head.append(el("link", { id: "densegrpo-style", rel: "stylesheet", href: new URL("./densegrpo.css", import.meta.url).href }));
 }
 
 // ----------------------------------------------------------------------------------------- registration
