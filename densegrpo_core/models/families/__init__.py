@@ -18,6 +18,9 @@ FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (TOY, SD3, FLUX)}
 
 __all__ = [
     "FAMILIES",
+    "FLUX",
+    "SD3",
+    "TOY",
     "IMPLEMENTATIONS",
     "DiffusersHooks",
     "Implementation",
