@@ -19,6 +19,7 @@ from collections import OrderedDict
 import torch
 
 from densegrpo_core.method.guidance import velocity_from_denoised
+from densegrpo_core.models.families import ModelFamily, family_for_comfy_model
 from densegrpo_core.models.pipeline import FlowPipeline
 
 from . import comfy_bridge as bridge
@@ -102,6 +103,20 @@ def make_blocks_trainable(diffusion_model) -> int:
     return n
 
 
+# The hooks a family record names as its `comfy_patch` (densegrpo_core.models.families): they import or patch
+# ComfyUI's implementation, so they live here, on the ComfyUI side.
+COMFY_PATCHES = {"make_blocks_trainable": make_blocks_trainable}
+
+
+def comfy_family(base, node: str) -> ModelFamily:
+    """The model family of a ComfyUI BaseModel by its class; a node input error naming the known families
+    for a model no family covers (never another family's LoRA targets)."""
+    try:
+        return family_for_comfy_model(base)
+    except ValueError as e:
+        raise bridge.input_error(node, "model", f"cannot be trained: {e}") from None
+
+
 def check_weight_dtypes(base, node: str) -> None:
     """Train float32/float16/bfloat16 weights, or fp8 weights that ComfyUI casts per layer (manual cast ops)."""
     dtypes = {p.dtype for p in base.diffusion_model.parameters()}
@@ -127,6 +142,7 @@ def private_base_model(model_patcher, node: str):
     import comfy.model_management
 
     bridge.require_flow_model(model_patcher, node)
+    family = comfy_family(model_patcher.model, node)
     comfy.model_management.load_models_gpu([model_patcher], force_full_load=True)  # applies the patches
     base = model_patcher.model
     check_weight_dtypes(base, node)
@@ -141,7 +157,8 @@ def private_base_model(model_patcher, node: str):
     for name in list(private._modules):
         if name not in ("diffusion_model", "model_sampling"):
             private._modules[name] = clone_module(private._modules[name])
-    make_blocks_trainable(private.diffusion_model)
+    if family.comfy_patch:
+        COMFY_PATCHES[family.comfy_patch](private.diffusion_model)
     offload_comfy_copy(model_patcher)
     private.diffusion_model.to(device)
     return private
@@ -227,16 +244,16 @@ def private_pipeline(
     def null_cond(n):
         return stack_kwargs([null] * n)
 
-    arch = "flux" if type(base).__name__.lower().startswith("flux") else "mmdit"
+    family = comfy_family(base, node)
     return FlowPipeline(
         model=ComfyVelocity(base),
         encode=encode,
         null_cond=null_cond,
         decode=PrivateDecoder(vae, latent_format),
         latent_shape=tuple(latent.shape[1:]),
-        arch=arch,
-        default_shift=float(getattr(ms, "shift", 3.0)),
-        default_cfg=4.5,
+        arch=family.comfy.preset,
+        default_shift=float(getattr(ms, "shift", family.default_shift)),
+        default_cfg=family.default_cfg,
         info={"name": type(base).__name__},
         lora_module=base.diffusion_model,
     )

@@ -3,7 +3,9 @@
 - `protocols`          the contracts every model side meets (the reward's image/prompt inputs)
 - `pipeline`           FlowPipeline (velocity model + prompt encoder + decoder), R_t of every rollout endpoint
 - `spec`               the model and data keys of a train TOML (`ModelSpec`, prompt lists)
-- `lora`               peft LoRA injection, target presets, ComfyUI- and diffusers-format files
+- `families/`          model families as records (SD3/SD3.5, FLUX.1, toy): LoRA targets, block lists, defaults,
+                       the diffusers and ComfyUI classes each covers; lookups that name the known families
+- `lora`               peft LoRA injection, target presets (from the family records), ComfyUI/diffusers files
 - `diffusers_pipeline` a diffusers SD3/SD3.5 or FLUX folder as a FlowPipeline
 - `toy/`               the embedded tiny DiT, its procedural task, its reward and shipped weights
 

@@ -17,19 +17,27 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import os
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 
-PIPELINE_KINDS = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}  # model_index.json _class_name
+from .families import FAMILIES, ModelFamily, family_for_diffusers_pipeline
+from .families.flux import (  # noqa: F401  (re-exported: the FLUX pieces lived here)
+    FLUX_GUIDANCE,
+    FLUX_MAX_SEQUENCE_LENGTH,
+    FluxVelocity,
+    flux_shift,
+    pack_latents,
+    unpack_latents,
+)
+from .families.sd3 import SD3_MAX_SEQUENCE_LENGTH, SD3Velocity  # noqa: F401  (re-exported)
+
+# model_index.json _class_name → family name, for the pipeline classes the families cover
+PIPELINE_KINDS = {cls: f.name for f in FAMILIES.values() for cls in f.diffusers_pipelines}
 LORA_PREFIX = "transformer."  # diffusers' key prefix, which ComfyUI's SD3/FLUX LoRA key maps accept
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-SD3_MAX_SEQUENCE_LENGTH = 128  # T5 tokens per prompt, as Flow-GRPO encodes for SD3 (diffusers default 256)
-FLUX_MAX_SEQUENCE_LENGTH = 512  # diffusers FluxPipeline's default
-FLUX_GUIDANCE = 3.5  # diffusers FluxPipeline's default guidance_scale (FLUX.1-dev embedding)
 
 
 def is_diffusers_folder(path: str) -> bool:
@@ -37,7 +45,8 @@ def is_diffusers_folder(path: str) -> bool:
 
 
 def pipeline_kind(folder: str) -> tuple[str, str]:
-    """("sd3" | "flux", pipeline class name) from the folder's model_index.json; ValueError naming what is wrong."""
+    """(family name, pipeline class name) from the folder's model_index.json; ValueError naming what is wrong
+    (for a pipeline class no family covers: the known families, `families.family_for_diffusers_pipeline`)."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"model folder {folder!r} does not exist")
     index = os.path.join(folder, "model_index.json")
@@ -51,89 +60,15 @@ def pipeline_kind(folder: str) -> tuple[str, str]:
             cls = json.load(f).get("_class_name")
     except (json.JSONDecodeError, AttributeError) as e:
         raise ValueError(f"{index} is not a valid model_index.json: {e}") from None
-    if cls not in PIPELINE_KINDS:
-        raise ValueError(f"unsupported pipeline class {cls!r} in {index}; supported: {', '.join(PIPELINE_KINDS)}")
-    return PIPELINE_KINDS[cls], cls
-
-
-def flux_shift(image_seq_len: int, scheduler_config) -> float:
-    """The grid shift FluxPipeline uses at this resolution: exp(μ), μ = diffusers' `calculate_shift(image_seq_len,
-    base_image_seq_len, max_image_seq_len, base_shift, max_shift)` (pipeline_flux.py). The scheduler's exponential
-    time shift exp(μ)/(exp(μ) + 1/s − 1) is exactly schedule.time_shift(s, exp(μ)) (docs/method.md §1)."""
-    get = scheduler_config.get
-    base_len, max_len = get("base_image_seq_len", 256), get("max_image_seq_len", 4096)
-    base_shift, max_shift = get("base_shift", 0.5), get("max_shift", 1.15)
-    m = (max_shift - base_shift) / (max_len - base_len)
-    mu = image_seq_len * m + (base_shift - m * base_len)
-    return math.exp(mu)
+    try:
+        family = family_for_diffusers_pipeline(cls)
+    except ValueError as e:
+        raise ValueError(f"{index}: {e}") from None
+    return family.name, cls
 
 
 # ------------------------------------------------------------------------------------------- protocols
-class SD3Velocity(nn.Module):
-    """VelocityModel over an SD3Transformer2DModel: v = transformer(x, 1000·τ, prompt_embeds, pooled)."""
-
-    def __init__(self, transformer: nn.Module):
-        super().__init__()
-        self.transformer = transformer
-
-    def forward(self, x: torch.Tensor, tau: torch.Tensor, cond: dict) -> torch.Tensor:
-        dtype = self.transformer.dtype
-        v = self.transformer(
-            hidden_states=x.to(dtype),
-            timestep=tau.float() * 1000,  # (N, C, h, w)
-            encoder_hidden_states=cond["prompt_embeds"].to(x.device, dtype),
-            pooled_projections=cond["pooled"].to(x.device, dtype),
-            return_dict=False,
-        )[0]
-        return v.float()
-
-
-def pack_latents(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, h, w) → (N, h/2·w/2, 4C): FluxPipeline._pack_latents."""
-    n, c, h, w = x.shape
-    return x.view(n, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(n, (h // 2) * (w // 2), c * 4)
-
-
-def unpack_latents(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """(N, h/2·w/2, 4C) → (N, C, h, w): FluxPipeline._unpack_latents."""
-    n, _, c4 = x.shape
-    return x.view(n, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(n, c4 // 4, h, w)
-
-
-class FluxVelocity(nn.Module):
-    """VelocityModel over a FluxTransformer2DModel: v = unpack(transformer(pack(x), τ, guidance, …)).
-
-    FLUX takes τ itself (FluxPipeline passes timestep / 1000) and, for FLUX.1-dev, the guidance embedding value."""
-
-    def __init__(self, transformer: nn.Module, latent_hw: tuple[int, int], guidance: float):
-        super().__init__()
-        self.transformer, self.guidance = transformer, guidance
-        h, w = latent_hw
-        ids = torch.zeros(h // 2, w // 2, 3)  # FluxPipeline._prepare_latent_image_ids
-        ids[..., 1] += torch.arange(h // 2)[:, None]
-        ids[..., 2] += torch.arange(w // 2)[None, :]
-        self.register_buffer("img_ids", ids.reshape(-1, 3), persistent=False)
-
-    def forward(self, x: torch.Tensor, tau: torch.Tensor, cond: dict) -> torch.Tensor:
-        n, _, h, w = x.shape
-        dtype = self.transformer.dtype
-        embeds = cond["prompt_embeds"].to(x.device, dtype)  # (N, L, D)
-        guidance = (
-            torch.full((n,), self.guidance, device=x.device, dtype=torch.float32)
-            if self.transformer.config.guidance_embeds
-            else None
-        )
-        v = self.transformer(
-            hidden_states=pack_latents(x).to(dtype),
-            timestep=tau.float(),
-            guidance=guidance,
-            pooled_projections=cond["pooled"].to(x.device, dtype),
-            encoder_hidden_states=embeds,
-            txt_ids=torch.zeros(embeds.shape[1], 3, device=x.device, dtype=dtype),
-            img_ids=self.img_ids.to(dtype),
-            return_dict=False,
-        )[0]
-        return unpack_latents(v, h, w).float()
+# The families' velocity models (SD3Velocity, FluxVelocity) live in families/sd3.py and families/flux.py.
 
 
 class VAEDecoder(nn.Module):
@@ -175,24 +110,16 @@ class PromptCache:
 
 @torch.no_grad()
 def encode_prompts(
-    pipe, kind: str, prompts: Sequence[str], max_sequence_length: int, device, batch: int = 16
+    pipe, kind: str | ModelFamily, prompts: Sequence[str], max_sequence_length: int, device, batch: int = 16
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """prompt → {"prompt_embeds": (L, D), "pooled": (P,)} with the pipeline's own `encode_prompt`, on the CPU."""
+    """prompt → {"prompt_embeds": (L, D), "pooled": (P,)} with the pipeline's own `encode_prompt` (as the family
+    `kind`, a name or a record, calls it), on the CPU."""
+    family = FAMILIES[kind] if isinstance(kind, str) else kind
     table = {}
     prompts = list(dict.fromkeys(prompts))
     for i in range(0, len(prompts), batch):
         chunk = prompts[i : i + batch]
-        if kind == "sd3":
-            embeds, _, pooled, _ = pipe.encode_prompt(
-                chunk,
-                chunk,
-                chunk,
-                device=device,
-                do_classifier_free_guidance=False,
-                max_sequence_length=max_sequence_length,
-            )
-        else:
-            embeds, pooled, _ = pipe.encode_prompt(chunk, chunk, device=device, max_sequence_length=max_sequence_length)
+        embeds, pooled = family.diffusers_hooks.encode(pipe, chunk, device, max_sequence_length)
         for j, p in enumerate(chunk):
             table[p] = {"prompt_embeds": embeds[j].cpu(), "pooled": pooled[j].cpu()}
     return table
@@ -258,7 +185,7 @@ def load_diffusers_pipeline(
     transformer_file: str | None = None,
     negative_prompt: str = "",
     cfg_scale: float | None = None,
-    guidance: float = FLUX_GUIDANCE,
+    guidance: float | None = None,
     max_sequence_length: int | None = None,
 ):
     """The fields of a FlowPipeline (pipeline.load_pipeline builds it) over the SD3/SD3.5 or FLUX pipeline
@@ -266,10 +193,15 @@ def load_diffusers_pipeline(
 
     `prompts` are encoded once (with `negative_prompt` for SD3's CFG) and the text encoders freed; `height` ×
     `width` pixels (default: the transformer's sample size) must be divisible by VAE scale × patch size.
-    SD3: CFG 4.5, shift from the scheduler config. FLUX: no CFG, guidance embedding `guidance`, the shift
-    FluxPipeline computes for this resolution (`flux_shift`).
+    The family record (densegrpo_core.models.families) gives the rest: SD3: CFG 4.5, shift from the scheduler
+    config. FLUX: no CFG, guidance embedding `guidance` (default 3.5), the shift FluxPipeline computes for this
+    resolution (`flux_shift`).
     """
     kind, cls_name = pipeline_kind(folder)
+    family = FAMILIES[kind]
+    hooks = family.diffusers_hooks
+    if guidance is None:
+        guidance = family.default_guidance
     torch_dtype = _dtype(dtype)
     import diffusers
 
@@ -278,24 +210,24 @@ def load_diffusers_pipeline(
         pipe.transformer = load_transformer_file(pipe.transformer, transformer_file, folder, torch_dtype)
     transformer, vae = pipe.transformer, pipe.vae
     vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
-    patch = transformer.config.patch_size * (2 if kind == "flux" else 1)  # FLUX packs 2×2 latent patches
-    default_px = (transformer.config.get("sample_size", 128) if kind == "sd3" else 128) * vae_scale  # as diffusers
+    patch = hooks.latent_patch(transformer)  # FLUX packs 2×2 latent patches
+    default_px = hooks.default_latent_size(transformer) * vae_scale  # as diffusers
     h = latent_size(height or default_px, "height", vae_scale * patch, vae_scale)
     w = latent_size(width or default_px, "width", vae_scale * patch, vae_scale)
-    max_patches = transformer.config.get("pos_embed_max_size") if kind == "sd3" else None
+    max_patches = hooks.max_patches(transformer)
     if max_patches and max(h, w) // patch > max_patches:
         raise ValueError(
-            f"{max(h, w) * vae_scale} px exceeds this SD3 transformer's position table "
+            f"{max(h, w) * vae_scale} px exceeds this {family.description} transformer's position table "
             f"(pos_embed_max_size {max_patches}: at most {max_patches * patch * vae_scale} px a side)"
         )
     prompts = list(dict.fromkeys(prompts))
     if not prompts:
         raise ValueError(f"no prompts to encode for {folder!r}: give train_prompts (a .txt file or a list)")
-    max_len = max_sequence_length or (SD3_MAX_SEQUENCE_LENGTH if kind == "sd3" else FLUX_MAX_SEQUENCE_LENGTH)
+    max_len = max_sequence_length or hooks.max_sequence_length
     pipe.to(device)
-    table = encode_prompts(pipe, kind, prompts + ([negative_prompt] if kind == "sd3" else []), max_len, device)
-    null = table[negative_prompt] if kind == "sd3" else None
-    if kind == "sd3" and negative_prompt not in prompts:
+    table = encode_prompts(pipe, family, prompts + ([negative_prompt] if family.uses_cfg else []), max_len, device)
+    null = table[negative_prompt] if family.uses_cfg else None
+    if family.uses_cfg and negative_prompt not in prompts:
         del table[negative_prompt]
     for name in ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3"):
         if hasattr(pipe, name):
@@ -306,26 +238,14 @@ def load_diffusers_pipeline(
         torch.cuda.empty_cache()
     cache = PromptCache(table, null)
     sched = diffusers_scheduler_config(folder)
-    if kind == "sd3":
-        model, channels, arch = SD3Velocity(transformer), transformer.config.in_channels, "diffusers_sd3"
-        shift, default_cfg = float(sched.get("shift", 3.0)), 4.5 if cfg_scale is None else cfg_scale
-    else:
-        model, channels, arch = (
-            FluxVelocity(transformer, (h, w), guidance),
-            transformer.config.in_channels // 4,
-            "diffusers_flux",
+    model, channels = hooks.velocity(transformer, (h, w), guidance), hooks.latent_channels(transformer)
+    shift = hooks.shift(sched, (h, w))
+    default_cfg = family.default_cfg if cfg_scale is None else cfg_scale
+    if not family.uses_cfg and default_cfg != 1.0:
+        raise ValueError(
+            f"{family.description} has no classifier-free guidance here (cfg_scale must be 1); set `guidance`, "
+            f"the guidance embedding value, instead"
         )
-        shift = (
-            flux_shift((h // 2) * (w // 2), sched)
-            if sched.get("use_dynamic_shifting")
-            else float(sched.get("shift", 1.0))
-        )
-        default_cfg = 1.0 if cfg_scale is None else cfg_scale
-        if default_cfg != 1.0:
-            raise ValueError(
-                "FLUX has no classifier-free guidance here (cfg_scale must be 1); set `guidance`, the "
-                "guidance embedding value, instead"
-            )
     info = {
         "name": os.path.basename(os.path.normpath(folder)),
         "pipeline": cls_name,
@@ -333,7 +253,7 @@ def load_diffusers_pipeline(
         "width": w * vae_scale,
         "dtype": str(torch_dtype).removeprefix("torch."),
         **({"transformer_file": os.path.basename(transformer_file)} if transformer_file else {}),
-        **({"guidance": guidance} if kind == "flux" else {"negative_prompt": negative_prompt}),
+        **({"negative_prompt": negative_prompt} if family.uses_cfg else {"guidance": guidance}),
     }
     return dict(
         model=model.to(device),
@@ -341,7 +261,7 @@ def load_diffusers_pipeline(
         null_cond=cache.null_cond if null else None,
         decode=VAEDecoder(vae).to(device),
         latent_shape=(channels, h, w),
-        arch=arch,
+        arch=family.diffusers.preset,
         default_shift=shift,
         default_cfg=default_cfg,
         info=info,

@@ -30,32 +30,16 @@ import torch
 import torch.nn as nn
 
 from ..util.atomic import atomic_write
+from .families import target_presets
 
 LORA_FORMAT = "densegrpo.lora/1"
 COMFY_PREFIX = "diffusion_model."
 ADAPTER = "default"  # the one peft adapter name this module injects and reads
 
-# Full-name regexes (peft matches a string `target_modules` with re.fullmatch). Suffix lists would be wrong:
-# "proj" also names MMDiT's patch embedder `x_embedder.proj`, a Conv2d.
-TARGET_PRESETS: dict[str, str] = {
-    # densegrpo_core.models.toy.model.ToyDiT: blocks.N.{attn.qkv, attn.proj, mlp.fc1, mlp.fc2, adaLN_modulation}
-    "toy": r"blocks\.\d+\.(?:attn\.(?:qkv|proj)|mlp\.fc[12]|adaLN_modulation)",
-    # ComfyUI comfy/ldm/modules/diffusionmodules/mmdit.py MMDiT (SD3/SD3.5): JointBlock → DismantledBlock;
-    # attn2 exists only in SD3.5's x_block_self_attn layers; the last context_block (pre_only) has only attn.qkv
-    "mmdit": r"joint_blocks\.\d+\.(?:x_block|context_block)\.(?:attn2?\.(?:qkv|proj)|mlp\.fc[12])",
-    # ComfyUI comfy/ldm/flux/{model,layers}.py Flux: DoubleStreamBlock img/txt attention and MLP
-    # (nn.Sequential: 0 = Linear, 1 = GELU, 2 = Linear) and SingleStreamBlock's two fused linears
-    "flux": r"(?:double_blocks\.\d+\.(?:img|txt)_(?:attn\.(?:qkv|proj)|mlp\.[02])|single_blocks\.\d+\.linear[12])",
-    # diffusers SD3Transformer2DModel (SD3/SD3.5): JointTransformerBlock attention q/k/v/out, the added context
-    # projections, SD3.5's attn2, both feed-forwards (FeedForward.net: 0 = GELU(proj), 2 = Linear). The last
-    # block's context query is dropped by `_discarded_outputs` (context_pre_only: its output is never used)
-    "diffusers_sd3": r"transformer_blocks\.\d+\.(?:attn\.(?:to_[qkv]|to_out\.0|add_[qkv]_proj|to_add_out)"
-    r"|attn2\.(?:to_[qkv]|to_out\.0)|ff(?:_context)?\.net\.(?:0\.proj|2))",
-    # diffusers FluxTransformer2DModel: double-stream blocks as SD3's, single-stream blocks' q/k/v and fused MLP/out
-    "diffusers_flux": r"(?:transformer_blocks\.\d+\.(?:attn\.(?:to_[qkv]|to_out\.0|add_[qkv]_proj|to_add_out)"
-    r"|ff(?:_context)?\.net\.(?:0\.proj|2))"
-    r"|single_transformer_blocks\.\d+\.(?:attn\.to_[qkv]|proj_mlp|proj_out))",
-}
+# Full-name regexes (peft matches a string `target_modules` with re.fullmatch), one per implementation of each
+# model family (densegrpo_core.models.families: "toy", "mmdit", "flux", "diffusers_sd3", "diffusers_flux").
+# Suffix lists would be wrong: "proj" also names MMDiT's patch embedder `x_embedder.proj`, a Conv2d.
+TARGET_PRESETS: dict[str, str] = target_presets()
 
 
 # ----------------------------------------------------------------------------- targets

@@ -19,18 +19,12 @@ from typing import Iterable, Iterator, Sequence
 import torch
 import torch.nn as nn
 
-# ModuleList attribute names that hold the transformer blocks of the architectures we meet:
-# toy ToyDiT `blocks`, core DiT / ComfyUI MMDiT (SD3, SD3.5) `joint_blocks`, ComfyUI Flux `double_blocks` and
-# `single_blocks`, diffusers `transformer_blocks` / `single_transformer_blocks`, generic `layers`.
-BLOCK_LIST_NAMES = (
-    "blocks",
-    "joint_blocks",
-    "double_blocks",
-    "single_blocks",
-    "transformer_blocks",
-    "single_transformer_blocks",
-    "layers",
-)
+from ..models.families import block_list_names
+
+# ModuleList attribute names that hold the transformer blocks: those the model families name
+# (densegrpo_core.models.families: toy `blocks`, ComfyUI MMDiT `joint_blocks`, ComfyUI Flux `double_blocks` and
+# `single_blocks`, diffusers `transformer_blocks` / `single_transformer_blocks`), and the generic `layers`.
+BLOCK_LIST_NAMES = (*block_list_names(), "layers")
 _CHECKPOINTED = "_densegrpo_checkpointed"  # marks a block whose forward is wrapped
 _PRIOR_FORWARD = "_densegrpo_prior_forward"  # an instance-level forward that was there before wrapping
 
