@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..method.advantages import DENSE_MODES, dense_rewards, group_advantages, prompt_groups
+from ..method.advantages import advantage_mode, dense_rewards, group_advantages, prompt_groups
 from ..method.calibrate import sign_counts
 from ..method.objective import grpo_loss
 from ..method.rollout import rollout, sde_chain
@@ -188,7 +188,8 @@ class Trainer:
         self.meter.reset()
         prompts, groups_all = self._draw_prompts()
         B = len(prompts)
-        dense = config.advantage_mode in DENSE_MODES
+        mode = advantage_mode(config.advantage_mode)
+        dense = mode.needs_ode_branches
         self.model.eval()
         with self.meter.stage("rollout"), self._offload_reward(), torch.no_grad(), self._autocast():
             x_T = torch.randn((B, *self.pipe.latent_shape), generator=self.noise_gen).to(self.device)
@@ -208,7 +209,7 @@ class Trainer:
                 R_local = R0[:, None].expand(B, T + 1).contiguous()
 
         R = self._gather(R_local)  # (B_all, T+1)
-        lat_all = self._gather(ro.latents.float()) if config.advantage_mode == "coca" else None
+        lat_all = self._gather(ro.latents.float()) if mode.needs_latents else None
         A_all = group_advantages(
             R, groups_all, config.advantage_mode, latents=lat_all, global_std=config.global_std, clip=config.adv_clip
         )  # (B_all, T)
