@@ -93,3 +93,46 @@ def test_prompt_groups_are_keyed_by_text():
     from densegrpo_core.method.advantages import prompt_groups
 
     assert prompt_groups(["b", "b", "a", "a", "b", "c", "c"]).tolist() == [0, 0, 1, 1, 0, 2, 2]
+
+
+# ---------------------------------------------------------------- mode records
+def test_every_advantage_mode_has_a_record():
+    from densegrpo_core.method.advantages import ADVANTAGE_MODE_RECORDS, ADVANTAGE_MODES
+
+    assert tuple(ADVANTAGE_MODE_RECORDS) == ADVANTAGE_MODES
+    assert all(r.name == n and r.description for n, r in ADVANTAGE_MODE_RECORDS.items())
+
+
+def test_the_dense_modes_need_ode_branches():
+    from densegrpo_core.method.advantages import ADVANTAGE_MODE_RECORDS
+
+    assert {n for n, r in ADVANTAGE_MODE_RECORDS.items() if r.needs_ode_branches} == {"dense_grpo", "dense_baseline"}
+
+
+def test_only_coca_needs_latents():
+    from densegrpo_core.method.advantages import ADVANTAGE_MODE_RECORDS
+
+    assert {n for n, r in ADVANTAGE_MODE_RECORDS.items() if r.needs_latents} == {"coca"}
+
+
+def test_an_unknown_mode_name_is_refused_with_the_known_names():
+    import pytest
+
+    from densegrpo_core.method.advantages import advantage_mode
+
+    with pytest.raises(ValueError, match="dense_grpo"):
+        advantage_mode("nope")
+
+
+def test_group_advantages_dispatches_through_the_record(monkeypatch):
+    import dataclasses
+
+    import torch
+
+    from densegrpo_core.method import advantages
+
+    rec = advantages.ADVANTAGE_MODE_RECORDS["flow_grpo"]
+    fake = dataclasses.replace(rec, advantage=lambda R, groups, latents, global_std: torch.full((2, 1), 9.0))
+    monkeypatch.setitem(advantages.ADVANTAGE_MODE_RECORDS, "flow_grpo", fake)
+    A = advantages.group_advantages(torch.zeros(2, 2), torch.tensor([0, 0]), "flow_grpo", clip=5.0)
+    assert A.tolist() == [[5.0], [5.0]]  # the record's function, then the clip

@@ -220,3 +220,21 @@ def test_duplicate_prompt_texts_form_one_group(tmp_path):
             get_reward("toy"),
             t.prompts,
         )
+
+
+def test_the_trainer_asks_the_mode_record_for_ode_branches_and_latents(tmp_path, monkeypatch):
+    import dataclasses
+
+    from densegrpo_core.method import advantages
+
+    rec, seen = advantages.ADVANTAGE_MODE_RECORDS["flow_grpo"], []
+
+    def advantage(R, groups, latents, global_std):
+        seen.append(latents)
+        return rec.advantage(R, groups, latents, global_std)
+
+    fake = dataclasses.replace(rec, needs_ode_branches=True, needs_latents=True, advantage=advantage)
+    monkeypatch.setitem(advantages.ADVANTAGE_MODE_RECORDS, "flow_grpo", fake)
+    m = make_trainer(tmp_path, advantage_mode="flow_grpo").iteration()
+    assert m["nfe_per_trajectory"] == 4 * 5 / 2 and "dR_mean" in m  # the fused rollout, dense statistics
+    assert seen[0] is not None and seen[0].shape[:2] == (6, 5)  # the gathered latents reached the mode

@@ -7,10 +7,11 @@ x_t → x_{t-1}, t = T - k. `groups` (B,) gives each sample's prompt group.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
-ADVANTAGE_MODES = ("flow_grpo", "dense_grpo", "dense_baseline", "coca")
-DENSE_MODES = ("dense_grpo", "dense_baseline")  # modes that need R_t of every step (ODE branches)
 STD_EPS = 1e-4
 
 
@@ -84,6 +85,61 @@ def cosine_credit_weights(latents: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _flow_grpo(R: torch.Tensor, groups: torch.Tensor, latents, global_std: bool) -> torch.Tensor:
+    B, T = R.shape[0], R.shape[1] - 1
+    return group_normalize(R[:, -1], groups, global_std)[:, None].expand(B, T)
+
+
+def _dense_grpo(R: torch.Tensor, groups: torch.Tensor, latents, global_std: bool) -> torch.Tensor:
+    return group_normalize(dense_rewards(R), groups, global_std)
+
+
+def _dense_baseline(R: torch.Tensor, groups: torch.Tensor, latents, global_std: bool) -> torch.Tensor:
+    return group_normalize(R[:, 1:], groups, global_std)  # norm_t(R_{t-1})
+
+
+def _coca(R: torch.Tensor, groups: torch.Tensor, latents, global_std: bool) -> torch.Tensor:
+    B, T = R.shape[0], R.shape[1] - 1
+    if latents is None:
+        raise ValueError("advantage mode 'coca' needs the trajectory latents")
+    if latents.shape[:2] != (B, T + 1):
+        raise ValueError(f"latents must be (B, T+1, ...) = ({B}, {T + 1}, ...), got {tuple(latents.shape)}")
+    w = cosine_credit_weights(latents).to(R.device)  # (B, T)
+    return group_normalize(T * w * R[:, -1][:, None], groups, global_std)
+
+
+@dataclass(frozen=True)
+class AdvantageMode:
+    """One advantage mode: what the rollout must provide for it, and how it turns R (B, T+1) into A (B, T)."""
+
+    name: str
+    needs_ode_branches: bool  # R_t of every step: the rollout runs ODE_t(x_t) for every t (dense rewards)
+    needs_latents: bool  # the advantage reads the stored trajectory latents (B, T+1, ...)
+    advantage: Callable[..., torch.Tensor]  # (R, groups, latents, global_std) → unclipped A (B, T)
+    description: str
+
+
+ADVANTAGE_MODE_RECORDS: dict[str, AdvantageMode] = {
+    m.name: m
+    for m in (
+        AdvantageMode(
+            "flow_grpo", False, False, _flow_grpo, "Flow-GRPO: the normalized final reward R_0 at every step"
+        ),
+        AdvantageMode("dense_grpo", True, False, _dense_grpo, "DenseGRPO: normalized per-step rewards ΔR_t"),
+        AdvantageMode("dense_baseline", True, False, _dense_baseline, "normalized ODE-completion rewards R_{t-1}"),
+        AdvantageMode("coca", False, True, _coca, "CoCA: R_0 spread over the steps by cosine-gain weights"),
+    )
+}
+ADVANTAGE_MODES = tuple(ADVANTAGE_MODE_RECORDS)  # the mode names, in the paper's order
+
+
+def advantage_mode(name: str) -> AdvantageMode:
+    """The record of mode `name`; a ValueError naming the known modes otherwise."""
+    if name not in ADVANTAGE_MODE_RECORDS:
+        raise ValueError(f"unknown advantage mode {name!r}; expected one of {', '.join(ADVANTAGE_MODES)}")
+    return ADVANTAGE_MODE_RECORDS[name]
+
+
 def group_advantages(
     R: torch.Tensor,
     groups: torch.Tensor,
@@ -97,26 +153,11 @@ def group_advantages(
 
     R: (B, T+1) latent rewards in grid order; latents: (B, T+1, ...), needed only for `coca`.
     """
-    if mode not in ADVANTAGE_MODES:
-        raise ValueError(f"unknown advantage mode {mode!r}; expected one of {', '.join(ADVANTAGE_MODES)}")
+    record = advantage_mode(mode)
     R = check_rewards(R, "latent rewards")
     if R.ndim != 2 or R.shape[1] < 2:
         raise ValueError(f"latent rewards must be (B, T+1) with T >= 1, got shape {tuple(R.shape)}")
     if not clip > 0:
         raise ValueError(f"advantage clip A_max must be > 0, got {clip}")
-    B, T = R.shape[0], R.shape[1] - 1
-    final = R[:, -1]  # (B,) R_0
-    if mode == "flow_grpo":
-        adv = group_normalize(final, groups, global_std)[:, None].expand(B, T)
-    elif mode == "dense_grpo":
-        adv = group_normalize(dense_rewards(R), groups, global_std)
-    elif mode == "dense_baseline":
-        adv = group_normalize(R[:, 1:], groups, global_std)  # norm_t(R_{t-1})
-    else:
-        if latents is None:
-            raise ValueError("advantage mode 'coca' needs the trajectory latents")
-        if latents.shape[:2] != (B, T + 1):
-            raise ValueError(f"latents must be (B, T+1, ...) = ({B}, {T + 1}, ...), got {tuple(latents.shape)}")
-        w = cosine_credit_weights(latents).to(R.device)  # (B, T)
-        adv = group_normalize(T * w * final[:, None], groups, global_std)
+    adv = record.advantage(R, groups, latents, global_std)
     return adv.clamp(-clip, clip).contiguous()

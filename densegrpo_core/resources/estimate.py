@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from ..method.advantages import DENSE_MODES
+from ..method.advantages import advantage_mode
 from ..method.rollout import predicted_nfe
 from ..util.atomic import atomic_write_json
 
@@ -283,7 +283,7 @@ def workload(config, info: ModelInfo | None = None) -> Workload:
     wider than the network's compute dtype (a bf16 network computes in bf16 without autocast too)."""
     T, B = config.steps, config.batch_size
     cfg_rows = 1 if config.cfg_scale == 1.0 else 2  # None = the model's default, which uses CFG
-    dense = config.advantage_mode in DENSE_MODES
+    dense = advantage_mode(config.advantage_mode).needs_ode_branches
     nfe = predicted_nfe(T, config.ode_steps) if dense else T
     grad_rows = cfg_rows if getattr(config, "uncond_grad", False) else 1  # rows per trajectory under autograd
     widest = T * B if dense else B

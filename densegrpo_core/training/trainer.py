@@ -10,17 +10,15 @@ all-reduced, rank 0 writes files).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 
-from ..method.advantages import DENSE_MODES, dense_rewards, group_advantages, prompt_groups
+from ..method.advantages import advantage_mode, dense_rewards, group_advantages, prompt_groups
 from ..method.calibrate import sign_counts
 from ..method.objective import grpo_loss
 from ..method.rollout import rollout, sde_chain
@@ -30,18 +28,12 @@ from ..models import lora
 from ..models.pipeline import FlowPipeline, evaluate_ode, latent_rewards, score_latents
 from ..resources.estimate import model_info, rollout_max_batch
 from ..resources.memory import StageMeter, enable_gradient_checkpointing, offloaded
-from ..util.atomic import atomic_write_text
+from . import checkpoint, distributed, ema, export
+from .checkpoint import CHECKPOINT_FORMAT
 from .config import TrainConfig, check_resumable, trained_steps
 from .optimizer import build_optimizer
 
-CHECKPOINT_FORMAT = "densegrpo.checkpoint/1"
 __all__ = ["CHECKPOINT_FORMAT", "TrainConfig", "TrainResult", "Trainer", "check_resumable"]
-
-
-def _dist():
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 @dataclass
@@ -72,7 +64,7 @@ class Trainer:
         config = self.config
         if not self.train_prompts:
             raise ValueError("train prompts must not be empty")
-        self.rank, self.world = _dist()
+        self.rank, self.world = distributed.rank_and_world()
         config.prompts_per_rank(self.world)  # divisible, or a clear error
         self.device = torch.device(config.device)
         self.autocast_dtype = torch.bfloat16 if config.dtype == "bfloat16" else None
@@ -108,7 +100,7 @@ class Trainer:
         )
         self.max_batch = self._rollout_max_batch()
         self.meter = StageMeter(self.device)  # seconds per stage; peak memory on CUDA
-        self.ema = [p.detach().clone() for p in self.params] if config.ema_decay else None
+        self.ema = ema.init_ema(self.params, config.ema_decay)
         self.prompt_gen = torch.Generator().manual_seed(config.seed)  # same on every rank
         self.noise_gen = torch.Generator().manual_seed(config.seed * 1000 + 1 + self.rank)
         self.iteration_done = 0
@@ -161,12 +153,7 @@ class Trainer:
         return min(config.max_batch, rows)
 
     def _gather(self, t: torch.Tensor) -> torch.Tensor:
-        if self.world == 1:
-            return t
-        t = t.to(self.device).contiguous()
-        out = [torch.empty_like(t) for _ in range(self.world)]
-        torch.distributed.all_gather(out, t)
-        return torch.cat(out).cpu()
+        return distributed.gather(t, self.world, self.device)
 
     def _draw_prompts(self) -> tuple[list[str], torch.Tensor]:
         """This rank's prompts, each repeated G times, and the group ids of the whole batch (B_all,).
@@ -188,7 +175,8 @@ class Trainer:
         self.meter.reset()
         prompts, groups_all = self._draw_prompts()
         B = len(prompts)
-        dense = config.advantage_mode in DENSE_MODES
+        mode = advantage_mode(config.advantage_mode)
+        dense = mode.needs_ode_branches
         self.model.eval()
         with self.meter.stage("rollout"), self._offload_reward(), torch.no_grad(), self._autocast():
             x_T = torch.randn((B, *self.pipe.latent_shape), generator=self.noise_gen).to(self.device)
@@ -208,7 +196,7 @@ class Trainer:
                 R_local = R0[:, None].expand(B, T + 1).contiguous()
 
         R = self._gather(R_local)  # (B_all, T+1)
-        lat_all = self._gather(ro.latents.float()) if config.advantage_mode == "coca" else None
+        lat_all = self._gather(ro.latents.float()) if mode.needs_latents else None
         A_all = group_advantages(
             R, groups_all, config.advantage_mode, latents=lat_all, global_std=config.global_std, clip=config.adv_clip
         )  # (B_all, T)
@@ -311,45 +299,20 @@ class Trainer:
                 stats[key].append(s[key])
 
     def _max_over_ranks(self, n: int) -> int:
-        if self.world == 1:
-            return n
-        t = torch.tensor([n], device=self.device)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        return int(t.item())
+        return distributed.max_over_ranks(n, self.world, self.device)
 
     def _optimizer_step(self) -> float:
-        if self.world > 1:
-            for p in self.params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                torch.distributed.all_reduce(p.grad)
-                p.grad /= self.world
+        distributed.average_gradients(self.params, self.world)
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip).item()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            with torch.no_grad():
-                for e, p in zip(self.ema, self.params):
-                    e.lerp_(p.detach(), 1 - self.config.ema_decay)
+        ema.update_ema(self.ema, self.params, self.config.ema_decay)
         return norm
 
     # ------------------------------------------------------------ evaluation
-    @contextlib.contextmanager
     def ema_weights(self):
         """Inside the block the LoRA holds its EMA weights (when `ema_decay` is set): evaluation and export."""
-        if self.ema is None:
-            yield
-            return
-        with torch.no_grad():
-            live = [p.detach().clone() for p in self.params]
-            for p, e in zip(self.params, self.ema):
-                p.copy_(e)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for p, w in zip(self.params, live):
-                    p.copy_(w)
+        return ema.ema_swapped_in(self.params, self.ema)
 
     def evaluate(self) -> dict:
         """Mean reward of plain-ODE samples on the evaluation prompts (EMA weights when enabled); with
@@ -388,112 +351,22 @@ class Trainer:
 
     # ------------------------------------------------------- save and resume
     def lora_metadata(self) -> dict:
-        config = self.config
-        return {
-            "base_arch": self.targets,
-            "rank": config.lora_rank,
-            "alpha": config.lora_alpha,
-            "psi": json.dumps(self.psi.values),
-            "reward": config.reward,
-            "iteration": self.iteration_done,
-            "advantage_mode": config.advantage_mode,
-            "config_hash": config.hash(),
-            "steps": config.steps,
-            "shift": self.shift,
-            "cfg_scale": self.cfg_scale,
-            "grid": config.grid if isinstance(config.grid, str) else "explicit",
-            **({"scheduler": config.scheduler} if config.scheduler else {}),
-            "sigmas": json.dumps([round(t, 6) for t in self.tau.tolist()]),
-            **{f"model_{k}": v for k, v in self.pipe.info.items()},
-        }
+        return export.lora_metadata(self)
 
     def export_lora(self, path: str) -> str:
-        """Write the (EMA, if enabled) LoRA atomically in ComfyUI's key format."""
-        with self.ema_weights():
-            lora.save_lora(path, self.model, self.lora_metadata(), prefix=self.pipe.lora_prefix)
-            if self.config.export_diffusers:
-                lora.save_lora(
-                    os.path.splitext(path)[0] + "_diffusers.safetensors",
-                    self.model,
-                    self.lora_metadata(),
-                    prefix=self.pipe.lora_prefix,
-                    layout="diffusers",
-                )
-        return path
+        """Write the (EMA, if enabled) LoRA atomically in ComfyUI's key format (export.py)."""
+        return export.export_lora(self, path)
 
     def save_checkpoint(self) -> str | None:
-        """Atomic checkpoint folder `out_dir/checkpoint`: LoRA, optimizer, RNG, ψ, config, metrics."""
-        states = [self.noise_gen.get_state()]
-        if self.world > 1:
-            gathered = [None] * self.world
-            torch.distributed.all_gather_object(gathered, self.noise_gen.get_state())
-            states = gathered
-        if self.rank != 0:
-            return None
-        out = self.config.out_dir
-        final, tmp = os.path.join(out, "checkpoint"), os.path.join(out, f".checkpoint.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        try:
-            lora.save_lora(
-                os.path.join(tmp, "lora.safetensors"), self.model, self.lora_metadata(), prefix=self.pipe.lora_prefix
-            )
-            torch.save(
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "iteration": self.iteration_done,
-                    "optimizer": self.optimizer.state_dict(),
-                    "prompt_gen": self.prompt_gen.get_state(),
-                    "noise_gens": states,
-                    "ema": self.ema,
-                },
-                os.path.join(tmp, "state.pt"),
-            )
-            self.psi.save(os.path.join(tmp, "psi.json"))
-            atomic_write_text(os.path.join(tmp, "config.json"), json.dumps(self.config.to_dict(), indent=1))
-            atomic_write_text(
-                os.path.join(tmp, "metrics.json"), json.dumps({"metrics": self.metrics, "evals": self.evals})
-            )
-            old = os.path.join(out, f".checkpoint.old{os.getpid()}")
-            if os.path.exists(final):
-                os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        self._emit({"type": "checkpoint", "iteration": self.iteration_done, "path": final})
+        """Atomic checkpoint folder `out_dir/checkpoint`: LoRA, optimizer, RNG, ψ, config, metrics (checkpoint.py)."""
+        final = checkpoint.save_checkpoint(self)
+        if final is not None:
+            self._emit({"type": "checkpoint", "iteration": self.iteration_done, "path": final})
         return final
 
     def load_checkpoint(self, path: str) -> None:
-        """Continue from a checkpoint folder: same curves as an uninterrupted run."""
-        state_path = os.path.join(path, "state.pt")
-        if not os.path.isfile(state_path):
-            raise FileNotFoundError(f"no checkpoint in {path!r} (expected {state_path})")
-        state = torch.load(state_path, weights_only=True, map_location="cpu")
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{state_path} is not a {CHECKPOINT_FORMAT} checkpoint")
-        check_resumable(self.config, path)
-        lora.load_lora(os.path.join(path, "lora.safetensors"), self.model, prefix=self.pipe.lora_prefix)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.prompt_gen.set_state(state["prompt_gen"])
-        if len(state["noise_gens"]) != self.world:
-            raise ValueError(
-                f"checkpoint was written by {len(state['noise_gens'])} processes, resuming with {self.world}"
-            )
-        self.noise_gen.set_state(state["noise_gens"][self.rank])
-        if state["ema"] is not None and self.ema is not None:
-            for e, s in zip(self.ema, state["ema"]):
-                e.copy_(s)
-        self.iteration_done = int(state["iteration"])
-        self.psi = Psi.load(os.path.join(path, "psi.json"))
-        with open(os.path.join(path, "metrics.json")) as f:
-            saved_metrics = json.load(f)
-        self.metrics, self.evals = saved_metrics["metrics"], saved_metrics["evals"]
-        if self.rank == 0:
-            atomic_write_text(
-                os.path.join(self.config.out_dir, "metrics.jsonl"), "".join(json.dumps(m) + "\n" for m in self.metrics)
-            )
+        """Continue from a checkpoint folder: same curves as an uninterrupted run (checkpoint.py)."""
+        checkpoint.load_checkpoint(self, path)
 
     # -------------------------------------------------------------------- run
     def run(self, progress: bool = False) -> TrainResult:
