@@ -21,14 +21,14 @@ sys.path.insert(0, ROOT)
 
 
 class BenchSD3Velocity(nn.Module):
-    """densegrpo_core.models.diffusers_pipeline.SD3Velocity fed with the bench's conditioning keys (context, y)."""
+    """densegrpo_core.models.families.sd3.SD3Velocity fed with the bench's conditioning keys (context, y)."""
 
     lora_preset = "diffusers_sd3"  # models.build_pipeline reads these two
     lora_prefix = "transformer."
 
     def __init__(self, transformer: nn.Module):
         super().__init__()
-        from densegrpo_core.models.diffusers_pipeline import SD3Velocity
+        from densegrpo_core.models.families.sd3 import SD3Velocity
 
         self.velocity = SD3Velocity(transformer)
 

@@ -5,10 +5,11 @@ tests/test_web_contract.py parses the JS and CSS and checks they use exactly the
 from __future__ import annotations
 
 from densegrpo_core.jobs.state import JobState
+from densegrpo_core.jobs.training_work import STATUS_FILES
 
 EVENT = "densegrpo.job"  # websocket event name of job updates (PromptServer.send_sync)
 JOB_STATES = tuple(s.value for s in JobState)  # queued, running, stopping, finished, stopped, failed
 TERMINAL_STATES = tuple(s.value for s in JobState if s.terminal)
 ACTIVE_STATES = tuple(s.value for s in JobState if not s.terminal)
-# the files of a job folder served by GET /densegrpo/jobs/{id}/files/{name} (written by jobs.training_work)
-JOB_FILES = ("reward_curve.png", "dense_rewards.png", "samples.png")
+# the files of a job folder served by GET /densegrpo/jobs/{id}/files/{name}: those the job's work writes
+JOB_FILES = STATUS_FILES

@@ -16,7 +16,7 @@ from diffusers_tiny import save_tiny_flux, save_tiny_sd35  # noqa: E402
 from densegrpo_core.method.rollout import ode_sample  # noqa: E402
 from densegrpo_core.method.schedule import flow_grid, time_shift  # noqa: E402
 from densegrpo_core.models import lora  # noqa: E402
-from densegrpo_core.models.diffusers_pipeline import flux_shift, pack_latents, unpack_latents  # noqa: E402
+from densegrpo_core.models.families.flux import flux_shift, pack_latents, unpack_latents  # noqa: E402
 from densegrpo_core.models.pipeline import load_pipeline  # noqa: E402
 from densegrpo_core.models.spec import ModelSpec, load_prompts  # noqa: E402
 from densegrpo_core.rewards import get_reward  # noqa: E402

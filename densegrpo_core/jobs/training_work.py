@@ -21,6 +21,9 @@ from ..training.trainer import TrainConfig, Trainer
 from ..util.atomic import atomic_write
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+# The status files `save_status_plots` writes into a job folder, in the order a UI shows them
+REWARD_CURVE_FILE, DENSE_REWARDS_FILE, SAMPLES_FILE = "reward_curve.png", "dense_rewards.png", "samples.png"
+STATUS_FILES = (REWARD_CURVE_FILE, DENSE_REWARDS_FILE, SAMPLES_FILE)
 
 
 def lora_file_names(lora_dir: str, name: str, iteration: int) -> tuple[str, str]:
@@ -74,15 +77,15 @@ def save_status_plots(trainer: Trainer, folder: str, sample_prompts: Sequence[st
                 "iterations": [e["iteration"] for e in trainer.evals],
                 "reward_mean": [e["reward_mean"] for e in trainer.evals],
             }
-        paths["reward_curve"] = plot_reward_curves(curves, os.path.join(folder, "reward_curve.png"))
+        paths["reward_curve"] = plot_reward_curves(curves, os.path.join(folder, REWARD_CURVE_FILE))
     R = getattr(trainer, "last_rewards", None)
     if R is not None and R.ndim == 2 and R.shape[1] > 1:
         paths["dense_rewards"] = plot_dense_rewards(
-            R, os.path.join(folder, "dense_rewards.png"), title=f"iteration {trainer.iteration_done}"
+            R, os.path.join(folder, DENSE_REWARDS_FILE), title=f"iteration {trainer.iteration_done}"
         )
     if sample_prompts:
         grid = sample_grid(trainer, sample_prompts)
-        path = os.path.join(folder, "samples.png")
+        path = os.path.join(folder, SAMPLES_FILE)
         image = Image.fromarray((grid.clamp(0, 1) * 255).round().byte().numpy())
         atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
         paths["samples"] = path

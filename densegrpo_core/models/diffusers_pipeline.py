@@ -24,15 +24,6 @@ import torch
 import torch.nn as nn
 
 from .families import FAMILIES, ModelFamily, family_for_diffusers_pipeline
-from .families.flux import (  # noqa: F401  (re-exported: the FLUX pieces lived here)
-    FLUX_GUIDANCE,
-    FLUX_MAX_SEQUENCE_LENGTH,
-    FluxVelocity,
-    flux_shift,
-    pack_latents,
-    unpack_latents,
-)
-from .families.sd3 import SD3_MAX_SEQUENCE_LENGTH, SD3Velocity  # noqa: F401  (re-exported)
 
 # model_index.json _class_name → family name, for the pipeline classes the families cover
 PIPELINE_KINDS = {cls: f.name for f in FAMILIES.values() for cls in f.diffusers_pipelines}
@@ -68,9 +59,6 @@ def pipeline_kind(folder: str) -> tuple[str, str]:
 
 
 # ------------------------------------------------------------------------------------------- protocols
-# The families' velocity models (SD3Velocity, FluxVelocity) live in families/sd3.py and families/flux.py.
-
-
 class VAEDecoder(nn.Module):
     """Decoder: latents (N, C, h, w) → images (N, H, W, 3) in [0, 1], undoing the VAE's scaling and shift."""
 
@@ -110,11 +98,10 @@ class PromptCache:
 
 @torch.no_grad()
 def encode_prompts(
-    pipe, kind: str | ModelFamily, prompts: Sequence[str], max_sequence_length: int, device, batch: int = 16
+    pipe, family: ModelFamily, prompts: Sequence[str], max_sequence_length: int, device, batch: int = 16
 ) -> dict[str, dict[str, torch.Tensor]]:
     """prompt → {"prompt_embeds": (L, D), "pooled": (P,)} with the pipeline's own `encode_prompt` (as the family
-    `kind`, a name or a record, calls it), on the CPU."""
-    family = FAMILIES[kind] if isinstance(kind, str) else kind
+    record calls it), on the CPU."""
     table = {}
     prompts = list(dict.fromkeys(prompts))
     for i in range(0, len(prompts), batch):
