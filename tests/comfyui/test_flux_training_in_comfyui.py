@@ -1,14 +1,45 @@
 """ComfyUI's own Flux class trained by the private copy (in process, skipped without $COMFYUI_PATH):
 its blocks add residuals in place and use a rotary-embedding kernel without backward, so the copy runs them in
-a differentiable form while gradients are recorded, and exactly as ComfyUI does otherwise."""
+a differentiable form while gradients are recorded, and exactly as ComfyUI does otherwise.
 
+These tests import ComfyUI's modules into the test process, so they need ComfyUI's packages. Run from the
+project's venv (`./run test tests/comfyui`), where those are missing, the module runs itself again under
+ComfyUI's python (harness.comfy_python) and that run must pass."""
+
+import importlib.util
 import os
+import re
+import subprocess
 import sys
 
+import harness
 import pytest
 import torch
 
 pytestmark = pytest.mark.comfyui
+# ComfyUI's own requirements (einops: comfy.utils imports it) importable in this python: the tests run here
+IN_PROCESS = importlib.util.find_spec("einops") is not None
+needs_comfy_packages = pytest.mark.skipif(
+    not IN_PROCESS, reason="ComfyUI's packages are not importable here: the test below runs them in ComfyUI's python"
+)
+
+
+@pytest.mark.skipif(IN_PROCESS, reason="the tests of this module run in this process")
+def test_this_module_passes_in_comfyuis_python():
+    comfyui_path, reason = harness.find_comfyui()
+    python = harness.comfy_python(comfyui_path)
+    if os.path.abspath(python) == os.path.abspath(sys.executable):
+        pytest.skip(f"this python lacks ComfyUI's packages and no other was found ({reason or 'set COMFYUI_PYTHON'})")
+    out = subprocess.run(
+        [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.abspath(__file__)],
+        cwd=harness.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    summary = out.stdout.strip().splitlines()[-1]
+    assert re.match(r"\d+ passed, 1 skipped in ", summary), summary  # every test ran there but this one
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +113,7 @@ def lora_grads(base, checkpointing: bool):
     return torch.autograd.grad(out.square().mean(), lora_parameters(dm))
 
 
+@needs_comfy_packages
 def test_the_private_copy_of_a_flux_model_computes_exactly_as_comfyui_without_gradients(tiny_flux):
     from nodes.comfy_training import private_base_model
 
@@ -93,6 +125,7 @@ def test_the_private_copy_of_a_flux_model_computes_exactly_as_comfyui_without_gr
     assert torch.equal(ours, theirs)
 
 
+@needs_comfy_packages
 def test_a_flux_lora_trains_through_comfyuis_flux_with_and_without_checkpointing_to_the_same_gradients(tiny_flux):
     from nodes.comfy_training import private_base_model
 
