@@ -91,16 +91,24 @@ def _train_safe_forward(self, *args, **kwargs):
         return type(self).forward(self, *args, **kwargs)
 
 
-def make_blocks_trainable(diffusion_model) -> int:
-    """Run Flux's double/single stream blocks in a form autograd can train (`_Trainable`) while gradients are
-    recorded; without gradients (rollouts, the KL reference) they compute exactly as in ComfyUI. Returns the
-    number of blocks wrapped."""
+def make_blocks_trainable(diffusion_model, family: ModelFamily) -> int:
+    """Run the blocks of the family's ComfyUI block lists (Flux: double/single stream blocks) in a form autograd
+    can train (`_Trainable`) while gradients are recorded; without gradients (rollouts, the KL reference) they
+    compute exactly as in ComfyUI. Returns the number of blocks wrapped."""
     n = 0
-    for name in ("double_blocks", "single_blocks"):
-        for block in getattr(diffusion_model, name, None) or ():
+    for name in family.comfy.block_lists:
+        for block in diffusion_model.get_submodule(name) if _has_submodule(diffusion_model, name) else ():
             block.forward = types.MethodType(_train_safe_forward, block)
             n += 1
     return n
+
+
+def _has_submodule(module: torch.nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
 
 
 # The hooks a family record names as its `comfy_patch` (densegrpo_core.models.families): they import or patch
@@ -158,7 +166,7 @@ def private_base_model(model_patcher, node: str):
         if name not in ("diffusion_model", "model_sampling"):
             private._modules[name] = clone_module(private._modules[name])
     if family.comfy_patch:
-        COMFY_PATCHES[family.comfy_patch](private.diffusion_model)
+        COMFY_PATCHES[family.comfy_patch](private.diffusion_model, family)
     offload_comfy_copy(model_patcher)
     private.diffusion_model.to(device)
     return private
@@ -171,7 +179,7 @@ def conditioning_kwargs(base, conditioning, latent: torch.Tensor, node: str, nam
     if not conditioning:
         raise bridge.input_error(node, name, "is empty")
     entry = comfy.sampler_helpers.convert_cond(conditioning)[0]
-    params = {
+    params = {  # width/height: only eps models' extra_conds (SDXL, PixArt, HunyuanDiT) read them
         **entry,
         "device": latent.device,
         "noise": latent,

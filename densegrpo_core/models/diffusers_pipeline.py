@@ -78,10 +78,19 @@ class VAEDecoder(nn.Module):
 
 class PromptCache:
     """Prompt conditionings encoded once at load time (the text encoders are freed after): encode(prompts) and
-    null_cond(n) look them up. Stored on the CPU in the model dtype; batches move to the device in `guide`."""
+    null_cond(n) look them up. Stored on the CPU in the model dtype; batches move to the device in `guide`.
+
+    Each entry is {cond key: per-prompt tensor}. Token sequences whose length differs between prompts (and
+    their masks) are zero-padded once, here, to the longest of all entries, so any batch — conditional and
+    unconditional rows together — stacks along the batch dimension."""
 
     def __init__(self, table: dict[str, dict[str, torch.Tensor]], null: dict[str, torch.Tensor] | None):
-        self.table, self.null = table, null
+        entries = list(table.values()) + ([null] if null is not None else [])
+        longest = (
+            {k: max(e[k].shape[0] for e in entries) for k in entries[0] if entries[0][k].ndim >= 1} if entries else {}
+        )
+        self.table = {p: _pad_entry(e, longest) for p, e in table.items()}
+        self.null = _pad_entry(null, longest) if null is not None else None
 
     def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         missing = [p for p in prompts if p not in self.table]
@@ -90,26 +99,43 @@ class PromptCache:
                 f"prompt {missing[0]!r} was not encoded when the model was loaded (the text encoders "
                 f"are freed after encoding the configured prompts); add it to the prompts"
             )
-        return {k: torch.stack([self.table[p][k] for p in prompts]) for k in ("prompt_embeds", "pooled")}
+        keys = self.table[prompts[0]].keys()
+        return {k: torch.stack([self.table[p][k] for p in prompts]) for k in keys}
 
     def null_cond(self, n: int) -> dict[str, torch.Tensor]:
         return {k: v.unsqueeze(0).expand(n, *v.shape).contiguous() for k, v in self.null.items()}
+
+
+def _pad_entry(entry: dict[str, torch.Tensor], longest: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Zero-pad each tensor's first dimension (tokens) to `longest[key]`."""
+    out = {}
+    for k, v in entry.items():
+        missing = longest.get(k, 0) - (v.shape[0] if v.ndim else 0)
+        out[k] = torch.cat([v, v.new_zeros(missing, *v.shape[1:])]) if missing > 0 else v
+    return out
 
 
 @torch.no_grad()
 def encode_prompts(
     pipe, family: ModelFamily, prompts: Sequence[str], max_sequence_length: int, device, batch: int = 16
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """prompt → {"prompt_embeds": (L, D), "pooled": (P,)} with the pipeline's own `encode_prompt` (as the family
-    record calls it), on the CPU."""
+    """prompt → {cond key: per-prompt tensor, e.g. "prompt_embeds": (L, D), "pooled": (P,)} with the pipeline's
+    own `encode_prompt` (as the family record calls it), on the CPU."""
     table = {}
     prompts = list(dict.fromkeys(prompts))
     for i in range(0, len(prompts), batch):
         chunk = prompts[i : i + batch]
-        embeds, pooled = family.diffusers_hooks.encode(pipe, chunk, device, max_sequence_length)
+        encoded = family.diffusers_hooks.encode(pipe, chunk, device, max_sequence_length)
         for j, p in enumerate(chunk):
-            table[p] = {"prompt_embeds": embeds[j].cpu(), "pooled": pooled[j].cpu()}
+            table[p] = {k: v[j].cpu() for k, v in encoded.items()}
     return table
+
+
+def free_text_encoders(pipe) -> None:
+    """Drop the pipeline's text encoders, tokenizers and processors (all prompts are encoded)."""
+    for name in list(getattr(pipe, "components", {})):
+        if name.startswith(("text_encoder", "tokenizer", "processor", "image_processor_vl")):
+            setattr(pipe, name, None)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -216,9 +242,7 @@ def load_diffusers_pipeline(
     null = table[negative_prompt] if family.uses_cfg else None
     if family.uses_cfg and negative_prompt not in prompts:
         del table[negative_prompt]
-    for name in ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3"):
-        if hasattr(pipe, name):
-            setattr(pipe, name, None)
+    free_text_encoders(pipe)
     del pipe
     gc.collect()
     if torch.cuda.is_available():
@@ -246,7 +270,7 @@ def load_diffusers_pipeline(
         model=model.to(device),
         encode=cache.encode,
         null_cond=cache.null_cond if null else None,
-        decode=VAEDecoder(vae).to(device),
+        decode=(hooks.decoder or VAEDecoder)(vae).to(device),
         latent_shape=(channels, h, w),
         arch=family.diffusers.preset,
         default_shift=shift,

@@ -75,7 +75,7 @@ class FluxVelocity(nn.Module):
 
 def encode(pipe, prompts: list[str], device, max_sequence_length: int):
     embeds, pooled, _ = pipe.encode_prompt(prompts, prompts, device=device, max_sequence_length=max_sequence_length)
-    return embeds, pooled
+    return {"prompt_embeds": embeds, "pooled": pooled}
 
 
 def _shift(sched: dict, latent_hw: tuple[int, int]) -> float:

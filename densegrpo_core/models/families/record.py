@@ -21,14 +21,19 @@ class Implementation:
 class DiffusersHooks:
     """How a diffusers pipeline folder of the family becomes a FlowPipeline (diffusers_pipeline.py)."""
 
-    encode: Callable  # (pipe, prompts, device, max_sequence_length) → (prompt_embeds (N, L, D), pooled (N, P))
+    encode: Callable  # (pipe, prompts, device, max_sequence_length) → {cond key: (N, ...) tensor}, e.g.
+    # {"prompt_embeds": (N, L, D), "pooled": (N, P)}; the keys are what `velocity` reads from its cond dict.
+    # Tensors whose first per-prompt dimension differs between prompts (token sequences; their masks) are
+    # zero-padded to the longest over all encoded prompts (diffusers_pipeline.PromptCache)
     velocity: Callable  # (transformer, latent_hw, guidance) → VelocityModel
     latent_channels: Callable  # transformer → channels of the unpacked latent
     latent_patch: Callable  # transformer → latent pixels per transformer patch side
     default_latent_size: Callable  # transformer → default latent side (as diffusers)
     max_patches: Callable  # transformer → largest number of patches a side, or None
     shift: Callable  # (scheduler_config, latent_hw) → the grid shift diffusers uses
-    max_sequence_length: int  # T5 tokens per prompt
+    max_sequence_length: int  # text tokens per prompt
+    decoder: Callable | None = None  # vae → Decoder module (latents (N, C, h, w) → images (N, H, W, 3) in [0, 1]);
+    # None: diffusers_pipeline.VAEDecoder (AutoencoderKL: latents / scaling_factor + shift_factor)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ def encode(pipe, prompts: list[str], device, max_sequence_length: int):
         do_classifier_free_guidance=False,
         max_sequence_length=max_sequence_length,
     )
-    return embeds, pooled
+    return {"prompt_embeds": embeds, "pooled": pooled}
 
 
 SD3 = ModelFamily(
