@@ -87,8 +87,8 @@ def test_flux_lookups_return_the_flux_record():
 
 
 def test_a_subclass_name_is_not_silently_covered():
-    """Only the class names a record lists: ComfyUI's Flux2 / Chroma are other networks, not FLUX.1."""
-    for name in ("Flux2", "Chroma", "FluxSomething"):
+    """Only the class names a record lists: ComfyUI's Chroma is another network, not FLUX.1 (Flux2 has its own)."""
+    for name in ("Chroma", "FluxSomething"):
         with pytest.raises(ValueError, match="known families"):
             families.family_for_comfy_model(name)
 
@@ -101,7 +101,7 @@ def test_the_lora_presets_come_from_the_records():
         if impl is not None
     }
     assert lora.TARGET_PRESETS == from_records
-    assert list(lora.TARGET_PRESETS) == ["toy", "mmdit", "flux", "diffusers_sd3", "diffusers_flux"]
+    assert list(lora.TARGET_PRESETS) == ["toy", "mmdit", "flux", "diffusers_sd3", "diffusers_flux", "diffusers_flux2"]
     assert lora.TARGET_PRESETS["toy"] == TOY_FAMILY.core.targets
 
 
@@ -113,7 +113,12 @@ def test_the_checkpointed_block_lists_come_from_the_records():
 
 
 def test_the_diffusers_pipeline_classes_come_from_the_records():
-    assert PIPELINE_KINDS == {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}
+    assert PIPELINE_KINDS == {
+        "StableDiffusion3Pipeline": "sd3",
+        "FluxPipeline": "flux",
+        "Flux2Pipeline": "flux2",
+        "Flux2KleinPipeline": "flux2_klein",
+    }
 
 
 def test_records_are_frozen():

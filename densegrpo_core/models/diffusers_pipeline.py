@@ -7,6 +7,7 @@ Notation map (diffusers → core, docs/method.md §1):
     sigma (scheduler), timestep = 1000·sigma     τ, the flow time (τ = 1 noise)
     SD3 transformer(x, 1000·τ, …) = noise − x0   v(x, τ, c), the velocity with the core's sign
     FLUX transformer(pack(x), τ, guidance, …)     v, packed 2×2 → unpacked to (C, h, w)
+    FLUX.2: see families/flux2.py                 (128, H/16, W/16) batch-normalised latents
     latents / scaling_factor + shift_factor       what the VAE decodes; images (N, H, W, 3) in [0, 1]
 
 diffusers is imported inside the functions that load a model: `import densegrpo_core` stays light. Every
@@ -24,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from .families import FAMILIES, ModelFamily, family_for_diffusers_pipeline
+from .lora import LoraKeys
 
 # model_index.json _class_name → family name, for the pipeline classes the families cover
 PIPELINE_KINDS = {cls: f.name for f in FAMILIES.values() for cls in f.diffusers_pipelines}
@@ -46,11 +48,7 @@ def pipeline_kind(folder: str) -> tuple[str, str]:
             f"{folder!r} is not a diffusers pipeline folder (no model_index.json); expected a folder "
             f"written by save_pretrained, e.g. stabilityai/stable-diffusion-3.5-medium"
         )
-    try:
-        with open(index) as f:
-            cls = json.load(f).get("_class_name")
-    except (json.JSONDecodeError, AttributeError) as e:
-        raise ValueError(f"{index} is not a valid model_index.json: {e}") from None
+    cls = _model_index(folder).get("_class_name")
     try:
         family = family_for_diffusers_pipeline(cls)
     except ValueError as e:
@@ -222,7 +220,7 @@ def load_diffusers_pipeline(
     if transformer_file:
         pipe.transformer = load_transformer_file(pipe.transformer, transformer_file, folder, torch_dtype)
     transformer, vae = pipe.transformer, pipe.vae
-    vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    vae_scale = hooks.vae_scale(vae) if hooks.vae_scale else 2 ** (len(vae.config.block_out_channels) - 1)
     patch = hooks.latent_patch(transformer)  # FLUX packs 2×2 latent patches
     default_px = hooks.default_latent_size(transformer) * vae_scale  # as diffusers
     h = latent_size(height or default_px, "height", vae_scale * patch, vae_scale)
@@ -251,7 +249,10 @@ def load_diffusers_pipeline(
     sched = diffusers_scheduler_config(folder)
     model, channels = hooks.velocity(transformer, (h, w), guidance), hooks.latent_channels(transformer)
     shift = hooks.shift(sched, (h, w))
-    default_cfg = family.default_cfg if cfg_scale is None else cfg_scale
+    if cfg_scale is not None:
+        default_cfg = cfg_scale
+    else:  # the family's, or what this folder's pipeline does by default (a step-distilled variant: no CFG)
+        default_cfg = hooks.cfg_scale(_model_index(folder)) if hooks.cfg_scale else family.default_cfg
     if not family.uses_cfg and default_cfg != 1.0:
         raise ValueError(
             f"{family.description} has no classifier-free guidance here (cfg_scale must be 1); set `guidance`, "
@@ -277,8 +278,22 @@ def load_diffusers_pipeline(
         default_cfg=default_cfg,
         info=info,
         lora_module=transformer,
-        lora_prefix=LORA_PREFIX,
+        lora_prefix=LoraKeys(LORA_PREFIX, hooks.comfy_lora_key) if hooks.comfy_lora_key else LORA_PREFIX,
     )
+
+
+def _model_index(folder: str) -> dict:
+    index = os.path.join(folder, "model_index.json")
+    try:
+        with open(index) as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{index} is not a valid model_index.json: {e}") from None
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{index} is not a valid model_index.json: expected a JSON object, got {type(config).__name__}"
+        )
+    return config
 
 
 def diffusers_scheduler_config(folder: str) -> dict:

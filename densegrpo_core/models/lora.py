@@ -24,7 +24,8 @@ import json
 import math
 import os
 import re
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -197,24 +198,50 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
 
 
 # ----------------------------------------------------------------------------- ComfyUI key form
+@dataclass(frozen=True)
+class LoraKeys:
+    """File keys of a model whose ComfyUI loader knows some adapted modules under other names than `prefix` +
+    module name (diffusers FLUX.2: ComfyUI maps "transformer." + its attention names, but its MLP and single-block
+    linears only as ComfyUI's own "diffusion_model." + module keys). In save_lora's "comfyui" layout, module P's
+    key base is `comfy(P)` where that is not None, else `prefix` + P; the "diffusers" layout is always
+    `prefix` + P (diffusers' own names). Pass it wherever a `prefix` string is taken; load_lora reads both."""
+
+    prefix: str
+    comfy: Callable[[str], str | None]
+
+    def key(self, name: str, layout: str = "comfyui") -> str:
+        return (layout == "comfyui" and self.comfy(name)) or self.prefix + name
+
+
+def _key(prefix: str | LoraKeys, name: str, layout: str = "comfyui") -> str:
+    """The file key base of adapted module `name` (keys are `base.lora_down.weight`, …)."""
+    return prefix.key(name, layout) if isinstance(prefix, LoraKeys) else prefix + name
+
+
+def _plain(prefix: str | LoraKeys) -> str:
+    return prefix.prefix if isinstance(prefix, LoraKeys) else prefix
+
+
 def _rank_and_alpha(layer: nn.Module, name: str) -> tuple[int, float]:
     if ADAPTER not in layer.lora_A:
         raise ValueError(f"LoRA layer {name!r} has no adapter {ADAPTER!r} (adapters: {list(layer.lora_A)})")
     return int(layer.r[ADAPTER]), float(layer.lora_alpha[ADAPTER])
 
 
-def lora_state_dict(model: nn.Module, prefix: str = COMFY_PREFIX) -> dict[str, torch.Tensor]:
+def lora_state_dict(model: nn.Module, prefix: str | LoraKeys = COMFY_PREFIX) -> dict[str, torch.Tensor]:
     """LoRA weights in ComfyUI's original-model key form: `{prefix}P.lora_down.weight` (r, in),
-    `{prefix}P.lora_up.weight` (out, r) and `{prefix}P.alpha` (0-dim float32 α) for every adapted module P.
+    `{prefix}P.lora_up.weight` (out, r) and `{prefix}P.alpha` (0-dim float32 α) for every adapted module P
+    (with a LoraKeys `prefix`: its key base for P in place of `{prefix}P`).
 
     Tensors are detached copies on the weights' device and dtype.
     """
     sd = {}
     for name, layer in _lora_layers(model).items():
         _, alpha = _rank_and_alpha(layer, name)
-        sd[f"{prefix}{name}.lora_down.weight"] = layer.lora_A[ADAPTER].weight.detach().clone()  # (r, in)
-        sd[f"{prefix}{name}.lora_up.weight"] = layer.lora_B[ADAPTER].weight.detach().clone()  # (out, r)
-        sd[f"{prefix}{name}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
+        base = _key(prefix, name)
+        sd[f"{base}.lora_down.weight"] = layer.lora_A[ADAPTER].weight.detach().clone()  # (r, in)
+        sd[f"{base}.lora_up.weight"] = layer.lora_B[ADAPTER].weight.detach().clone()  # (out, r)
+        sd[f"{base}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
     return sd
 
 
@@ -236,10 +263,10 @@ def _metadata_str(value) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
-def peft_state_dict(model: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+def peft_state_dict(model: nn.Module, prefix: str | LoraKeys) -> dict[str, torch.Tensor]:
     """LoRA weights in diffusers/peft's key form, scale folded in: `{prefix}P.lora_A.weight` = lora_down (r, in),
     `{prefix}P.lora_B.weight` = (α/r)·lora_up (out, r), no alpha key (diffusers' loader then uses scale 1)."""
-    sd = {}
+    sd, prefix = {}, _plain(prefix)
     for name, layer in _lora_layers(model).items():
         rank, alpha = _rank_and_alpha(layer, name)
         sd[f"{prefix}{name}.lora_A.weight"] = layer.lora_A[ADAPTER].weight.detach().clone()
@@ -269,7 +296,7 @@ def save_lora(
     model: nn.Module,
     metadata: dict | None = None,
     dtype: torch.dtype = torch.float32,
-    prefix: str = COMFY_PREFIX,
+    prefix: str | LoraKeys = COMFY_PREFIX,
     layout: str = "comfyui",
 ) -> None:
     """Write the LoRA as a ComfyUI-loadable safetensors file, atomically (temp file + rename, never half-written).
@@ -333,7 +360,7 @@ def read_lora_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 def load_lora(
-    path: str | os.PathLike, model: nn.Module, strict: bool = True, prefix: str = COMFY_PREFIX
+    path: str | os.PathLike, model: nn.Module, strict: bool = True, prefix: str | LoraKeys = COMFY_PREFIX
 ) -> dict[str, str]:
     """Copy a LoRA file (save_lora's ComfyUI or diffusers layout) into a model that already carries LoRA layers.
 
@@ -351,9 +378,11 @@ def load_lora(
         raise ValueError(f"{path!r} is not a readable safetensors file: {e}") from None
     metadata = read_lora_metadata(path)
     layers = _lora_layers(model)
+    layout = "comfyui"
     if any(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in tensors):  # diffusers/peft layout
-        tensors = _from_peft_layout(tensors, layers, prefix)
-    expected = {f"{prefix}{name}.{part}" for name in layers for part in ("lora_down.weight", "lora_up.weight", "alpha")}
+        tensors, layout = _from_peft_layout(tensors, layers, _plain(prefix)), "diffusers"
+    bases = {name: _key(prefix, name, layout) for name in layers}
+    expected = {f"{bases[name]}.{part}" for name in layers for part in ("lora_down.weight", "lora_up.weight", "alpha")}
     unexpected, missing = sorted(set(tensors) - expected), sorted(expected - set(tensors))
     if strict and (unexpected or missing):
         raise ValueError(
@@ -363,7 +392,7 @@ def load_lora(
         )
     copies = []  # (parameter, tensor) pairs, applied only after every check passed
     for name, layer in layers.items():
-        down_key, up_key = f"{prefix}{name}.lora_down.weight", f"{prefix}{name}.lora_up.weight"
+        down_key, up_key = f"{bases[name]}.lora_down.weight", f"{bases[name]}.lora_up.weight"
         if down_key not in tensors and up_key not in tensors:
             continue
         if down_key not in tensors or up_key not in tensors:
@@ -382,7 +411,7 @@ def load_lora(
                     f"LoRA file {path!r}: {key!r} has shape {tuple(tensor.shape)}, "
                     f"the model expects {tuple(target.shape)}"
                 )
-        alpha_key = f"{prefix}{name}.alpha"
+        alpha_key = f"{bases[name]}.alpha"
         file_alpha = float(tensors[alpha_key]) if alpha_key in tensors else float(rank)
         if not math.isclose(file_alpha, alpha, rel_tol=1e-6):
             raise ValueError(

@@ -34,6 +34,12 @@ class DiffusersHooks:
     max_sequence_length: int  # text tokens per prompt
     decoder: Callable | None = None  # vae → Decoder module (latents (N, C, h, w) → images (N, H, W, 3) in [0, 1]);
     # None: diffusers_pipeline.VAEDecoder (AutoencoderKL: latents / scaling_factor + shift_factor)
+    vae_scale: Callable | None = None  # vae → pixels per latent pixel; None: 2^(VAE blocks − 1) (AutoencoderKL)
+    cfg_scale: Callable | None = None  # model_index.json dict → the folder's default CFG scale (e.g. 1 for a
+    # step-distilled variant); None: ModelFamily.default_cfg
+    comfy_lora_key: Callable | None = None  # diffusers module name → the key base of its LoRA in ComfyUI's layout
+    # where ComfyUI's loader does not map "transformer." + name (e.g. "diffusion_model.single_blocks.0.linear1"),
+    # or None where it does; None: every key is "transformer." + name (lora.LoraKeys)
 
 
 @dataclass(frozen=True)
