@@ -94,6 +94,9 @@ def rows(args):
                         dtype="bfloat16",
                     )
                     e = estimate(config, with_base_dtype(info, dtype), device)
+                    fits_with = ""
+                    if dtype != "bfloat16" and ckpt and e.peak_bytes > 0.9 * args.device_gb * 1e9:
+                        fits_with = smaller_batches(config, with_base_dtype(info, dtype), device, args.device_gb)
                     out.append(
                         {
                             "model": name,
@@ -107,10 +110,30 @@ def rows(args):
                             "stage": e.breakdown["largest_stage"],
                             "stage_gib": e.breakdown[e.breakdown["largest_stage"] + "_bytes"] / GiB,
                             "s_per_it": e.seconds_per_iteration,
+                            "fits_with": fits_with,
                         }
                     )
         del net
     return out
+
+
+def smaller_batches(config, info, device, device_gb: float) -> str:
+    """The largest train_batch (× grad_accum, the same optimizer step) and max_batch under which the run fits in
+    90 % of `device_gb`, as text for the table ("; fits with ..."), or "" when none does."""
+    import dataclasses
+
+    from densegrpo_core.resources.estimate import estimate
+
+    group = config.group_size
+    for train_batch in (2, 1):
+        for max_batch in (8, 4, 2):
+            smaller = dataclasses.replace(
+                config, train_batch=train_batch, grad_accum=max(1, group // train_batch), max_batch=max_batch
+            )
+            peak = estimate(smaller, info, device).peak_bytes
+            if peak <= 0.9 * device_gb * 1e9:
+                return f"; yes with train_batch {train_batch}, max_batch {max_batch} ({peak / GiB:.1f} GiB)"
+    return ""
 
 
 def markdown(table: list[dict], device_gb: float) -> str:
@@ -123,8 +146,9 @@ def markdown(table: list[dict], device_gb: float) -> str:
         base = "fp8 (e4m3fn)" if r["base"].startswith("float8") else "bf16"
         fits = "yes" if r["peak_gib"] * GiB <= 0.9 * device_gb * 1e9 else "no"
         lines.append(
-            f"| {r['model']} | {r['size']} | {'yes' if r['cfg'] else 'no'} | {r['params'] / 1e9:.2f} B | {base} | {'on' if r['checkpointing'] else 'off'} | "
-            f"{r['weights_gib']:.1f} | {r['stage']} {r['stage_gib']:.1f} | **{r['peak_gib']:.1f}** | {fits} |"
+            f"| {r['model']} | {r['size']} | {'yes' if r['cfg'] else 'no'} | {r['params'] / 1e9:.2f} B | {base} | "
+            f"{'on' if r['checkpointing'] else 'off'} | {r['weights_gib']:.1f} | {r['stage']} {r['stage_gib']:.1f} | "
+            f"**{r['peak_gib']:.1f}** | {fits}{r.get('fits_with', '')} |"
         )
     return "\n".join(lines)
 
