@@ -87,8 +87,9 @@ def test_flux_lookups_return_the_flux_record():
 
 
 def test_a_subclass_name_is_not_silently_covered():
-    """Only the class names a record lists: ComfyUI's Flux2 / Chroma are other networks, not FLUX.1."""
-    for name in ("Flux2", "Chroma", "FluxSomething"):
+    """Only the class names a record lists: ComfyUI's Flux2 / ChromaRadiance (a subclass of Chroma) are other
+    networks, not FLUX.1 or Chroma."""
+    for name in ("Flux2", "ChromaRadiance", "FluxSomething"):
         with pytest.raises(ValueError, match="known families"):
             families.family_for_comfy_model(name)
 
@@ -101,7 +102,15 @@ def test_the_lora_presets_come_from_the_records():
         if impl is not None
     }
     assert lora.TARGET_PRESETS == from_records
-    assert list(lora.TARGET_PRESETS) == ["toy", "mmdit", "flux", "diffusers_sd3", "diffusers_flux"]
+    assert list(lora.TARGET_PRESETS) == [
+        "toy",
+        "mmdit",
+        "flux",
+        "chroma",
+        "diffusers_sd3",
+        "diffusers_flux",
+        "diffusers_chroma",
+    ]
     assert lora.TARGET_PRESETS["toy"] == TOY_FAMILY.core.targets
 
 
@@ -113,7 +122,11 @@ def test_the_checkpointed_block_lists_come_from_the_records():
 
 
 def test_the_diffusers_pipeline_classes_come_from_the_records():
-    assert PIPELINE_KINDS == {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}
+    assert PIPELINE_KINDS == {
+        "StableDiffusion3Pipeline": "sd3",
+        "FluxPipeline": "flux",
+        "ChromaPipeline": "chroma",
+    }
 
 
 def test_records_are_frozen():

@@ -9,14 +9,16 @@ Adding a family: one module here with its record, and one line in FAMILIES.
 
 from __future__ import annotations
 
+from .chroma import CHROMA
 from .flux import FLUX
 from .record import IMPLEMENTATIONS, DiffusersHooks, Implementation, ModelFamily
 from .sd3 import SD3
 from .toy import TOY
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (TOY, SD3, FLUX)}
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (TOY, SD3, FLUX, CHROMA)}
 
 __all__ = [
+    "CHROMA",
     "FAMILIES",
     "FLUX",
     "SD3",
