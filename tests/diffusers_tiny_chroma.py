@@ -12,17 +12,22 @@ import torch
 from diffusers_tiny import _t5, _tokenizer, _vae
 
 CHROMA_TEXT_DIM = 32
+# ComfyUI's Chroma always computes 344 modulation rows (comfy/ldm/chroma/model.py `mod_index_length = 344`, the
+# real 19 double + 38 single blocks: 3·38 + 12·19 + 2) and takes the final layer's from the last two; diffusers
+# sizes its table by the blocks (3·single + 12·double + 2). Both agree only for depths with 3·s + 12·d = 342:
+# the transformer compared with ComfyUI's class uses 28 double + 2 single blocks.
+COMFY_DEPTHS = (28, 2)
 
 
-def tiny_chroma_transformer(seed: int = 0):
+def tiny_chroma_transformer(seed: int = 0, num_layers: int = 1, num_single_layers: int = 1):
     from diffusers import ChromaTransformer2DModel
 
     torch.manual_seed(seed)
     return ChromaTransformer2DModel(
         patch_size=1,
         in_channels=64,
-        num_layers=1,
-        num_single_layers=1,
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
         attention_head_dim=16,
         num_attention_heads=2,
         joint_attention_dim=CHROMA_TEXT_DIM,
