@@ -222,3 +222,10 @@ def test_diffusers_layout_loads_in_chroma_pipeline_at_the_trained_strength(folde
     fresh.model.transformer = ref.transformer
     assert (velocity(fresh) - velocity(load(folder)[0])).abs().max() > 1e-4  # the LoRA is applied
     torch.testing.assert_close(velocity(fresh), velocity(t.pipe), atol=1e-5, rtol=1e-4)
+
+
+def test_checkpointing_finds_the_blocks_not_the_approximators_nested_layers(folder):
+    from densegrpo_core.resources.memory import find_block_lists
+
+    pipe, _, _ = load(folder)
+    assert list(find_block_lists(pipe.lora_module)) == list(CHROMA.diffusers.block_lists)
