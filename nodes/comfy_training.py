@@ -133,11 +133,6 @@ def comfy_family(base, node: str) -> ModelFamily:
 
 
 # ---------------------------------------------------------------------------------- what the job trains
-# ComfyUI model classes the `auto` targets below are known not to train correctly yet (never silently wrong)
-NOT_SUPPORTED_YET = {
-    "HiDream": "HiDream (its mixture-of-experts feed-forward and four text streams are not covered by a tested "
-    "family record or the auto targets yet)",
-}
 # A Linear inside a transformer block is an attention / MLP projection when a component of its path (after the
 # block index) names attention or a feed-forward, and none names a modulation, norm, embedding or gate layer.
 _PROJECTION = re.compile(r"(?i)attn|attention|mlp|ff|feed_?forward|experts?")
@@ -159,8 +154,8 @@ class TrainTargets:
 
 def train_targets(model_patcher, node: str) -> TrainTargets:
     """The LoRA targets, block lists and trainability patch for a MODEL: its family's, or `auto_targets` for a
-    flow model no family covers; a node input error for a model that is not flow matching (naming the
-    supported families) or that the auto targets are known not to train yet."""
+    flow model no family covers; a node input error for a model that is not flow matching, naming the
+    supported families."""
     bridge.require_flow_model(model_patcher, node)
     base = model_patcher.model
     try:
@@ -224,15 +219,10 @@ def targets_regex(chosen: list[tuple[str, int, str]], lengths: dict[str, int]) -
 def auto_targets(base, node: str) -> TrainTargets:
     """Targets for a flow model no family covers, from ComfyUI's LoRA key map: every Linear the loader can patch
     that is an attention / MLP projection inside the network's ModuleLists of transformer blocks (the top-level
-    ModuleLists holding such blocks). The blocks run under `_Trainable` while gradients are recorded. A node input
-    error for a class known not to train this way, or when no such Linear is found."""
+    ModuleLists holding such blocks). The blocks run under `_Trainable` while gradients are recorded (AuraFlow
+    trains as shipped; HiDream needs it for comfy_kitchen's rope kernel). A node input error when no such Linear
+    is found, naming the supported families."""
     name = type(base).__name__
-    if name in NOT_SUPPORTED_YET:
-        raise bridge.input_error(
-            node,
-            "model",
-            f"cannot be trained: {NOT_SUPPORTED_YET[name]} is not supported yet; {bridge.supported_families_text()}",
-        )
     dm = base.diffusion_model
     lists = {n: len(m) for n, m in dm.named_children() if isinstance(m, torch.nn.ModuleList) and len(m)}
     chosen = [c for c in (_block_projection(n, set(lists)) for n in lora_loader_linears(base)) if c]

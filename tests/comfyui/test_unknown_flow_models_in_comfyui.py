@@ -1,9 +1,10 @@
 """Flow models no family record covers (skipped without $COMFYUI_PATH): ComfyUI's AuraFlow trains with `auto`
 LoRA targets chosen from ComfyUI's own LoRA key map — the attention / MLP projections inside its block lists,
 never its modulation layers — with a note saying so in the job's status and the LoRA's metadata; a model that
-is not flow matching (a tiny SD1.5 UNet) and a class the auto targets do not train yet (HiDream) are refused
-with a message naming the supported families. (The generic family server test, test_families_in_comfyui.py,
-also trains the tiny AuraFlow: two iterations, gradients in every LoRA layer, the stock LoRA loader.)
+is not flow matching (a tiny SD1.5 UNet) is refused with a message naming the supported families. HiDream trains
+the same way, its blocks differentiable through `_Trainable`. (The generic family server test,
+test_families_in_comfyui.py, also trains the tiny AuraFlow and HiDream: two iterations, gradients in every LoRA
+layer, the stock LoRA loader, the shared MODEL bit-identical.)
 
 The in-process tests import ComfyUI's modules, so they need ComfyUI's packages; from the project's venv the module
 runs them again under ComfyUI's python (as test_flux_training_in_comfyui.py does)."""
@@ -182,38 +183,54 @@ def test_a_non_flow_model_is_refused_naming_the_supported_families(comfy_importa
     assert re.search(r"supported families: .*\(SD3\); .*\(Flux\); .*\(Chroma\)", message), message
 
 
-def tiny_hidream():
-    """ComfyUI's HiDream class built at tiny widths (constructed only: the refusal comes before any forward)."""
-    import comfy.supported_models
-    from test_nodes.tiny_families import model_from_config
+@needs_comfy_packages
+def test_hidreams_auto_targets_are_its_attention_and_expert_projections_not_its_modulation(comfy_importable):
+    from test_nodes import tiny_families
 
-    unet_config = {
-        "image_model": "hidream",
-        "patch_size": 2,
-        "in_channels": 16,
-        "out_channels": 16,
-        "num_layers": 1,
-        "num_single_layers": 1,
-        "attention_head_dim": 16,
-        "num_attention_heads": 2,
-        "caption_channels": [32, 32],
-        "text_emb_dim": 32,
-        "num_routed_experts": 2,
-        "num_activated_experts": 2,
-        "axes_dims_rope": (8, 4, 4),
-        "max_resolution": (16, 16),
-        "llama_layers": [0, 1],
-    }
-    return model_from_config(comfy.supported_models.HiDream, unet_config, seed=81)
+    from nodes.comfy_training import train_targets
+
+    model = tiny_families.get("hidream").model
+    targets = train_targets(model, NODE)
+    chosen = module_names(targets.arch, model.model.diffusion_model)
+    assert targets.block_lists == ("double_stream_blocks", "single_stream_blocks")
+    assert (
+        "double_stream_blocks.0.block.attn1.to_q_t" in chosen
+        and "single_stream_blocks.0.block.ff_i.experts.1.w2" in chosen
+    )
+    assert not [n for n in chosen if "adaLN" in n or "caption_projection" in n]
+    assert targets.note.startswith("no family record for HiDream: LoRA targets chosen from ComfyUI's LoRA key map, 33 ")
 
 
 @needs_comfy_packages
-def test_hidream_is_refused_as_not_supported_yet_naming_the_supported_families(comfy_importable):
-    from nodes.comfy_bridge import NodeInputError
-    from nodes.comfy_training import train_targets
+def test_hidream_trains_only_through_the_differentiable_blocks_and_computes_as_comfyui_without_gradients(
+    comfy_importable,
+):
+    """comfy_kitchen's rope kernel has no backward: the auto path runs HiDream's blocks under `_Trainable` while
+    gradients are recorded (every LoRA layer gets a gradient); without gradients they compute as in ComfyUI."""
+    from test_nodes import tiny_families
 
-    with pytest.raises(NodeInputError, match=r"cannot be trained: HiDream .* is not supported yet; supported families"):
-        train_targets(tiny_hidream(), NODE)
+    from densegrpo_core.models import lora
+    from nodes.comfy_training import private_pipeline
+
+    tiny = tiny_families.get("hidream")
+
+    def cond(text):
+        return tiny.clip.encode_from_tokens_scheduled(tiny.clip.tokenize(text))
+
+    pipe = private_pipeline(tiny.model, tiny.vae, {"a red cube": cond("a red cube")}, cond(""), tiny.latent, NODE)
+    x, tau = torch.randn((1, 16, 8, 8), generator=torch.Generator().manual_seed(0)), torch.tensor([0.7])
+    c = pipe.encode(["a red cube"])
+    with torch.no_grad():
+        shared = tiny.model.model.apply_model(x, tau, **c)
+        ours = pipe.model.base.apply_model(x, tau, **c)
+    assert torch.equal(ours, shared)
+    lora.inject_lora(pipe.lora_module, pipe.arch, rank=2, alpha=2.0)
+    with torch.no_grad():
+        for p in lora.lora_parameters(pipe.lora_module):
+            p.normal_(0, 0.1)
+    pipe.model(x, tau, c).square().mean().backward()
+    grads = [p.grad for p in lora.lora_parameters(pipe.lora_module)]  # down and up of each of the 33 layers
+    assert len(grads) == 2 * 33 and all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
 # -------------------------------------------------------------------------------------------- over HTTP
