@@ -96,10 +96,18 @@ def require_flow_model(model, node: str, name: str = "model"):
             node,
             name,
             f"is not a flow-matching model (its model sampling is {type(ms).__name__}); "
-            f"DenseGRPO needs a rectified-flow model such as SD3/SD3.5 or FLUX, "
-            f"not an eps/v-prediction model such as SD1.5/SDXL",
+            f"DenseGRPO needs a rectified-flow model, not an eps/v-prediction model such as SD1.5/SDXL; "
+            f"{supported_families_text()}",
         )
     return ms
+
+
+def supported_families_text() -> str:
+    """The model families with a ComfyUI record, for error messages: "supported families: SD3 … (SD3); …"."""
+    from densegrpo_core.models.families import FAMILIES
+
+    rows = [f"{f.description} ({', '.join(f.comfy_models)})" for f in FAMILIES.values() if f.comfy_models]
+    return "supported families: " + "; ".join(rows)
 
 
 def latent_channels(model) -> int:

@@ -155,7 +155,7 @@ def _option_text(changes: dict) -> str:
     return " + ".join(words.get(k, lambda v, k=k: f"{k} {v}")(v) for k, v in changes.items())
 
 
-def check_memory(model, config, latent_shape, context_tokens: int, allow: bool, node: str):
+def check_memory(model, config, latent_shape, context_tokens: int, allow: bool, node: str, targets=None):
     """Estimate peak memory and time per iteration (densegrpo_core.resources.estimate) before anything is copied; refuse
     when the peak exceeds the memory the job can have on the model's device (free memory, plus ComfyUI's own
     copy of this MODEL that the job will offload, minus what other jobs hold reserved), unless allowed, naming
@@ -167,8 +167,9 @@ def check_memory(model, config, latent_shape, context_tokens: int, allow: bool, 
 
     device = model.load_device
     _, cast = weight_dtypes(model)
+    where = {"lora_targets": targets.arch, "block_lists": targets.block_lists} if targets is not None else {}
     info = model_info(
-        model.model.diffusion_model, tuple(latent_shape), context_tokens=context_tokens, compute_dtype=cast
+        model.model.diffusion_model, tuple(latent_shape), context_tokens=context_tokens, compute_dtype=cast, **where
     )
     free = int(mm.get_free_memory(device)) - reserved_bytes()
     if device.type != "cpu":  # offloading ComfyUI's copy frees device memory

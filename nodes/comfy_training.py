@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import types
 from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -95,8 +98,12 @@ def make_blocks_trainable(diffusion_model, family: ModelFamily) -> int:
     """Run the blocks of the family's ComfyUI block lists (Flux: double/single stream blocks) in a form autograd
     can train (`_Trainable`) while gradients are recorded; without gradients (rollouts, the KL reference) they
     compute exactly as in ComfyUI. Returns the number of blocks wrapped."""
+    return _wrap_blocks_trainable(diffusion_model, family.comfy.block_lists)
+
+
+def _wrap_blocks_trainable(diffusion_model, block_lists) -> int:
     n = 0
-    for name in family.comfy.block_lists:
+    for name in block_lists:
         for block in diffusion_model.get_submodule(name) if _has_submodule(diffusion_model, name) else ():
             block.forward = types.MethodType(_train_safe_forward, block)
             n += 1
@@ -123,6 +130,124 @@ def comfy_family(base, node: str) -> ModelFamily:
         return family_for_comfy_model(base)
     except ValueError as e:
         raise bridge.input_error(node, "model", f"cannot be trained: {e}") from None
+
+
+# ---------------------------------------------------------------------------------- what the job trains
+# A Linear inside a transformer block is an attention / MLP projection when a component of its path (after the
+# block index) names attention or a feed-forward, and none names a modulation, norm, embedding or gate layer.
+_PROJECTION = re.compile(r"(?i)attn|attention|mlp|ff|feed_?forward|experts?")
+_NOT_PROJECTION = re.compile(r"(?i)mod|adaln|norm|embed|gate")
+
+
+@dataclass(frozen=True)
+class TrainTargets:
+    """What a Train job adapts in ComfyUI's network: from the family record, or, for a flow model no family
+    covers, from ComfyUI's own LoRA key map (`auto_targets`)."""
+
+    arch: str  # the family's ComfyUI preset, or a full-name regex of the chosen Linear modules
+    block_lists: tuple[str, ...]  # the diffusion model's ModuleLists of transformer blocks
+    patch: Callable | None  # (diffusion_model) → makes ComfyUI's blocks differentiable under autograd, or None
+    default_shift: float | None
+    default_cfg: float
+    note: str | None = None  # why the targets are what they are, for a model no family covers
+
+
+def train_targets(model_patcher, node: str) -> TrainTargets:
+    """The LoRA targets, block lists and trainability patch for a MODEL: its family's, or `auto_targets` for a
+    flow model no family covers; a node input error for a model that is not flow matching, naming the
+    supported families."""
+    bridge.require_flow_model(model_patcher, node)
+    base = model_patcher.model
+    try:
+        family = family_for_comfy_model(base)
+    except ValueError:
+        return auto_targets(base, node)
+    patch = COMFY_PATCHES[family.comfy_patch] if family.comfy_patch else None
+    return TrainTargets(
+        arch=family.comfy.preset,
+        block_lists=family.comfy.block_lists,
+        patch=(lambda dm: patch(dm, family)) if patch else None,
+        default_shift=family.default_shift,
+        default_cfg=family.default_cfg,
+    )
+
+
+def lora_loader_linears(base) -> list[str]:
+    """Module paths (under diffusion_model) of every nn.Linear whose weight ComfyUI's LoRA loader can patch:
+    the targets of `comfy.lora.model_lora_keys_unet` (plain keys, and (key, slice) pairs of fused weights)."""
+    import comfy.lora
+
+    weights = set()
+    for target in comfy.lora.model_lora_keys_unet(base, {}).values():
+        key = target if isinstance(target, str) else target[0]
+        if key.startswith("diffusion_model.") and key.endswith(".weight"):
+            weights.add(key[len("diffusion_model.") : -len(".weight")])
+    modules = dict(base.diffusion_model.named_modules())
+    return sorted(name for name in weights if isinstance(modules.get(name), torch.nn.Linear))
+
+
+def _block_projection(name: str, block_lists: set[str]) -> tuple[str, int, str] | None:
+    """(block list, index, path inside the block) of an attention / MLP projection in a block list, else None."""
+    m = re.fullmatch(r"([A-Za-z_]\w*)\.(\d+)\.(.+)", name)
+    if not m or m.group(1) not in block_lists:
+        return None
+    parts = m.group(3).split(".")
+    if any(_NOT_PROJECTION.search(p) for p in parts) or not any(_PROJECTION.search(p) for p in parts):
+        return None
+    return m.group(1), int(m.group(2)), m.group(3)
+
+
+def targets_regex(chosen: list[tuple[str, int, str]], lengths: dict[str, int]) -> str:
+    """An exact full-name regex of the chosen (list, index, path) modules: `list\\.\\d+\\.(?:paths)` where
+    every block of a list has the same paths, else the blocks' indices spelled out."""
+    parts = []
+    for lst in sorted({c[0] for c in chosen}):
+        by_index: dict[int, set[str]] = {}
+        for _, i, path in (c for c in chosen if c[0] == lst):
+            by_index.setdefault(i, set()).add(path)
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, paths in sorted(by_index.items()):
+            groups.setdefault(tuple(sorted(paths)), []).append(i)
+        for paths, indices in groups.items():
+            alt = "|".join(re.escape(p) for p in paths)
+            every = len(groups) == 1 and indices == list(range(lengths[lst]))
+            index = r"\d+" if every else "(?:" + "|".join(map(str, indices)) + ")"
+            parts.append(rf"{re.escape(lst)}\.{index}\.(?:{alt})")
+    return "(?:" + "|".join(parts) + ")"
+
+
+def auto_targets(base, node: str) -> TrainTargets:
+    """Targets for a flow model no family covers, from ComfyUI's LoRA key map: every Linear the loader can patch
+    that is an attention / MLP projection inside the network's ModuleLists of transformer blocks (the top-level
+    ModuleLists holding such blocks). The blocks run under `_Trainable` while gradients are recorded (AuraFlow
+    trains as shipped; HiDream needs it for comfy_kitchen's rope kernel). A node input error when no such Linear
+    is found, naming the supported families."""
+    name = type(base).__name__
+    dm = base.diffusion_model
+    lists = {n: len(m) for n, m in dm.named_children() if isinstance(m, torch.nn.ModuleList) and len(m)}
+    chosen = [c for c in (_block_projection(n, set(lists)) for n in lora_loader_linears(base)) if c]
+    if not chosen:
+        raise bridge.input_error(
+            node,
+            "model",
+            f"cannot be trained: no family record covers ComfyUI's {name} and its LoRA key map has no attention "
+            f"or MLP projection inside a block list ({', '.join(lists) or 'no ModuleList of blocks'}); "
+            f"{bridge.supported_families_text()}",
+        )
+    block_lists = tuple(n for n in lists if any(c[0] == n for c in chosen))
+    note = (
+        f"no family record for {name}: LoRA targets chosen from ComfyUI's LoRA key map, {len(chosen)} Linear "
+        f"layers (attention/MLP projections in {', '.join(block_lists)})"
+    )
+    ms = base.model_sampling
+    return TrainTargets(
+        arch=targets_regex(chosen, lists),
+        block_lists=block_lists,
+        patch=lambda diffusion_model: _wrap_blocks_trainable(diffusion_model, block_lists),
+        default_shift=float(getattr(ms, "shift", 1.0)),
+        default_cfg=4.5,
+        note=note,
+    )
 
 
 def with_guidance(model_patcher, conditioning: list, guidance: float) -> list:
@@ -153,7 +278,7 @@ def check_weight_dtypes(base, node: str) -> None:
         )
 
 
-def private_base_model(model_patcher, node: str):
+def private_base_model(model_patcher, node: str, targets: TrainTargets | None = None):
     """A copy of the MODEL's BaseModel with its own diffusion network (patched weights) and model sampling, on
     the model's device, while ComfyUI's own copy is offloaded (comfy_memory): the weights are on the device once.
 
@@ -162,8 +287,7 @@ def private_base_model(model_patcher, node: str):
     moves to the device. fp8 weights stay fp8 in the copy, with ComfyUI's ops that cast them per layer."""
     import comfy.model_management
 
-    bridge.require_flow_model(model_patcher, node)
-    family = comfy_family(model_patcher.model, node)
+    targets = targets or train_targets(model_patcher, node)
     comfy.model_management.load_models_gpu([model_patcher], force_full_load=True)  # applies the patches
     base = model_patcher.model
     check_weight_dtypes(base, node)
@@ -178,8 +302,8 @@ def private_base_model(model_patcher, node: str):
     for name in list(private._modules):
         if name not in ("diffusion_model", "model_sampling"):
             private._modules[name] = clone_module(private._modules[name])
-    if family.comfy_patch:
-        COMFY_PATCHES[family.comfy_patch](private.diffusion_model, family)
+    if targets.patch:
+        targets.patch(private.diffusion_model)
     offload_comfy_copy(model_patcher)
     private.diffusion_model.to(device)
     return private
@@ -250,10 +374,18 @@ class PrivateDecoder:
 
 
 def private_pipeline(
-    model_patcher, vae, prompt_conds: dict[str, list], negative, latent: torch.Tensor, node: str
+    model_patcher,
+    vae,
+    prompt_conds: dict[str, list],
+    negative,
+    latent: torch.Tensor,
+    node: str,
+    targets: TrainTargets | None = None,
 ) -> FlowPipeline:
-    """A FlowPipeline the job thread may train: private model, private VAE, prompts pre-encoded."""
-    base = private_base_model(model_patcher, node)
+    """A FlowPipeline the job thread may train: private model, private VAE, prompts pre-encoded; LoRA targets
+    and block lists from `targets` (default: `train_targets`), its note in the pipeline's info."""
+    targets = targets or train_targets(model_patcher, node)
+    base = private_base_model(model_patcher, node, targets)
     kwargs = {p: conditioning_kwargs(base, c, latent, node, "prompts") for p, c in prompt_conds.items()}
     null = conditioning_kwargs(base, negative, latent, node, "negative_prompt")
     ms = base.model_sampling
@@ -265,16 +397,16 @@ def private_pipeline(
     def null_cond(n):
         return stack_kwargs([null] * n)
 
-    family = comfy_family(base, node)
     return FlowPipeline(
         model=ComfyVelocity(base),
         encode=encode,
         null_cond=null_cond,
         decode=PrivateDecoder(vae, latent_format),
         latent_shape=tuple(latent.shape[1:]),
-        arch=family.comfy.preset,
-        default_shift=float(getattr(ms, "shift", family.default_shift)),
-        default_cfg=family.default_cfg,
-        info={"name": type(base).__name__},
+        arch=targets.arch,
+        default_shift=float(getattr(ms, "shift", targets.default_shift)),
+        default_cfg=targets.default_cfg,
+        info={"name": type(base).__name__, **({"targets_note": targets.note} if targets.note else {})},
         lora_module=base.diffusion_model,
+        block_lists=targets.block_lists,
     )

@@ -300,12 +300,13 @@ class TrainLoRA:
         from densegrpo_core.jobs.training_work import training_work
 
         from .comfy_memory import check_memory, job_work, weight_dtypes
-        from .comfy_training import clone_tensors, private_pipeline, with_guidance
+        from .comfy_training import clone_tensors, private_pipeline, train_targets, with_guidance
 
         node = TRAIN_NODE
         prompt_list = read_prompts(prompts, prompts_file, node)
         bridge.check_group_size(group_size, node)
         ms = bridge.require_flow_model(model, node)
+        targets = train_targets(model, node)  # the family's LoRA targets, or `auto` ones with a note
         sigmas = bridge.flow_sigmas(model, scheduler, steps, node)
         grid_name = f"the grid of scheduler {scheduler!r} ({int(steps)} steps)"
         psi_values = bridge.resolve_psi(psi, sigmas, node, grid_name).values
@@ -387,11 +388,11 @@ class TrainLoRA:
 
             comfy.model_management.unload_all_models()
             comfy.model_management.soft_empty_cache()
-        est = check_memory(model, config, samples.shape[1:], context_tokens, allow_over_memory, node)
+        est = check_memory(model, config, samples.shape[1:], context_tokens, allow_over_memory, node, targets)
         stored, computed = weight_dtypes(model)
         weights_text = f"base weights {stored}" + (f", computed in {computed} per layer" if computed else "")
         latent = clone_tensors(samples[:1].float().to(model.load_device))
-        pipe = private_pipeline(model, vae, conds, negative, latent, node)
+        pipe = private_pipeline(model, vae, conds, negative, latent, node, targets)
         pipe.decode.to(model.load_device)
         work = job_work(
             training_work(
@@ -421,6 +422,7 @@ class TrainLoRA:
                 "model": type(model.model).__name__,
                 "reward": config.reward,
                 "node_id": None if unique_id is None else str(unique_id),
+                **({"targets_note": targets.note} if targets.note else {}),
             },
         )
         if not created:
@@ -430,6 +432,7 @@ class TrainLoRA:
             f"job {job.id} {job.state.value}: {advantage_mode} LoRA '{name}', {iterations} iterations, "
             f"{len(prompt_list)} prompts, G={group_size}, T={steps}; estimate {est.summary()}; {weights_text}"
             + (f", resuming {resume_job.strip()}" if resume_ckpt else "")
+            + (f"; {targets.note}" if targets.note else "")
         )
         return {"ui": {"text": [status]}, "result": (job.id, status)}
 
@@ -517,6 +520,7 @@ class TrainingStatus(JobNode):
             + (f", reward {last['reward_mean']:.4f}" if "reward_mean" in last else "")
             + (f"\nlatest LoRA: {os.path.basename(j.loras[-1])}" if j.loras else "")
             + (f"\nerror: {j.error}" if j.error else "")
+            + (f"\n{j.meta['targets_note']}" if j.meta.get("targets_note") else "")
         )
         images, ui = [], []
         for name in JOB_FILES:

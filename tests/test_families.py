@@ -87,8 +87,9 @@ def test_flux_lookups_return_the_flux_record():
 
 
 def test_a_subclass_name_is_not_silently_covered():
-    """Only the class names a record lists: ComfyUI's Chroma is another network, not FLUX.1 (Flux2 has its own)."""
-    for name in ("Chroma", "FluxSomething"):
+    """Only the class names a record lists: ComfyUI's ChromaRadiance (a subclass of Chroma) is another
+    network, not Chroma, and no FLUX.1 record claims a name that merely starts with "Flux"."""
+    for name in ("ChromaRadiance", "FluxSomething"):
         with pytest.raises(ValueError, match="known families"):
             families.family_for_comfy_model(name)
 
@@ -101,7 +102,16 @@ def test_the_lora_presets_come_from_the_records():
         if impl is not None
     }
     assert lora.TARGET_PRESETS == from_records
-    assert list(lora.TARGET_PRESETS) == ["toy", "mmdit", "flux", "diffusers_sd3", "diffusers_flux", "diffusers_flux2"]
+    assert list(lora.TARGET_PRESETS) == [
+        "toy",
+        "mmdit",
+        "flux",
+        "chroma",
+        "diffusers_sd3",
+        "diffusers_flux",
+        "diffusers_flux2",
+        "diffusers_chroma",
+    ]
     assert lora.TARGET_PRESETS["toy"] == TOY_FAMILY.core.targets
 
 
@@ -118,6 +128,7 @@ def test_the_diffusers_pipeline_classes_come_from_the_records():
         "FluxPipeline": "flux",
         "Flux2Pipeline": "flux2",
         "Flux2KleinPipeline": "flux2_klein",
+        "ChromaPipeline": "chroma",
     }
 
 

@@ -73,13 +73,15 @@ def _resolve_targets(model: nn.Module, preset_or_regex: str) -> tuple[str, list[
         found = {
             name: names for name, pattern in TARGET_PRESETS.items() if (names := _matching_linears(model, pattern))
         }
-        if len(found) != 1:
+        distinct = {tuple(names): name for name, names in reversed(found.items())}  # identical presets: one
+        if len(distinct) != 1:
             reason = "no preset matches" if not found else f"several presets match ({sorted(found)})"
             raise ValueError(
                 f"LoRA targets 'auto': {reason} the modules of {type(model).__name__}; "
                 f"name a preset {sorted(TARGET_PRESETS)} or pass a module-name regex"
             )
-        return next(iter(found.items()))
+        names, name = next(iter(distinct.items()))
+        return name, list(names)
     pattern = TARGET_PRESETS.get(preset_or_regex, preset_or_regex)
     try:
         names = _matching_linears(model, pattern)

@@ -34,6 +34,8 @@ class FlowPipeline:
     # LoRA (its module names are the file's keys); None = model
     lora_prefix: str = "diffusion_model."  # key prefix of the LoRA file: ComfyUI's for ComfyUI/toy
     # models, "transformer." for diffusers transformers
+    block_lists: str | tuple[str, ...] = "auto"  # ModuleLists of blocks in lora_module to checkpoint
+    # ("auto": those `resources.memory.find_block_lists` finds by the families' names)
 
     def guide(
         self,

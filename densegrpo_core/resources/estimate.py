@@ -176,15 +176,17 @@ def model_info(
     patch_size: int | None = None,
     lora_targets: str = "auto",
     compute_dtype=None,
+    block_lists: str | tuple[str, ...] = "auto",
 ) -> ModelInfo:
     """Count a diffusion network (the toy DiT, the core DiT, ComfyUI's MMDiT or Flux, or any model with a block
     list `enable_gradient_checkpointing` finds). `context_tokens`: text tokens in its joint attention (the
     core DiT knows its own; SD3: 154; Flux: 256 or 512); `patch_size` defaults to the model's, else 2.
     `compute_dtype`: the dtype it computes in (ComfyUI: the model's manual-cast dtype for fp8 weights);
-    default: its weights' dtype when they are all one float dtype of 2 or 4 bytes. Works on `meta` tensors."""
+    default: its weights' dtype when they are all one float dtype of 2 or 4 bytes. `lora_targets` / `block_lists`:
+    a preset or regex / the block ModuleLists (default: found by the families' names). Works on `meta` tensors."""
     from .memory import find_block_lists
 
-    blocks = find_block_lists(model)
+    blocks = find_block_lists(model, block_lists)
     config = getattr(model, "cfg", None)
     width = (
         getattr(config, "width", None)

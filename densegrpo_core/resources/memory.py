@@ -31,8 +31,9 @@ _PRIOR_FORWARD = "_densegrpo_prior_forward"  # an instance-level forward that wa
 
 # ------------------------------------------------------------------------- gradient checkpointing
 def find_block_lists(model: nn.Module, block_lists: str | Sequence[str] = "auto") -> dict[str, nn.ModuleList]:
-    """The ModuleLists of transformer blocks: "auto" finds the outermost ones named in BLOCK_LIST_NAMES,
-    or give dotted module paths (e.g. ["joint_blocks"] or ["double_blocks", "single_blocks"]).
+    """The ModuleLists of transformer blocks: "auto" finds the outermost ones named in BLOCK_LIST_NAMES — of those,
+    the shallowest (Chroma's approximator keeps its MLPs in a nested `layers` list beside the top-level
+    double/single blocks) — or give dotted module paths (e.g. ["joint_blocks"] or ["double_blocks", "single_blocks"]).
 
     ValueError naming what was searched when nothing is found or a path is not a ModuleList.
     """
@@ -43,6 +44,9 @@ def find_block_lists(model: nn.Module, block_lists: str | Sequence[str] = "auto"
             inside = any(name.startswith(f"{outer}.") for outer in found)
             if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in BLOCK_LIST_NAMES and not inside:
                 found[name] = module
+        if found:
+            depth = min(name.count(".") for name in found)
+            found = {name: module for name, module in found.items() if name.count(".") == depth}
         if not found:
             raise ValueError(
                 f"no transformer block list found in {type(model).__name__} (looked for ModuleLists "

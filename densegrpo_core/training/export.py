@@ -27,7 +27,9 @@ def lora_metadata(trainer) -> dict:
         "grid": config.grid if isinstance(config.grid, str) else "explicit",
         **({"scheduler": config.scheduler} if config.scheduler else {}),
         "sigmas": json.dumps([round(t, 6) for t in trainer.tau.tolist()]),
-        **{f"model_{k}": v for k, v in trainer.pipe.info.items()},
+        **{f"model_{k}": v for k, v in trainer.pipe.info.items() if k != "targets_note"},
+        # why the LoRA targets are what they are, where no family record chose them (e.g. ComfyUI's LoRA key map)
+        **({"targets_note": trainer.pipe.info["targets_note"]} if "targets_note" in trainer.pipe.info else {}),
     }
 
 

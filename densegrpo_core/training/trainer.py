@@ -94,7 +94,7 @@ class Trainer:
         self.model = model
         self.params = lora.lora_parameters(model)
         if config.grad_checkpointing:
-            enable_gradient_checkpointing(model)
+            enable_gradient_checkpointing(model, self.pipe.block_lists)
         self.optimizer = build_optimizer(
             config.optimizer, self.params, config.lr, config.adam_betas, config.weight_decay
         )

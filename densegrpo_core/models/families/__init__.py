@@ -9,15 +9,17 @@ Adding a family: one module here with its record, and one line in FAMILIES.
 
 from __future__ import annotations
 
+from .chroma import CHROMA
 from .flux import FLUX
 from .flux2 import FLUX2, FLUX2_KLEIN
 from .record import IMPLEMENTATIONS, DiffusersHooks, Implementation, ModelFamily
 from .sd3 import SD3
 from .toy import TOY
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (TOY, SD3, FLUX, FLUX2, FLUX2_KLEIN)}
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (TOY, SD3, FLUX, FLUX2, FLUX2_KLEIN, CHROMA)}
 
 __all__ = [
+    "CHROMA",
     "FAMILIES",
     "FLUX",
     "FLUX2",
