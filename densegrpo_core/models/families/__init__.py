@@ -13,14 +13,16 @@ from .flux import FLUX
 from .record import IMPLEMENTATIONS, DiffusersHooks, Implementation, ModelFamily
 from .sd3 import SD3
 from .toy import TOY
+from .z_image import Z_IMAGE
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (TOY, SD3, FLUX)}
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (TOY, SD3, FLUX, Z_IMAGE)}
 
 __all__ = [
     "FAMILIES",
     "FLUX",
     "SD3",
     "TOY",
+    "Z_IMAGE",
     "IMPLEMENTATIONS",
     "DiffusersHooks",
     "Implementation",
