@@ -151,7 +151,7 @@ def test_vae_decoder_gives_the_pipelines_images_in_0_1(folder):
 
 def test_the_diffusers_preset_adapts_attention_and_feed_forward_of_every_block(folder):
     pipe, _, _ = load(folder)
-    names = lora.lora_targets(pipe.lora_module, "auto")
+    names = lora.lora_targets(pipe.lora_module, "diffusers_z_image")
     blocks = ("layers.0", "noise_refiner.0", "context_refiner.0")
     parts = ("attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0")
     parts += ("feed_forward.w1", "feed_forward.w2", "feed_forward.w3")
@@ -238,3 +238,8 @@ def test_diffusers_layout_loads_in_z_image_pipeline_at_the_trained_strength(fold
     fresh, _, _ = load(folder)
     fresh.model.transformer = ref.transformer
     torch.testing.assert_close(velocity(fresh), velocity(t.pipe), atol=1e-5, rtol=1e-4)
+
+
+def test_auto_lora_targets_pick_the_diffusers_preset_over_the_comfyui_one_naming_fewer_of_its_layers(folder):
+    pipe, _, _ = load(folder)
+    assert lora.lora_targets(pipe.lora_module, "auto") == lora.lora_targets(pipe.lora_module, "diffusers_z_image")
