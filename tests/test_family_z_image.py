@@ -165,7 +165,9 @@ def test_the_memory_estimator_counts_the_transformer(folder):
     info = model_info(pipe.lora_module, pipe.latent_shape, context_tokens=32)
     assert info.depth == 3 and info.width == 64 and info.tokens == 16
     assert info.block_params == sum(
-        p.numel() for n in ("layers", "noise_refiner", "context_refiner") for p in getattr(pipe.lora_module, n).parameters()
+        p.numel()
+        for n in ("layers", "noise_refiner", "context_refiner")
+        for p in getattr(pipe.lora_module, n).parameters()
     )
 
 
@@ -204,7 +206,9 @@ def test_two_iterations_train_the_lora(folder, tmp_path, mode):
 def trained(folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained")
     pipe, train, _ = load(folder)
-    t = Trainer(train_config(out, iterations=1, export_diffusers=True), pipe, get_reward("jpeg_incompressibility"), train)
+    t = Trainer(
+        train_config(out, iterations=1, export_diffusers=True), pipe, get_reward("jpeg_incompressibility"), train
+    )
     t.run()
     with torch.no_grad():  # a non-trivial LoRA, so a wrong scale shows
         for p in t.params:

@@ -75,9 +75,7 @@ def _resolve_targets(model: nn.Module, preset_or_regex: str) -> tuple[str, list[
         # a preset whose layers another one also names, with more, is not the model's own (ComfyUI's NextDiT
         # preset names the SwiGLU w1/w2/w3 that diffusers' Z-Image keeps too); identical ones count once
         widest = {
-            name: names
-            for name, names in found.items()
-            if not any(set(names) < set(other) for other in found.values())
+            name: names for name, names in found.items() if not any(set(names) < set(other) for other in found.values())
         }
         distinct = {tuple(names): name for name, names in reversed(widest.items())}
         if len(distinct) != 1:

@@ -53,7 +53,13 @@ def comfy_result(tmp_path_factory):
             p.copy_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
     lora.save_lora(str(tmp / "lora.safetensors"), transformer, prefix="transformer.")
     torch.save(
-        {"x": x, "sigma": tau, "cond": {"c_crossattn": caption, "num_tokens": 11}, "expected": denoised(), "base": base},
+        {
+            "x": x,
+            "sigma": tau,
+            "cond": {"c_crossattn": caption, "num_tokens": 11},
+            "expected": denoised(),
+            "base": base,
+        },
         str(tmp / "inputs.pt"),
     )
     builder = os.path.join(harness.HERE, "test_nodes", "tiny_z_image.py")
