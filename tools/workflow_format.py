@@ -10,6 +10,7 @@ API format (POST /prompt): {"<id>": {"class_type": type, "inputs": {name: value 
 from __future__ import annotations
 
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+FRONTEND_ONLY = ("Note", "MarkdownNote")  # the front end's own nodes: no server node, never in a prompt
 
 
 def _inputs(info: dict) -> list[tuple[str, list]]:
@@ -39,7 +40,7 @@ def to_api(workflow: dict, object_info: dict) -> dict:
     links = {link[0]: link for link in workflow["links"]}
     prompt = {}
     for node in workflow["nodes"]:
-        if node.get("mode", 0) in (2, 4):  # muted / bypassed
+        if node.get("mode", 0) in (2, 4) or node["type"] in FRONTEND_ONLY:  # muted / bypassed / a note
             continue
         if node["type"] not in object_info:
             raise KeyError(f"node type {node['type']!r} (node {node['id']}) is not installed")
