@@ -19,6 +19,8 @@ Notation map (diffusers ZImagePipeline → core, docs/method.md §1):
     pred = pos + s·(pos − neg), guidance_scale s      core CFG v_u + w·(v_c − v_u) with w = 1 + s (so the
                                                       pipeline's default s = 5 is w = 6; s = 0, Z-Image-Turbo's
                                                       setting, is w = 1: no CFG)
+The pipeline's other CFG options are followed at their defaults only: cfg_truncation 1.0 (it drops CFG where
+1 − σ > cfg_truncation, i.e. never) and cfg_normalization False (no renormalisation of the guided prediction).
 ComfyUI's NextDiT takes ComfyUI's σ = τ, computes t = 1 − σ itself and returns −(x0 − ε) = v: its velocity
 already has the core's sign (ComfyVelocity needs no adapter).
 """
