@@ -325,7 +325,15 @@ def conditioning_kwargs(base, conditioning, latent: torch.Tensor, node: str, nam
         "prompt_type": "positive",
     }
     out = base.extra_conds(**params)
-    return clone_tensors({k: v.cond for k, v in out.items() if isinstance(getattr(v, "cond", None), torch.Tensor)})
+    import comfy.conds
+
+    return clone_tensors(
+        {
+            k: v.cond
+            for k, v in out.items()
+            if isinstance(getattr(v, "cond", None), torch.Tensor) or isinstance(v, comfy.conds.CONDConstant)
+        }
+    )  # CONDConstant values (Lumina 2 / Z-Image: num_tokens) are plain values the model takes as they are
 
 
 def stack_kwargs(items: list[dict]) -> dict:
@@ -341,15 +349,92 @@ def stack_kwargs(items: list[dict]) -> dict:
     return out
 
 
-class ComfyVelocity(torch.nn.Module):
-    """The core's VelocityModel over a private BaseModel: v = (x - apply_model(x, τ, **cond)) / τ."""
+ENTRY_KEY = "comfy_entry"  # the cond key naming each row's conditioning entry (ConditioningTable, grouped)
 
-    def __init__(self, base):
+
+class ConditioningTable:
+    """The model keyword arguments of every prompt and of the negative, batched as ComfyUI's sampler batches
+    conds: rows whose CONDConstant values differ never share a forward (comfy.conds.CONDConstant.can_concat;
+    Lumina 2 / Z-Image: `num_tokens`, each caption's own length, whose captions are not padded), token
+    sequences of different lengths are repeated to their least common multiple otherwise (CONDCrossAttn).
+
+    When every entry has the same constants and keys, a batch is `stack_kwargs` of its rows and the constants
+    are passed as they are. Otherwise each sequence is zero-padded to the longest of all entries (so any batch,
+    conditional and unconditional rows together, stacks) and the batch carries ENTRY_KEY (N,): `forwards`
+    splits it into one forward per constants group, each row's sequences cut back to its own length."""
+
+    def __init__(self, entries: list[dict]):
+        self.tensors = [{k: v for k, v in e.items() if isinstance(v, torch.Tensor)} for e in entries]
+        self.constants = [{k: v for k, v in e.items() if not isinstance(v, torch.Tensor)} for e in entries]
+        signatures = [repr((sorted(c.items()), sorted(t))) for c, t in zip(self.constants, self.tensors)]
+        self.group = [signatures.index(s) for s in signatures]
+        self.grouped = len(set(signatures)) > 1
+        keys = dict.fromkeys(k for t in self.tensors for k in t)
+        self.lengths = [{k: v.shape[1] for k, v in t.items() if v.ndim >= 2} for t in self.tensors]
+        longest = {k: max(n[k] for n in self.lengths if k in n) for k in keys if any(k in n for n in self.lengths)}
+        like = {k: next(t[k] for t in self.tensors if k in t) for k in keys}
+        self.padded = []  # every key of every entry, sequences zero-padded to the longest (absent keys: zeros)
+        for t in self.tensors:
+            row = {}
+            for k in keys:
+                v = t.get(k, torch.zeros_like(like[k]))
+                if k in longest and v.shape[1] < longest[k]:
+                    v = torch.cat([v, v.new_zeros(v.shape[0], longest[k] - v.shape[1], *v.shape[2:])], dim=1)
+                row[k] = v
+            self.padded.append(row)
+
+    def batch(self, indices: list[int]) -> dict:
+        """The core's cond dict (N, ...) for these entries."""
+        if not self.grouped:
+            return stack_kwargs([self.tensors[i] for i in indices])
+        out = {k: torch.cat([self.padded[i][k] for i in indices]) for k in self.padded[0]}
+        out[ENTRY_KEY] = torch.tensor(indices, dtype=torch.long)
+        return out
+
+    def forwards(self, cond: dict) -> list[tuple[list[int] | None, dict]]:
+        """(rows, apply_model keyword arguments) for each forward the batch `cond` takes; rows None: all."""
+        if ENTRY_KEY not in cond:
+            return [(None, {**cond, **self.constants[0]})]
+        entries = cond[ENTRY_KEY].tolist()
+        groups: dict[int, list[int]] = {}
+        for row, e in enumerate(entries):
+            groups.setdefault(self.group[e], []).append(row)
+        out = []
+        for rows in groups.values():
+            items = []
+            for r in rows:
+                e = entries[r]
+                items.append(
+                    {
+                        k: cond[k][r : r + 1, : self.lengths[e][k]] if k in self.lengths[e] else cond[k][r : r + 1]
+                        for k in self.tensors[e]
+                    }
+                )
+            out.append((rows, {**stack_kwargs(items), **self.constants[entries[rows[0]]]}))
+        return out
+
+
+class ComfyVelocity(torch.nn.Module):
+    """The core's VelocityModel over a private BaseModel: v = (x - apply_model(x, τ, **cond)) / τ, one forward per
+    group of rows ComfyUI would batch together (ConditioningTable)."""
+
+    def __init__(self, base, table: ConditioningTable | None = None):
         super().__init__()
-        self.base = base
+        self.base, self.table = base, table
+
+    def _velocity(self, x, tau, kwargs):
+        return velocity_from_denoised(x, self.base.apply_model(x, tau, transformer_options={}, **kwargs), tau)
 
     def forward(self, x: torch.Tensor, tau: torch.Tensor, cond: dict) -> torch.Tensor:
-        return velocity_from_denoised(x, self.base.apply_model(x, tau, transformer_options={}, **cond), tau)
+        parts = self.table.forwards(cond) if self.table is not None else [(None, cond)]
+        if len(parts) == 1 and parts[0][0] is None:
+            return self._velocity(x, tau, parts[0][1])
+        order = torch.tensor([r for rows, _ in parts for r in rows], device=x.device)
+        v = []
+        for rows, kwargs in parts:
+            at = torch.tensor(rows, device=x.device)
+            v.append(self._velocity(x[at], tau[at], kwargs))
+        return torch.cat(v)[torch.argsort(order)]
 
 
 class PrivateDecoder:
@@ -386,19 +471,21 @@ def private_pipeline(
     and block lists from `targets` (default: `train_targets`), its note in the pipeline's info."""
     targets = targets or train_targets(model_patcher, node)
     base = private_base_model(model_patcher, node, targets)
-    kwargs = {p: conditioning_kwargs(base, c, latent, node, "prompts") for p, c in prompt_conds.items()}
-    null = conditioning_kwargs(base, negative, latent, node, "negative_prompt")
+    names = list(prompt_conds)
+    entries = [conditioning_kwargs(base, prompt_conds[p], latent, node, "prompts") for p in names]
+    table = ConditioningTable(entries + [conditioning_kwargs(base, negative, latent, node, "negative_prompt")])
+    index = {p: i for i, p in enumerate(names)}
     ms = base.model_sampling
     latent_format = model_patcher.get_model_object("latent_format")
 
     def encode(prompts):
-        return stack_kwargs([kwargs[p] for p in prompts])
+        return table.batch([index[p] for p in prompts])
 
     def null_cond(n):
-        return stack_kwargs([null] * n)
+        return table.batch([len(names)] * n)
 
     return FlowPipeline(
-        model=ComfyVelocity(base),
+        model=ComfyVelocity(base, table),
         encode=encode,
         null_cond=null_cond,
         decode=PrivateDecoder(vae, latent_format),

@@ -107,10 +107,12 @@ def test_the_lora_presets_come_from_the_records():
         "mmdit",
         "flux",
         "chroma",
+        "nextdit",
         "diffusers_sd3",
         "diffusers_flux",
         "diffusers_flux2",
         "diffusers_chroma",
+        "diffusers_z_image",
     ]
     assert lora.TARGET_PRESETS["toy"] == TOY_FAMILY.core.targets
 
@@ -129,6 +131,7 @@ def test_the_diffusers_pipeline_classes_come_from_the_records():
         "Flux2Pipeline": "flux2",
         "Flux2KleinPipeline": "flux2_klein",
         "ChromaPipeline": "chroma",
+        "ZImagePipeline": "z_image",
     }
 
 

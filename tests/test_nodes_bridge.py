@@ -190,3 +190,38 @@ def test_prompt_conds_of_different_token_counts_stack_like_comfyui():
     out = stack_kwargs([a, b, a])
     assert out["c_crossattn"].shape == (3, 6, 4) and out["y"].shape == (3, 3)
     assert torch.equal(out["c_crossattn"][1], torch.full((6, 4), 2.0))
+
+
+def test_conds_with_different_constants_run_as_separate_forwards_each_with_its_own_tokens():
+    """Lumina 2 / Z-Image: ComfyUI's CONDConstant `num_tokens` differs between captions of other lengths, so
+    ComfyUI never batches them; the batch keeps them padded to stack, and is split back per constants group."""
+    from nodes.comfy_training import ENTRY_KEY, ConditioningTable
+
+    short, long = torch.randn(1, 3, 4), torch.randn(1, 5, 4)
+    table = ConditioningTable(
+        [
+            {"c_crossattn": short, "num_tokens": 3},
+            {"c_crossattn": long, "num_tokens": 5},
+            {"c_crossattn": short, "num_tokens": 3},
+        ]
+    )
+    cond = table.batch([0, 1, 2, 1])
+    assert cond["c_crossattn"].shape == (4, 5, 4) and cond[ENTRY_KEY].tolist() == [0, 1, 2, 1]
+    forwards = table.forwards(cond)
+    assert [(rows, kw["num_tokens"]) for rows, kw in forwards] == [([0, 2], 3), ([1, 3], 5)]
+    assert torch.equal(forwards[0][1]["c_crossattn"], torch.cat([short, short]))
+    assert torch.equal(forwards[1][1]["c_crossattn"], torch.cat([long, long]))
+
+
+def test_conds_with_the_same_constants_batch_as_before_with_the_constants_passed():
+    from nodes.comfy_training import ENTRY_KEY, ConditioningTable
+
+    a, b = (
+        {"c_crossattn": torch.ones(1, 2, 4), "frame_rate": 25},
+        {"c_crossattn": torch.zeros(1, 3, 4), "frame_rate": 25},
+    )
+    table = ConditioningTable([a, b])
+    cond = table.batch([0, 1])
+    assert ENTRY_KEY not in cond and cond["c_crossattn"].shape == (2, 6, 4)  # stack_kwargs' lcm repeat
+    ((rows, kwargs),) = table.forwards(cond)
+    assert rows is None and kwargs["frame_rate"] == 25

@@ -73,7 +73,12 @@ def _resolve_targets(model: nn.Module, preset_or_regex: str) -> tuple[str, list[
         found = {
             name: names for name, pattern in TARGET_PRESETS.items() if (names := _matching_linears(model, pattern))
         }
-        distinct = {tuple(names): name for name, names in reversed(found.items())}  # identical presets: one
+        # a preset whose layers another one also names, with more, is not the model's own (ComfyUI's NextDiT
+        # preset names the SwiGLU w1/w2/w3 that diffusers' Z-Image keeps too); identical ones count once
+        widest = {
+            name: names for name, names in found.items() if not any(set(names) < set(other) for other in found.values())
+        }
+        distinct = {tuple(names): name for name, names in reversed(widest.items())}
         if len(distinct) != 1:
             reason = "no preset matches" if not found else f"several presets match ({sorted(found)})"
             raise ValueError(

@@ -15,8 +15,9 @@ from .flux2 import FLUX2, FLUX2_KLEIN
 from .record import IMPLEMENTATIONS, DiffusersHooks, Implementation, ModelFamily
 from .sd3 import SD3
 from .toy import TOY
+from .z_image import Z_IMAGE
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (TOY, SD3, FLUX, FLUX2, FLUX2_KLEIN, CHROMA)}
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (TOY, SD3, FLUX, FLUX2, FLUX2_KLEIN, CHROMA, Z_IMAGE)}
 
 __all__ = [
     "CHROMA",
@@ -26,6 +27,7 @@ __all__ = [
     "FLUX2_KLEIN",
     "SD3",
     "TOY",
+    "Z_IMAGE",
     "IMPLEMENTATIONS",
     "DiffusersHooks",
     "Implementation",
