@@ -101,7 +101,15 @@ def test_the_lora_presets_come_from_the_records():
         if impl is not None
     }
     assert lora.TARGET_PRESETS == from_records
-    assert list(lora.TARGET_PRESETS) == ["toy", "mmdit", "flux", "diffusers_sd3", "diffusers_flux"]
+    assert list(lora.TARGET_PRESETS) == [
+        "toy",
+        "mmdit",
+        "flux",
+        "qwen_image",
+        "diffusers_sd3",
+        "diffusers_flux",
+        "diffusers_qwen_image",
+    ]
     assert lora.TARGET_PRESETS["toy"] == TOY_FAMILY.core.targets
 
 
@@ -113,7 +121,11 @@ def test_the_checkpointed_block_lists_come_from_the_records():
 
 
 def test_the_diffusers_pipeline_classes_come_from_the_records():
-    assert PIPELINE_KINDS == {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}
+    assert PIPELINE_KINDS == {
+        "StableDiffusion3Pipeline": "sd3",
+        "FluxPipeline": "flux",
+        "QwenImagePipeline": "qwen_image",
+    }
 
 
 def test_records_are_frozen():

@@ -10,15 +10,17 @@ Adding a family: one module here with its record, and one line in FAMILIES.
 from __future__ import annotations
 
 from .flux import FLUX
+from .qwen_image import QWEN_IMAGE
 from .record import IMPLEMENTATIONS, DiffusersHooks, Implementation, ModelFamily
 from .sd3 import SD3
 from .toy import TOY
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (TOY, SD3, FLUX)}
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (TOY, SD3, FLUX, QWEN_IMAGE)}
 
 __all__ = [
     "FAMILIES",
     "FLUX",
+    "QWEN_IMAGE",
     "SD3",
     "TOY",
     "IMPLEMENTATIONS",
