@@ -125,6 +125,19 @@ def comfy_family(base, node: str) -> ModelFamily:
         raise bridge.input_error(node, "model", f"cannot be trained: {e}") from None
 
 
+def with_guidance(model_patcher, conditioning: list, guidance: float) -> list:
+    """CONDITIONING with the guidance-embedding value set, as FluxGuidance sets it, for a family with a guidance
+    embedding (its record's `default_guidance`; `guidance` < 0 means that default); unchanged for others."""
+    try:
+        family = family_for_comfy_model(model_patcher.model)
+    except ValueError:
+        return conditioning
+    if family.default_guidance is None:
+        return conditioning
+    value = family.default_guidance if guidance < 0 else float(guidance)
+    return [[c[0], {**c[1], "guidance": value}] for c in conditioning]
+
+
 def check_weight_dtypes(base, node: str) -> None:
     """Train float32/float16/bfloat16 weights, or fp8 weights that ComfyUI casts per layer (manual cast ops)."""
     dtypes = {p.dtype for p in base.diffusion_model.parameters()}

@@ -221,6 +221,18 @@ class TrainLoRA:
                     "BOOLEAN",
                     {"default": False, "tooltip": "unload ComfyUI's cached models first, to make room for the job"},
                 ),
+                "guidance": (
+                    "FLOAT",
+                    {
+                        "default": -1.0,
+                        "min": -1.0,
+                        "max": 100.0,
+                        "step": 0.1,
+                        "tooltip": "guidance-embedding value of guidance-distilled models (FLUX.1-dev, FLUX.2-dev), as "
+                        "FluxGuidance sets it; -1 = the model family's default; ignored by models without one "
+                        "(those use cfg)",
+                    },
+                ),
             },
             "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"},
         }
@@ -281,13 +293,14 @@ class TrainLoRA:
         gradient_checkpointing=True,
         bf16_autocast=False,
         offload_reward=False,
+        guidance=-1.0,
         unique_id=None,
         prompt=None,
     ):
         from densegrpo_core.jobs.training_work import training_work
 
         from .comfy_memory import check_memory, job_work, weight_dtypes
-        from .comfy_training import clone_tensors, private_pipeline
+        from .comfy_training import clone_tensors, private_pipeline, with_guidance
 
         node = TRAIN_NODE
         prompt_list = read_prompts(prompts, prompts_file, node)
@@ -351,6 +364,7 @@ class TrainLoRA:
                 "config": dataclasses.asdict(config),
                 "prompts": prompt_list,
                 "negative": negative_prompt,
+                "guidance": float(guidance),
                 "name": name,
                 "resume": resume_job.strip(),
                 "latent": list(samples.shape[1:]),
@@ -365,6 +379,8 @@ class TrainLoRA:
             return self.duplicate(active, unique_id, client)
         conds = {p: c for p, c in zip(prompt_list, bridge.encode_prompts(clip, prompt_list, node))}
         negative = bridge.encode_prompts(clip, [negative_prompt], node)[0]
+        conds = {p: with_guidance(model, c, guidance) for p, c in conds.items()}
+        negative = with_guidance(model, negative, guidance)
         context_tokens = max(int(c[0][0].shape[1]) for c in conds.values())
         if free_cached_models:
             import comfy.model_management

@@ -1,6 +1,7 @@
 """A LoRA the headless trainer writes for a diffusers SD3.5 transformer loads through ComfyUI's own loaders
 (UNETLoader's diffusers-format detection, LoraLoaderModelOnly's key map) with no "not loaded" key, and gives
-the diffusers model's output with the LoRA."""
+the diffusers model's output with the LoRA (comfy_lora_worker.py compares ComfyUI's denoised prediction
+x − σ·v with the one diffusers' velocity gives)."""
 
 import json
 import os
@@ -35,13 +36,14 @@ def comfy_result(tmp_path_factory):
 
     def v():
         with torch.no_grad():
-            return transformer(
+            v = transformer(
                 hidden_states=x,
                 timestep=tau * 1000,
                 encoder_hidden_states=context,
                 pooled_projections=pooled,
                 return_dict=False,
             )[0]
+        return x - tau * v  # ComfyUI's denoised prediction (CONST)
 
     base = v()
     lora.inject_lora(transformer, "diffusers_sd3", rank=4, alpha=8.0)  # α ≠ r: a wrong scale would show
@@ -50,19 +52,15 @@ def comfy_result(tmp_path_factory):
             p.copy_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
     lora.save_lora(str(tmp / "lora.safetensors"), transformer, prefix="transformer.")
     torch.save(
-        {"x": x, "timesteps": tau * 1000, "context": context, "pooled": pooled, "expected": v(), "base": base},
+        {"x": x, "sigma": tau, "cond": {"c_crossattn": context, "y": pooled}, "expected": v(), "base": base},
         str(tmp / "inputs.pt"),
     )
+    spec = {name: str(tmp / f"{name}.{ext}") for name, ext in [("lora", "safetensors"), ("inputs", "pt")]}
+    spec.update(transformer=str(tmp / "transformer.safetensors"), out=str(tmp / "out.json"))
+    (tmp / "spec.json").write_text(json.dumps(spec))
     path, _ = harness.find_comfyui()
     r = subprocess.run(
-        [
-            harness.comfy_python(path),
-            os.path.join(harness.HERE, "diffusers_lora_worker.py"),
-            str(tmp / "transformer.safetensors"),
-            str(tmp / "lora.safetensors"),
-            str(tmp / "inputs.pt"),
-            str(tmp / "out.json"),
-        ],
+        [harness.comfy_python(path), os.path.join(harness.HERE, "comfy_lora_worker.py"), str(tmp / "spec.json")],
         cwd=path,
         capture_output=True,
         text=True,

@@ -43,13 +43,18 @@ def test_this_module_passes_in_comfyuis_python():
 
 
 @pytest.fixture(scope="module")
-def tiny_flux():
-    """A FLUX.1-dev twin with 1 double and 1 single block (ComfyUI detects Flux with 24 heads of 128, so the
-    width is the real 3072), random bf16 weights, loaded by ComfyUI's own loader."""
+def comfy_importable():
+    """ComfyUI's modules importable, on the CPU."""
     sys.path.append(os.path.abspath(os.environ["COMFYUI_PATH"]))  # after the repository: our `nodes` package
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
+
+
+@pytest.fixture(scope="module")
+def tiny_flux(comfy_importable):
+    """A FLUX.1-dev twin with 1 double and 1 single block (ComfyUI detects Flux with 24 heads of 128, so the
+    width is the real 3072), random bf16 weights, loaded by ComfyUI's own loader."""
     import comfy.ops
     import comfy.sd
     from comfy.ldm.flux.model import Flux
@@ -135,3 +140,17 @@ def test_a_flux_lora_trains_through_comfyuis_flux_with_and_without_checkpointing
     assert all(g.abs().sum() > 0 for g in plain)
     for a, b in zip(plain, checkpointed):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@needs_comfy_packages
+def test_the_train_nodes_guidance_sets_the_flux_guidance_embedding_and_leaves_sd3_alone(comfy_importable):
+    from test_nodes import tiny_families
+
+    from nodes.comfy_training import with_guidance
+
+    flux, sd3 = tiny_families.get("flux").model, tiny_families.get("sd3").model
+    cond = [[torch.zeros(1, 8, 4096), {"pooled_output": torch.zeros(1, 768)}]]
+    assert with_guidance(flux, cond, -1.0)[0][1]["guidance"] == 3.5  # the family's default, as FluxGuidance
+    assert with_guidance(flux, cond, 5.0)[0][1]["guidance"] == 5.0
+    assert "guidance" not in with_guidance(sd3, cond, 5.0)[0][1]
+    assert "guidance" not in cond[0][1]  # the input conditioning is not changed

@@ -12,6 +12,8 @@ custom_nodes/densegrpo_test_nodes. Never shipped, never loaded outside the tests
   the loaded models (class, device, loaded / total bytes) and `extra_reserved_memory()`; an optional MODEL
   input keeps that model's loader output (and so its loaded entry) alive without loading it.
 - DenseGRPOTest_Fail: output node that raises ValueError(message) (tests the error reporting).
+- DenseGRPOTest_TinyFamily: (family) → MODEL, CLIP, VAE, LATENT: a tiny random instance of ComfyUI's own model
+  class for each family module `tiny_<family>.py` (tiny_families.py), built once per server process.
 """
 
 import hashlib
@@ -176,6 +178,24 @@ class Passthrough:
         return (model,)
 
 
+class TinyFamily:
+    @classmethod
+    def INPUT_TYPES(cls):
+        from .tiny_families import family_names
+
+        return {"required": {"family": (family_names(), {"tooltip": "A tiny_<family>.py module of the test pack."})}}
+
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE", "LATENT")
+    FUNCTION = "load"
+    CATEGORY = "DenseGRPO_test"
+
+    def load(self, family):
+        from .tiny_families import get
+
+        tiny = get(family)
+        return (tiny.model, tiny.clip, tiny.vae, {"samples": tiny.latent.clone()})
+
+
 class MemoryState:
     """Connect a MODEL to keep its loader's cached output alive in this prompt (ComfyUI drops the outputs of
     nodes a prompt does not use, and with them the model's loaded-list entry); it is not loaded."""
@@ -218,5 +238,6 @@ NODE_CLASS_MAPPINGS = {
     "DenseGRPOTest_TinyCLIP": TinyCLIP,
     "DenseGRPOTest_DescribeModel": DescribeModel,
     "DenseGRPOTest_Fail": Fail,
+    "DenseGRPOTest_TinyFamily": TinyFamily,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {k: k.replace("DenseGRPOTest_", "Test: ") for k in NODE_CLASS_MAPPINGS}
