@@ -199,16 +199,27 @@ def test_two_iterations_train_the_lora(folder, tmp_path, mode):
     assert keys and all(k.startswith("transformer.transformer_blocks.") for k in keys)
 
 
-def test_the_lora_targets_attention_and_both_mlps_of_every_block(folder):
+def test_the_lora_targets_attention_and_both_mlps_but_not_the_last_blocks_dropped_text_outputs(folder):
+    """After the last block only the image stream is read: its text query, text output projection and text MLP get
+    no LoRA (they would get no gradient); its text keys and values still feed the image rows of the attention."""
     pipe, _, _ = load(folder)
     names = lora.lora_targets(pipe.lora_module, "diffusers_qwen_image")
-    per_block = {n.split(".", 2)[2] for n in names}
-    assert per_block == {
-        *(f"attn.{p}" for p in ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj")),
-        "attn.to_add_out",
-        *(f"{s}_mlp.net.{i}" for s in ("img", "txt") for i in ("0.proj", "2")),
-    }
-    assert len(names) == 2 * len(per_block)
+    attention = {f"attn.{p}" for p in ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj")}
+    mlps = {f"{s}_mlp.net.{i}" for s in ("img", "txt") for i in ("0.proj", "2")}
+    dropped = {"attn.add_q_proj", "attn.to_add_out", "txt_mlp.net.0.proj", "txt_mlp.net.2"}
+    assert {n.split(".", 2)[2] for n in names if n.startswith("transformer_blocks.0.")} == attention | mlps | dropped
+    assert {n.split(".", 2)[2] for n in names if n.startswith("transformer_blocks.1.")} == (attention | mlps) - dropped
+
+
+def test_every_lora_layer_gets_a_gradient(folder):
+    pipe, _, _ = load(folder)
+    lora.inject_lora(pipe.lora_module, pipe.arch, rank=2, alpha=2.0)
+    with torch.no_grad():
+        for p in lora.lora_parameters(pipe.lora_module):
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    pipe.model(noise(4), torch.tensor([0.6]), pipe.encode(["a red cube"])).square().sum().backward()
+    ups = {n: p for n, p in pipe.lora_module.named_parameters() if ".lora_B." in n}
+    assert ups and [n for n, p in ups.items() if p.grad is None or not p.grad.abs().sum() > 0] == []
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from ..util.atomic import atomic_write
-from .families import target_presets
+from .families import preset_implementations, target_presets
 
 LORA_FORMAT = "densegrpo.lora/1"
 COMFY_PREFIX = "diffusion_model."
@@ -40,21 +40,32 @@ ADAPTER = "default"  # the one peft adapter name this module injects and reads
 # model family (densegrpo_core.models.families: "toy", "mmdit", "flux", "diffusers_sd3", "diffusers_flux").
 # Suffix lists would be wrong: "proj" also names MMDiT's patch embedder `x_embedder.proj`, a Conv2d.
 TARGET_PRESETS: dict[str, str] = target_presets()
+PRESET_IMPLEMENTATIONS = preset_implementations()
 
 
 # ----------------------------------------------------------------------------- targets
-def _discarded_outputs(model: nn.Module) -> set[str]:
+def _discarded_outputs(model: nn.Module, preset: str | None = None) -> set[str]:
     """Linears whose output nothing uses: the context query of a diffusers joint block with `context_pre_only`
-    (the last SD3 block computes it, but drops the context half of the attention output)."""
-    return {
+    (the last SD3 block computes it, but drops the context half of the attention output), and the preset's
+    `last_block_unused` Linears in the last block of each of its block lists (Qwen-Image: the text stream's
+    outputs, which no later block reads)."""
+    discarded = {
         f"{name}.attn.add_q_proj"
         for name, m in model.named_modules()
         if getattr(m, "context_pre_only", False) is True and hasattr(m, "attn")
     }
+    impl = PRESET_IMPLEMENTATIONS.get(preset)
+    if impl is not None and impl.last_block_unused:
+        modules = dict(model.named_modules())
+        for block_list in impl.block_lists:
+            blocks = modules.get(block_list)
+            if isinstance(blocks, nn.ModuleList) and len(blocks):
+                discarded |= {f"{block_list}.{len(blocks) - 1}.{path}" for path in impl.last_block_unused}
+    return discarded
 
 
-def _matching_linears(model: nn.Module, pattern: str) -> list[str]:
-    regex, discarded = re.compile(pattern), _discarded_outputs(model)
+def _matching_linears(model: nn.Module, pattern: str, preset: str | None = None) -> list[str]:
+    regex, discarded = re.compile(pattern), _discarded_outputs(model, preset)
     return [
         name
         for name, module in model.named_modules()
@@ -70,7 +81,9 @@ def _resolve_targets(model: nn.Module, preset_or_regex: str) -> tuple[str, list[
         )
     if preset_or_regex == "auto":
         found = {
-            name: names for name, pattern in TARGET_PRESETS.items() if (names := _matching_linears(model, pattern))
+            name: names
+            for name, pattern in TARGET_PRESETS.items()
+            if (names := _matching_linears(model, pattern, name))
         }
         if len(found) != 1:
             reason = "no preset matches" if not found else f"several presets match ({sorted(found)})"
@@ -81,7 +94,7 @@ def _resolve_targets(model: nn.Module, preset_or_regex: str) -> tuple[str, list[
         return next(iter(found.items()))
     pattern = TARGET_PRESETS.get(preset_or_regex, preset_or_regex)
     try:
-        names = _matching_linears(model, pattern)
+        names = _matching_linears(model, pattern, preset_or_regex)
     except re.error as e:
         raise ValueError(
             f"LoRA targets {preset_or_regex!r} is neither a preset {sorted(TARGET_PRESETS)} nor a valid regex: {e}"

@@ -31,6 +31,7 @@ __all__ = [
     "family_for_diffusers_pipeline",
     "family_for_comfy_model",
     "target_presets",
+    "preset_implementations",
     "block_list_names",
 ]
 
@@ -79,6 +80,16 @@ def target_presets() -> dict[str, str]:
             if impl is not None:
                 presets[impl.preset] = impl.targets
     return presets
+
+
+def preset_implementations() -> dict[str, Implementation]:
+    """Every LoRA target preset name → the implementation that defines it (its block lists, unused outputs)."""
+    return {
+        impl.preset: impl
+        for kind in IMPLEMENTATIONS
+        for family in FAMILIES.values()
+        if (impl := family.implementation(kind)) is not None
+    }
 
 
 def block_list_names() -> tuple[str, ...]:

@@ -36,6 +36,10 @@ QWEN_IMAGE_TARGETS = (
     r"transformer_blocks\.\d+\.(?:attn\.(?:to_[qkv]|to_out\.0|add_[qkv]_proj|to_add_out)"
     r"|(?:img|txt)_mlp\.net\.(?:0\.proj|2))"
 )
+# Both networks read only the image stream after the last block (norm_out, proj_out): the last block's text-stream
+# outputs (the text rows of the joint attention, so its text queries, the text output projection and the text MLP)
+# are computed and dropped, so they get no LoRA (as SD3's context_pre_only query); its text keys / values are read.
+QWEN_IMAGE_LAST_BLOCK_UNUSED = ("attn.add_q_proj", "attn.to_add_out", "txt_mlp.net.0.proj", "txt_mlp.net.2")
 
 
 class QwenImageVelocity(nn.Module):
@@ -120,10 +124,18 @@ QWEN_IMAGE = ModelFamily(
     name="qwen_image",
     description="Qwen-Image (MMDiT, Qwen2.5-VL text encoder)",
     # ComfyUI comfy/ldm/qwen_image/model.py QwenImageTransformer2DModel.transformer_blocks
-    comfy=Implementation(preset="qwen_image", targets=QWEN_IMAGE_TARGETS, block_lists=("transformer_blocks",)),
+    comfy=Implementation(
+        preset="qwen_image",
+        targets=QWEN_IMAGE_TARGETS,
+        block_lists=("transformer_blocks",),
+        last_block_unused=QWEN_IMAGE_LAST_BLOCK_UNUSED,
+    ),
     # diffusers models/transformers/transformer_qwenimage.py QwenImageTransformer2DModel: the same module paths
     diffusers=Implementation(
-        preset="diffusers_qwen_image", targets=QWEN_IMAGE_TARGETS, block_lists=("transformer_blocks",)
+        preset="diffusers_qwen_image",
+        targets=QWEN_IMAGE_TARGETS,
+        block_lists=("transformer_blocks",),
+        last_block_unused=QWEN_IMAGE_LAST_BLOCK_UNUSED,
     ),
     default_shift=QWEN_IMAGE_SHIFT,
     default_cfg=QWEN_IMAGE_TRUE_CFG,
