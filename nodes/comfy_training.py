@@ -229,12 +229,14 @@ class ComfyVelocity(torch.nn.Module):
 
 
 class PrivateDecoder:
-    """The core's Decoder over a private copy of the VAE's network: model-space latents → images in [0, 1]."""
+    """The core's Decoder over a private copy of the VAE's network: model-space latents (N, C, H, W), or
+    (N, C, T, H, W) for a 3-D latent format, → images (N·T, H, W, 3) in [0, 1]."""
 
     def __init__(self, vae, latent_format):
         self.net = clone_module(vae.first_stage_model)
         self.dtype = vae.vae_dtype
         self.process_output = vae.process_output
+        self.latent_dim = getattr(vae, "latent_dim", 2)
         self.latent_format = latent_format
 
     def to(self, device):
@@ -245,8 +247,10 @@ class PrivateDecoder:
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
         device = next(self.net.parameters()).device
         z = self.latent_format.process_out(latents.float()).to(device, self.dtype)
-        images = self.process_output(self.net.decode(z).float())  # (N, 3, H, W)
-        return images.movedim(1, -1)[..., :3].float()
+        if self.latent_dim == 2 and z.ndim == 5:  # an image VAE on a 3-D latent format's frames, as comfy.sd.VAE.decode
+            z = z[:, :, 0]
+        images = self.process_output(self.net.decode(z).float()).movedim(1, -1)  # (N, H, W, 3) or (N, T, H, W, 3)
+        return images.reshape(-1, *images.shape[-3:])[..., :3].float()  # frames as images, as VAEDecode
 
 
 def private_pipeline(

@@ -158,6 +158,38 @@ def test_latent_with_the_wrong_channel_count_is_refused():
         bridge.check_latent_channels(torch.zeros(1, 4, 8, 8), 16, "node")
 
 
+class _Format:  # stands in for a comfy.latent_formats format (only the two fields model_latent reads)
+    def __init__(self, channels, dims):
+        self.latent_channels, self.latent_dimensions = channels, dims
+
+
+class _Model:  # stands in for a ModelPatcher's get_model_object("latent_format")
+    def __init__(self, fmt):
+        self.fmt = fmt
+
+    def get_model_object(self, name):
+        assert name == "latent_format"
+        return self.fmt
+
+
+def test_a_3d_latent_format_gets_the_frame_axis_its_sampler_adds():
+    """Qwen-Image (Wan 2.1 format, latent_dimensions 3): an image latent from EmptySD3LatentImage becomes
+    (B, 16, 1, H, W), as comfy.sample.fix_empty_latent_channels makes it; a 2-D format keeps (B, C, H, W)."""
+    qwen, sd3 = _Model(_Format(16, 3)), _Model(_Format(16, 2))
+    assert bridge.model_latent(qwen, torch.zeros(1, 16, 8, 8), "node").shape == (1, 16, 1, 8, 8)
+    assert bridge.model_latent(qwen, torch.zeros(1, 16, 1, 8, 8), "node").shape == (1, 16, 1, 8, 8)
+    assert bridge.model_latent(sd3, torch.zeros(1, 16, 8, 8), "node").shape == (1, 16, 8, 8)
+
+
+def test_a_latent_of_the_wrong_layout_names_the_layout_the_model_needs():
+    with pytest.raises(ValueError, match=r"'latent_image' must be a batch of latents \(B, C, T, H, W\).*\(16, 8, 8\)"):
+        bridge.model_latent(_Model(_Format(16, 3)), torch.zeros(16, 8, 8), "node")
+    with pytest.raises(ValueError, match=r"must be a batch of latents \(B, C, H, W\).*\(1, 16, 1, 8, 8\)"):
+        bridge.model_latent(_Model(_Format(16, 2)), torch.zeros(1, 16, 1, 8, 8), "node")
+    with pytest.raises(ValueError, match="has 4 channels but this model's latents have 16"):
+        bridge.model_latent(_Model(_Format(16, 3)), torch.zeros(1, 4, 8, 8), "node")
+
+
 def test_image_grid_tiles_rows_and_columns():
     images = torch.rand(2, 3, 4, 5, 3)
     grid = image_grid(images, pad=1)
