@@ -165,10 +165,16 @@ def check_memory(model, config, latent_shape, context_tokens: int, allow: bool, 
     from densegrpo_core.resources.estimate import DeviceInfo, estimate, fits, model_info
     from densegrpo_core.resources.fit_options import fitting_options
 
+    from .comfy_training import comfy_family  # (comfy_training imports this module)
+
     device = model.load_device
     _, cast = weight_dtypes(model)
     info = model_info(
-        model.model.diffusion_model, tuple(latent_shape), context_tokens=context_tokens, compute_dtype=cast
+        model.model.diffusion_model,
+        tuple(latent_shape),
+        context_tokens=context_tokens,
+        lora_targets=comfy_family(model.model, node).comfy.preset,  # Qwen-Image's names also match diffusers'
+        compute_dtype=cast,
     )
     free = int(mm.get_free_memory(device)) - reserved_bytes()
     if device.type != "cpu":  # offloading ComfyUI's copy frees device memory

@@ -185,8 +185,17 @@ def private_base_model(model_patcher, node: str):
     return private
 
 
+TOKENS = "_tokens:"  # cond key prefix: per-row token counts of a zero-padded sequence (CondLayout), not a model kwarg
+
+
 def conditioning_kwargs(base, conditioning, latent: torch.Tensor, node: str, name: str) -> dict:
     """CONDITIONING → the keyword tensors the model's apply_model takes (c_crossattn, y, guidance, …), (1, ...)."""
+    return _conditioning(base, conditioning, latent, node, name)[0]
+
+
+def _conditioning(base, conditioning, latent: torch.Tensor, node: str, name: str) -> tuple[dict, set[str]]:
+    """(conditioning_kwargs, the keys ComfyUI batches by repeating tokens: its CONDCrossAttn conds)."""
+    import comfy.conds
     import comfy.sampler_helpers
 
     if not conditioning:
@@ -201,31 +210,76 @@ def conditioning_kwargs(base, conditioning, latent: torch.Tensor, node: str, nam
         "prompt_type": "positive",
     }
     out = base.extra_conds(**params)
-    return clone_tensors({k: v.cond for k, v in out.items() if isinstance(getattr(v, "cond", None), torch.Tensor)})
+    tensors = {k: v.cond for k, v in out.items() if isinstance(getattr(v, "cond", None), torch.Tensor)}
+    repeatable = {k for k, v in out.items() if isinstance(v, comfy.conds.CONDCrossAttn)}
+    return clone_tensors(tensors), repeatable
+
+
+class CondLayout:
+    """How the per-prompt conds of a job (every prompt and the negative) stack into batches, as ComfyUI batches
+    conds of different token counts, fixed once so any batch — prompts and negative rows together — concatenates:
+
+    - a cross-attention cond (ComfyUI's CONDCrossAttn: SD3's and FLUX's c_crossattn) repeats its tokens to the
+      least common multiple of all token counts, as CONDCrossAttn.concat does;
+    - any other token sequence (CONDRegular, e.g. Qwen-Image's c_crossattn, which ComfyUI never batches at another
+      length) is zero-padded to the longest with each row's token count under `TOKENS + key`; ComfyVelocity runs
+      the rows of each token count on their own, unpadded, so the model sees exactly ComfyUI's inputs."""
+
+    def __init__(self, items: list[dict], repeatable: set[str]):
+        self.target: dict[str, int] = {}
+        self.padded: set[str] = set()
+        for key in items[0]:
+            lengths = {d[key].shape[1] for d in items if d[key].ndim == 3}
+            if len(lengths) > 1:
+                repeat = key in repeatable
+                self.target[key] = math.lcm(*lengths) if repeat else max(lengths)
+                if not repeat:
+                    self.padded.add(key)
+
+    def stack(self, items: list[dict]) -> dict:
+        out = {}
+        for key in items[0]:
+            tensors = [d[key] for d in items]
+            if key in self.padded:
+                out[TOKENS + key] = torch.tensor([t.shape[1] for t in tensors for _ in range(t.shape[0])])
+                tensors = [torch.nn.functional.pad(t, (0, 0, 0, self.target[key] - t.shape[1])) for t in tensors]
+            elif key in self.target:
+                tensors = [t.repeat(1, self.target[key] // t.shape[1], 1) for t in tensors]
+            out[key] = torch.cat(tensors)
+        return out
 
 
 def stack_kwargs(items: list[dict]) -> dict:
     """Concatenate per-prompt conds along the batch; token sequences of different lengths are repeated to
     their least common multiple, as ComfyUI's CONDCrossAttn does."""
-    out = {}
-    for key in items[0]:
-        tensors = [d[key] for d in items]
-        if tensors[0].ndim == 3 and len({t.shape[1] for t in tensors}) > 1:
-            L = math.lcm(*[t.shape[1] for t in tensors])
-            tensors = [t.repeat(1, L // t.shape[1], 1) for t in tensors]
-        out[key] = torch.cat(tensors)
-    return out
+    return CondLayout(items, set(items[0])).stack(items)
 
 
 class ComfyVelocity(torch.nn.Module):
-    """The core's VelocityModel over a private BaseModel: v = (x - apply_model(x, τ, **cond)) / τ."""
+    """The core's VelocityModel over a private BaseModel: v = (x - apply_model(x, τ, **cond)) / τ. Rows whose
+    conds were zero-padded (CondLayout) run in groups of one token count each, with the padding cut off."""
 
     def __init__(self, base):
         super().__init__()
         self.base = base
 
     def forward(self, x: torch.Tensor, tau: torch.Tensor, cond: dict) -> torch.Tensor:
-        return velocity_from_denoised(x, self.base.apply_model(x, tau, transformer_options={}, **cond), tau)
+        counts = {k.removeprefix(TOKENS): v for k, v in cond.items() if k.startswith(TOKENS)}
+        cond = {k: v for k, v in cond.items() if not k.startswith(TOKENS)}
+        if not counts:
+            return velocity_from_denoised(x, self.base.apply_model(x, tau, transformer_options={}, **cond), tau)
+        keys = list(counts)
+        per_row = torch.stack([counts[k].to(x.device) for k in keys], dim=1)  # (N, keys)
+        parts, order = [], []
+        for group in torch.unique(per_row, dim=0):
+            rows = (per_row == group).all(dim=1).nonzero().squeeze(1)
+            sub = {k: v[rows] for k, v in cond.items()}
+            for k, n in zip(keys, group.tolist()):
+                sub[k] = sub[k][:, :n]
+            parts.append(self.base.apply_model(x[rows], tau[rows], transformer_options={}, **sub))
+            order.append(rows)
+        denoised = torch.cat(parts)[torch.argsort(torch.cat(order))]
+        return velocity_from_denoised(x, denoised, tau)
 
 
 class PrivateDecoder:
@@ -258,16 +312,20 @@ def private_pipeline(
 ) -> FlowPipeline:
     """A FlowPipeline the job thread may train: private model, private VAE, prompts pre-encoded."""
     base = private_base_model(model_patcher, node)
-    kwargs = {p: conditioning_kwargs(base, c, latent, node, "prompts") for p, c in prompt_conds.items()}
-    null = conditioning_kwargs(base, negative, latent, node, "negative_prompt")
+    kwargs, repeatable = {}, set()
+    for p, c in prompt_conds.items():
+        kwargs[p], keys = _conditioning(base, c, latent, node, "prompts")
+        repeatable |= keys
+    null, keys = _conditioning(base, negative, latent, node, "negative_prompt")
+    layout = CondLayout([*kwargs.values(), null], repeatable | keys)
     ms = base.model_sampling
     latent_format = model_patcher.get_model_object("latent_format")
 
     def encode(prompts):
-        return stack_kwargs([kwargs[p] for p in prompts])
+        return layout.stack([kwargs[p] for p in prompts])
 
     def null_cond(n):
-        return stack_kwargs([null] * n)
+        return layout.stack([null] * n)
 
     family = comfy_family(base, node)
     return FlowPipeline(

@@ -190,6 +190,38 @@ def test_a_latent_of_the_wrong_layout_names_the_layout_the_model_needs():
         bridge.model_latent(_Model(_Format(16, 3)), torch.zeros(1, 4, 8, 8), "node")
 
 
+def test_a_cond_comfyui_never_batches_at_other_lengths_is_padded_and_run_per_token_count():
+    """Qwen-Image's c_crossattn is a CONDRegular: ComfyUI runs prompts of different token counts apart, so the job
+    pads them once (prompts and negative alike, so any batch concatenates) and ComfyVelocity runs each count's
+    rows unpadded: the same denoised rows as one call per prompt."""
+    from nodes.comfy_training import TOKENS, ComfyVelocity, CondLayout
+
+    class Base:  # apply_model's output depends on every token, so padding would show
+        def apply_model(self, x, tau, transformer_options, c_crossattn):
+            per_row = (-1,) + (1,) * (x.ndim - 1)
+            return x * c_crossattn.sum(dim=(1, 2)).reshape(per_row) + tau.reshape(per_row)
+
+    a, b, neg = ({"c_crossattn": torch.randn(1, n, 4)} for n in (3, 5, 2))
+    layout = CondLayout([a, b, neg], repeatable=set())
+    cond = {k: torch.cat([u, v]) for (k, u), v in zip(layout.stack([a, b, a]).items(), layout.stack([neg]).values())}
+    assert cond["c_crossattn"].shape == (4, 5, 4) and cond[TOKENS + "c_crossattn"].tolist() == [3, 5, 3, 2]
+    x, tau = torch.randn(4, 2, 1, 3, 3, requires_grad=True), torch.tensor([0.5, 0.6, 0.7, 0.8])
+    v = ComfyVelocity(Base())(x, tau, cond)
+    rows = [a, b, a, neg]
+    expected = torch.cat([ComfyVelocity(Base())(x[i : i + 1], tau[i : i + 1], rows[i]) for i in range(4)])
+    torch.testing.assert_close(v, expected)
+    v.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_a_cross_attention_cond_repeats_to_the_lcm_over_every_prompt_and_the_negative():
+    from nodes.comfy_training import CondLayout
+
+    a, neg = {"c_crossattn": torch.ones(1, 2, 4)}, {"c_crossattn": torch.ones(1, 3, 4)}
+    layout = CondLayout([a, neg], repeatable={"c_crossattn"})
+    assert layout.stack([a])["c_crossattn"].shape == layout.stack([neg])["c_crossattn"].shape == (1, 6, 4)
+
+
 def test_image_grid_tiles_rows_and_columns():
     images = torch.rand(2, 3, 4, 5, 3)
     grid = image_grid(images, pad=1)
