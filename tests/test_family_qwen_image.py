@@ -222,6 +222,22 @@ def test_every_lora_layer_gets_a_gradient(folder):
     assert ups and [n for n, p in ups.items() if p.grad is None or not p.grad.abs().sum() > 0] == []
 
 
+def test_the_memory_estimator_counts_the_transformer_and_comfyuis_video_shaped_latents(folder):
+    from densegrpo_core.resources.estimate import model_info
+
+    pipe, _, _ = load(folder)
+    net = pipe.lora_module
+    info = model_info(net, (16, 8, 8), context_tokens=12)
+    assert (info.depth, info.tokens, info.width, info.context_tokens) == (2, 16, 32, 12)
+    assert info.params == sum(p.numel() for p in net.parameters())
+    targets = lora.lora_targets(net, "diffusers_qwen_image")
+    assert lora.lora_targets(net, "auto") == targets  # SD3's and FLUX's diffusers presets match only a part
+    assert info.lora_params_per_rank == sum(
+        net.get_submodule(n).in_features + net.get_submodule(n).out_features for n in targets
+    )
+    assert model_info(net, (16, 1, 8, 8), context_tokens=12) == info  # ComfyUI's (C, T = 1, H, W)
+
+
 @pytest.fixture(scope="module")
 def trained(folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained")

@@ -85,6 +85,12 @@ def _resolve_targets(model: nn.Module, preset_or_regex: str) -> tuple[str, list[
             for name, pattern in TARGET_PRESETS.items()
             if (names := _matching_linears(model, pattern, name))
         }
+        # presets written for other networks may match a part of this one's modules (Qwen-Image: SD3's and FLUX's
+        # diffusers presets; its ComfyUI and diffusers presets are the same): the widest match wins, by the regexes
+        matched = {name: set(_matching_linears(model, TARGET_PRESETS[name])) for name in found}
+        widest = [n for n in found if all(other <= matched[n] for other in matched.values())]
+        if len(found) > 1 and widest:
+            found = {widest[0]: found[widest[0]]}
         if len(found) != 1:
             reason = "no preset matches" if not found else f"several presets match ({sorted(found)})"
             raise ValueError(
@@ -110,7 +116,8 @@ def _resolve_targets(model: nn.Module, preset_or_regex: str) -> tuple[str, list[
 def lora_targets(model: nn.Module, preset_or_regex: str = "auto") -> list[str]:
     """Names of the nn.Linear modules a preset (toy | mmdit | flux | auto) or a full-name regex selects.
 
-    "auto" picks the one preset that matches the model. ValueError naming the preset or regex when nothing
+    "auto" picks the one preset that matches the model, or, where several do, the one whose modules include every
+    other match's (the first such). ValueError naming the preset or regex when nothing
     matches, when "auto" is ambiguous, or when the regex does not compile.
     """
     return _resolve_targets(model, preset_or_regex)[1]
