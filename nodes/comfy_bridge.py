@@ -50,11 +50,15 @@ def check_group_size(group_size: int, node: str) -> int:
     return int(group_size)
 
 
-def check_latent_channels(samples: torch.Tensor, channels: int, node: str, name: str = "latent_image") -> None:
-    """Refuse a latent whose channel count does not match the model's latent format."""
-    if samples.ndim != 4:
+def check_latent_channels(
+    samples: torch.Tensor, channels: int, node: str, name: str = "latent_image", dims: int = 2
+) -> None:
+    """Refuse a latent whose layout or channel count does not match the model's latent format: (B, C, H, W) for
+    `dims` = 2 latent dimensions, (B, C, T, H, W) for 3 (the format's `latent_dimensions`, e.g. Qwen-Image's)."""
+    layout = f"(B, C, {', '.join(('T', 'H', 'W')[-dims:])})"
+    if samples.ndim != 2 + dims:
         raise input_error(
-            node, name, f"must be a batch of image latents (B, C, H, W), got shape {tuple(samples.shape)}"
+            node, name, f"must be a batch of latents {layout} for this model, got shape {tuple(samples.shape)}"
         )
     if samples.shape[1] != channels:
         raise input_error(
@@ -63,6 +67,18 @@ def check_latent_channels(samples: torch.Tensor, channels: int, node: str, name:
             f"has {samples.shape[1]} channels but this model's latents have {channels} "
             f"(use an empty latent made for this model, e.g. EmptySD3LatentImage)",
         )
+
+
+def model_latent(model, samples: torch.Tensor, node: str, name: str = "latent_image") -> torch.Tensor:
+    """The input latent in the layout the model samples in, checked: an image latent (B, C, H, W) gains the frame
+    axis (B, C, 1, H, W) when the model's latent format has 3 latent dimensions, as ComfyUI's samplers do
+    (comfy.sample.fix_empty_latent_channels; Qwen-Image's Wan 2.1 format)."""
+    fmt = model.get_model_object("latent_format")
+    dims = int(getattr(fmt, "latent_dimensions", 2))
+    if dims == 3 and samples.ndim == 4:
+        samples = samples.unsqueeze(2)
+    check_latent_channels(samples, int(fmt.latent_channels), node, name, dims)
+    return samples
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -197,13 +213,13 @@ def run_with_guided_model(
 
 
 def prepare_latent_and_noise(model, latent: dict, batch: int, seed: int, node: str):
-    """A (batch, C, H, W) start latent (the input's first latent repeated) and ComfyUI's seeded noise."""
+    """A (batch, C, H, W) start latent ((batch, C, T, H, W) for a 3-D latent format; the input's first latent
+    repeated) and ComfyUI's seeded noise."""
     import comfy.sample
 
-    samples = latent["samples"]
-    samples = comfy.sample.fix_empty_latent_channels(model, samples)
-    check_latent_channels(samples, latent_channels(model), node)
-    samples = samples[:1].repeat(batch, 1, 1, 1)
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    samples = model_latent(model, samples, node)
+    samples = samples[:1].repeat(batch, *[1] * (samples.ndim - 1))
     noise = comfy.sample.prepare_noise(samples, int(seed))
     return samples, noise
 

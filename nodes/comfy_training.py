@@ -311,6 +311,12 @@ def private_base_model(model_patcher, node: str, targets: TrainTargets | None = 
 
 def conditioning_kwargs(base, conditioning, latent: torch.Tensor, node: str, name: str) -> dict:
     """CONDITIONING → the keyword tensors the model's apply_model takes (c_crossattn, y, guidance, …), (1, ...)."""
+    return _conditioning(base, conditioning, latent, node, name)[0]
+
+
+def _conditioning(base, conditioning, latent: torch.Tensor, node: str, name: str) -> tuple[dict, set[str]]:
+    """(conditioning_kwargs, the keys ComfyUI batches by repeating tokens: its CONDCrossAttn conds)."""
+    import comfy.conds
     import comfy.sampler_helpers
 
     if not conditioning:
@@ -327,24 +333,24 @@ def conditioning_kwargs(base, conditioning, latent: torch.Tensor, node: str, nam
     out = base.extra_conds(**params)
     import comfy.conds
 
-    return clone_tensors(
-        {
-            k: v.cond
-            for k, v in out.items()
-            if isinstance(getattr(v, "cond", None), torch.Tensor) or isinstance(v, comfy.conds.CONDConstant)
-        }
-    )  # CONDConstant values (Lumina 2 / Z-Image: num_tokens) are plain values the model takes as they are
+    values = {
+        k: v.cond
+        for k, v in out.items()
+        if isinstance(getattr(v, "cond", None), torch.Tensor) or isinstance(v, comfy.conds.CONDConstant)
+    }  # CONDConstant values (Lumina 2 / Z-Image: num_tokens) are plain values the model takes as they are
+    repeatable = {k for k, v in out.items() if isinstance(v, comfy.conds.CONDCrossAttn)}
+    return clone_tensors(values), repeatable
 
 
-def stack_kwargs(items: list[dict]) -> dict:
+def stack_kwargs(items: list[dict], lengths: dict[str, int] | None = None) -> dict:
     """Concatenate per-prompt conds along the batch; token sequences of different lengths are repeated to
-    their least common multiple, as ComfyUI's CONDCrossAttn does."""
+    their least common multiple (or to `lengths[key]`, a multiple of each), as ComfyUI's CONDCrossAttn does."""
     out = {}
     for key in items[0]:
         tensors = [d[key] for d in items]
-        if tensors[0].ndim == 3 and len({t.shape[1] for t in tensors}) > 1:
-            L = math.lcm(*[t.shape[1] for t in tensors])
-            tensors = [t.repeat(1, L // t.shape[1], 1) for t in tensors]
+        if (tensors[0].ndim == 3 and len({t.shape[1] for t in tensors}) > 1) or (lengths and key in lengths):
+            n = (lengths or {}).get(key) or math.lcm(*[t.shape[1] for t in tensors])
+            tensors = [t.repeat(1, n // t.shape[1], 1) for t in tensors]
         out[key] = torch.cat(tensors)
     return out
 
@@ -354,24 +360,33 @@ ENTRY_KEY = "comfy_entry"  # the cond key naming each row's conditioning entry (
 
 class ConditioningTable:
     """The model keyword arguments of every prompt and of the negative, batched as ComfyUI's sampler batches
-    conds: rows whose CONDConstant values differ never share a forward (comfy.conds.CONDConstant.can_concat;
-    Lumina 2 / Z-Image: `num_tokens`, each caption's own length, whose captions are not padded), token
-    sequences of different lengths are repeated to their least common multiple otherwise (CONDCrossAttn).
+    conds, fixed once so that any batch — prompt rows and negative rows together — concatenates:
 
-    When every entry has the same constants and keys, a batch is `stack_kwargs` of its rows and the constants
-    are passed as they are. Otherwise each sequence is zero-padded to the longest of all entries (so any batch,
-    conditional and unconditional rows together, stacks) and the batch carries ENTRY_KEY (N,): `forwards`
-    splits it into one forward per constants group, each row's sequences cut back to its own length."""
+    - a cross-attention cond (ComfyUI's CONDCrossAttn, keys in `repeatable`: SD3's and FLUX's c_crossattn)
+      repeats its tokens to the least common multiple of every entry's token count, as CONDCrossAttn.concat;
+    - rows whose other token sequences (CONDRegular: Qwen-Image's and Z-Image's c_crossattn) differ in length, or
+      whose CONDConstant values differ (Lumina 2 / Z-Image: `num_tokens`), never share a forward in ComfyUI.
 
-    def __init__(self, entries: list[dict]):
+    When every entry has the same constants, keys and CONDRegular lengths, a batch is `stack_kwargs` of its rows
+    and the constants are passed as they are. Otherwise each sequence is zero-padded to the longest of all
+    entries and the batch carries ENTRY_KEY (N,): `forwards` splits it into one forward per group, each row's
+    sequences cut back to its own length. `repeatable` None: every sequence key repeats (stack_kwargs)."""
+
+    def __init__(self, entries: list[dict], repeatable: set[str] | None = None):
         self.tensors = [{k: v for k, v in e.items() if isinstance(v, torch.Tensor)} for e in entries]
         self.constants = [{k: v for k, v in e.items() if not isinstance(v, torch.Tensor)} for e in entries]
-        signatures = [repr((sorted(c.items()), sorted(t))) for c, t in zip(self.constants, self.tensors)]
+        keys = dict.fromkeys(k for t in self.tensors for k in t)
+        self.lengths = [{k: v.shape[1] for k, v in t.items() if v.ndim == 3} for t in self.tensors]
+        sequences = {k for n in self.lengths for k in n}
+        repeat = sequences if repeatable is None else sequences & set(repeatable)
+        self.lcm = {k: math.lcm(*[n[k] for n in self.lengths if k in n]) for k in repeat}
+        signatures = [
+            repr((sorted(c.items()), sorted(t), sorted((k, v) for k, v in n.items() if k not in repeat)))
+            for c, t, n in zip(self.constants, self.tensors, self.lengths)
+        ]
         self.group = [signatures.index(s) for s in signatures]
         self.grouped = len(set(signatures)) > 1
-        keys = dict.fromkeys(k for t in self.tensors for k in t)
-        self.lengths = [{k: v.shape[1] for k, v in t.items() if v.ndim >= 2} for t in self.tensors]
-        longest = {k: max(n[k] for n in self.lengths if k in n) for k in keys if any(k in n for n in self.lengths)}
+        longest = {k: max(n[k] for n in self.lengths if k in n) for k in sequences}
         like = {k: next(t[k] for t in self.tensors if k in t) for k in keys}
         self.padded = []  # every key of every entry, sequences zero-padded to the longest (absent keys: zeros)
         for t in self.tensors:
@@ -386,7 +401,7 @@ class ConditioningTable:
     def batch(self, indices: list[int]) -> dict:
         """The core's cond dict (N, ...) for these entries."""
         if not self.grouped:
-            return stack_kwargs([self.tensors[i] for i in indices])
+            return stack_kwargs([self.tensors[i] for i in indices], self.lcm)
         out = {k: torch.cat([self.padded[i][k] for i in indices]) for k in self.padded[0]}
         out[ENTRY_KEY] = torch.tensor(indices, dtype=torch.long)
         return out
@@ -410,7 +425,7 @@ class ConditioningTable:
                         for k in self.tensors[e]
                     }
                 )
-            out.append((rows, {**stack_kwargs(items), **self.constants[entries[rows[0]]]}))
+            out.append((rows, {**stack_kwargs(items, self.lcm), **self.constants[entries[rows[0]]]}))
         return out
 
 
@@ -438,12 +453,14 @@ class ComfyVelocity(torch.nn.Module):
 
 
 class PrivateDecoder:
-    """The core's Decoder over a private copy of the VAE's network: model-space latents → images in [0, 1]."""
+    """The core's Decoder over a private copy of the VAE's network: model-space latents (N, C, H, W), or
+    (N, C, T, H, W) for a 3-D latent format, → images (N·T, H, W, 3) in [0, 1]."""
 
     def __init__(self, vae, latent_format):
         self.net = clone_module(vae.first_stage_model)
         self.dtype = vae.vae_dtype
         self.process_output = vae.process_output
+        self.latent_dim = getattr(vae, "latent_dim", 2)
         self.latent_format = latent_format
 
     def to(self, device):
@@ -454,8 +471,10 @@ class PrivateDecoder:
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
         device = next(self.net.parameters()).device
         z = self.latent_format.process_out(latents.float()).to(device, self.dtype)
-        images = self.process_output(self.net.decode(z).float())  # (N, 3, H, W)
-        return images.movedim(1, -1)[..., :3].float()
+        if self.latent_dim == 2 and z.ndim == 5:  # an image VAE on a 3-D latent format's frames, as comfy.sd.VAE.decode
+            z = z[:, :, 0]
+        images = self.process_output(self.net.decode(z).float()).movedim(1, -1)  # (N, H, W, 3) or (N, T, H, W, 3)
+        return images.reshape(-1, *images.shape[-3:])[..., :3].float()  # frames as images, as VAEDecode
 
 
 def private_pipeline(
@@ -472,8 +491,12 @@ def private_pipeline(
     targets = targets or train_targets(model_patcher, node)
     base = private_base_model(model_patcher, node, targets)
     names = list(prompt_conds)
-    entries = [conditioning_kwargs(base, prompt_conds[p], latent, node, "prompts") for p in names]
-    table = ConditioningTable(entries + [conditioning_kwargs(base, negative, latent, node, "negative_prompt")])
+    entries, repeatable = [], set()
+    for conds, name in [*((prompt_conds[p], "prompts") for p in names), (negative, "negative_prompt")]:
+        kwargs, keys = _conditioning(base, conds, latent, node, name)
+        entries.append(kwargs)
+        repeatable |= keys
+    table = ConditioningTable(entries, repeatable)
     index = {p: i for i, p in enumerate(names)}
     ms = base.model_sampling
     latent_format = model_patcher.get_model_object("latent_format")

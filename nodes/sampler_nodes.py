@@ -143,7 +143,7 @@ class KSamplerSDE:
         node = "DenseGRPO KSampler (SDE)"
         sigmas = bridge.flow_sigmas(model, scheduler, steps, node)
         samples = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
-        bridge.check_latent_channels(samples, bridge.latent_channels(model), node)
+        samples = bridge.model_latent(model, samples, node)
         noise = comfy.sample.prepare_noise(samples, int(seed))
         hook = bridge.progress_hook(int(steps))
 

@@ -356,8 +356,7 @@ class TrainLoRA:
                 raise bridge.input_error(
                     node, "resume_job", f"{resume_job.strip()}: {e} (use the same settings)"
                 ) from None
-        samples = latent_image["samples"]
-        bridge.check_latent_channels(samples, bridge.latent_channels(model), node)
+        samples = bridge.model_latent(model, latent_image["samples"], node)  # (B, 16, 1, H, W) for Qwen-Image
         from densegrpo_core.jobs.manager import settings_key
 
         key = settings_key(

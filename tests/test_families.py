@@ -108,11 +108,13 @@ def test_the_lora_presets_come_from_the_records():
         "flux",
         "chroma",
         "nextdit",
+        "qwen_image",
         "diffusers_sd3",
         "diffusers_flux",
         "diffusers_flux2",
         "diffusers_chroma",
         "diffusers_z_image",
+        "diffusers_qwen_image",
     ]
     assert lora.TARGET_PRESETS["toy"] == TOY_FAMILY.core.targets
 
@@ -132,6 +134,7 @@ def test_the_diffusers_pipeline_classes_come_from_the_records():
         "Flux2KleinPipeline": "flux2_klein",
         "ChromaPipeline": "chroma",
         "ZImagePipeline": "z_image",
+        "QwenImagePipeline": "qwen_image",
     }
 
 

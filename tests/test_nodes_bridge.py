@@ -158,6 +158,70 @@ def test_latent_with_the_wrong_channel_count_is_refused():
         bridge.check_latent_channels(torch.zeros(1, 4, 8, 8), 16, "node")
 
 
+class _Format:  # stands in for a comfy.latent_formats format (only the two fields model_latent reads)
+    def __init__(self, channels, dims):
+        self.latent_channels, self.latent_dimensions = channels, dims
+
+
+class _Model:  # stands in for a ModelPatcher's get_model_object("latent_format")
+    def __init__(self, fmt):
+        self.fmt = fmt
+
+    def get_model_object(self, name):
+        assert name == "latent_format"
+        return self.fmt
+
+
+def test_a_3d_latent_format_gets_the_frame_axis_its_sampler_adds():
+    """Qwen-Image (Wan 2.1 format, latent_dimensions 3): an image latent from EmptySD3LatentImage becomes
+    (B, 16, 1, H, W), as comfy.sample.fix_empty_latent_channels makes it; a 2-D format keeps (B, C, H, W)."""
+    qwen, sd3 = _Model(_Format(16, 3)), _Model(_Format(16, 2))
+    assert bridge.model_latent(qwen, torch.zeros(1, 16, 8, 8), "node").shape == (1, 16, 1, 8, 8)
+    assert bridge.model_latent(qwen, torch.zeros(1, 16, 1, 8, 8), "node").shape == (1, 16, 1, 8, 8)
+    assert bridge.model_latent(sd3, torch.zeros(1, 16, 8, 8), "node").shape == (1, 16, 8, 8)
+
+
+def test_a_latent_of_the_wrong_layout_names_the_layout_the_model_needs():
+    with pytest.raises(ValueError, match=r"'latent_image' must be a batch of latents \(B, C, T, H, W\).*\(16, 8, 8\)"):
+        bridge.model_latent(_Model(_Format(16, 3)), torch.zeros(16, 8, 8), "node")
+    with pytest.raises(ValueError, match=r"must be a batch of latents \(B, C, H, W\).*\(1, 16, 1, 8, 8\)"):
+        bridge.model_latent(_Model(_Format(16, 2)), torch.zeros(1, 16, 1, 8, 8), "node")
+    with pytest.raises(ValueError, match="has 4 channels but this model's latents have 16"):
+        bridge.model_latent(_Model(_Format(16, 3)), torch.zeros(1, 4, 8, 8), "node")
+
+
+def test_a_cond_comfyui_never_batches_at_other_lengths_is_padded_and_run_per_token_count():
+    """Qwen-Image's c_crossattn is a CONDRegular: ComfyUI runs prompts of different token counts apart, so the job
+    pads them once (prompts and negative alike, so any batch concatenates) and ComfyVelocity runs each count's
+    rows unpadded: the same denoised rows as one call per prompt."""
+    from nodes.comfy_training import ENTRY_KEY, ComfyVelocity, ConditioningTable
+
+    class Base:  # apply_model's output depends on every token, so padding would show
+        def apply_model(self, x, tau, transformer_options, c_crossattn):
+            per_row = (-1,) + (1,) * (x.ndim - 1)
+            return x * c_crossattn.sum(dim=(1, 2)).reshape(per_row) + tau.reshape(per_row)
+
+    a, b, neg = ({"c_crossattn": torch.randn(1, n, 4)} for n in (3, 5, 2))
+    table = ConditioningTable([a, b, neg], repeatable=set())
+    cond = {k: torch.cat([u, v]) for (k, u), v in zip(table.batch([0, 1, 0]).items(), table.batch([2]).values())}
+    assert cond["c_crossattn"].shape == (4, 5, 4) and cond[ENTRY_KEY].tolist() == [0, 1, 0, 2]
+    x, tau = torch.randn(4, 2, 1, 3, 3, requires_grad=True), torch.tensor([0.5, 0.6, 0.7, 0.8])
+    v = ComfyVelocity(Base(), table)(x, tau, cond)
+    rows = [a, b, a, neg]
+    expected = torch.cat([ComfyVelocity(Base())(x[i : i + 1], tau[i : i + 1], rows[i]) for i in range(4)])
+    torch.testing.assert_close(v, expected)
+    v.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_a_cross_attention_cond_repeats_to_the_lcm_over_every_prompt_and_the_negative():
+    from nodes.comfy_training import ConditioningTable
+
+    a, neg = {"c_crossattn": torch.ones(1, 2, 4)}, {"c_crossattn": torch.ones(1, 3, 4)}
+    table = ConditioningTable([a, neg], repeatable={"c_crossattn"})
+    assert table.batch([0])["c_crossattn"].shape == table.batch([1])["c_crossattn"].shape == (1, 6, 4)
+
+
 def test_image_grid_tiles_rows_and_columns():
     images = torch.rand(2, 3, 4, 5, 3)
     grid = image_grid(images, pad=1)
@@ -203,7 +267,8 @@ def test_conds_with_different_constants_run_as_separate_forwards_each_with_its_o
             {"c_crossattn": short, "num_tokens": 3},
             {"c_crossattn": long, "num_tokens": 5},
             {"c_crossattn": short, "num_tokens": 3},
-        ]
+        ],
+        repeatable=set(),  # Lumina 2's c_crossattn is a CONDRegular
     )
     cond = table.batch([0, 1, 2, 1])
     assert cond["c_crossattn"].shape == (4, 5, 4) and cond[ENTRY_KEY].tolist() == [0, 1, 2, 1]

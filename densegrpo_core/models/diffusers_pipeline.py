@@ -220,7 +220,12 @@ def load_diffusers_pipeline(
     if transformer_file:
         pipe.transformer = load_transformer_file(pipe.transformer, transformer_file, folder, torch_dtype)
     transformer, vae = pipe.transformer, pipe.vae
-    vae_scale = hooks.vae_scale(vae) if hooks.vae_scale else 2 ** (len(vae.config.block_out_channels) - 1)
+    # AutoencoderKL: one 2× downsampling per block but the last; video-shaped VAEs (AutoencoderKLQwenImage) say it
+    vae_scale = (
+        hooks.vae_scale(vae)
+        if hooks.vae_scale
+        else getattr(vae, "spatial_compression_ratio", None) or 2 ** (len(vae.config.block_out_channels) - 1)
+    )
     patch = hooks.latent_patch(transformer)  # FLUX packs 2×2 latent patches
     default_px = hooks.default_latent_size(transformer) * vae_scale  # as diffusers
     h = latent_size(height or default_px, "height", vae_scale * patch, vae_scale)

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from ..util.atomic import atomic_write
-from .families import target_presets
+from .families import preset_implementations, target_presets
 
 LORA_FORMAT = "densegrpo.lora/1"
 COMFY_PREFIX = "diffusion_model."
@@ -41,21 +41,32 @@ ADAPTER = "default"  # the one peft adapter name this module injects and reads
 # model family (densegrpo_core.models.families: "toy", "mmdit", "flux", "diffusers_sd3", "diffusers_flux").
 # Suffix lists would be wrong: "proj" also names MMDiT's patch embedder `x_embedder.proj`, a Conv2d.
 TARGET_PRESETS: dict[str, str] = target_presets()
+PRESET_IMPLEMENTATIONS = preset_implementations()
 
 
 # ----------------------------------------------------------------------------- targets
-def _discarded_outputs(model: nn.Module) -> set[str]:
+def _discarded_outputs(model: nn.Module, preset: str | None = None) -> set[str]:
     """Linears whose output nothing uses: the context query of a diffusers joint block with `context_pre_only`
-    (the last SD3 block computes it, but drops the context half of the attention output)."""
-    return {
+    (the last SD3 block computes it, but drops the context half of the attention output), and the preset's
+    `last_block_unused` Linears in the last block of each of its block lists (Qwen-Image: the text stream's
+    outputs, which no later block reads)."""
+    discarded = {
         f"{name}.attn.add_q_proj"
         for name, m in model.named_modules()
         if getattr(m, "context_pre_only", False) is True and hasattr(m, "attn")
     }
+    impl = PRESET_IMPLEMENTATIONS.get(preset)
+    if impl is not None and impl.last_block_unused:
+        modules = dict(model.named_modules())
+        for block_list in impl.block_lists:
+            blocks = modules.get(block_list)
+            if isinstance(blocks, nn.ModuleList) and len(blocks):
+                discarded |= {f"{block_list}.{len(blocks) - 1}.{path}" for path in impl.last_block_unused}
+    return discarded
 
 
-def _matching_linears(model: nn.Module, pattern: str) -> list[str]:
-    regex, discarded = re.compile(pattern), _discarded_outputs(model)
+def _matching_linears(model: nn.Module, pattern: str, preset: str | None = None) -> list[str]:
+    regex, discarded = re.compile(pattern), _discarded_outputs(model, preset)
     return [
         name
         for name, module in model.named_modules()
@@ -71,13 +82,15 @@ def _resolve_targets(model: nn.Module, preset_or_regex: str) -> tuple[str, list[
         )
     if preset_or_regex == "auto":
         found = {
-            name: names for name, pattern in TARGET_PRESETS.items() if (names := _matching_linears(model, pattern))
+            name: names
+            for name, pattern in TARGET_PRESETS.items()
+            if (names := _matching_linears(model, pattern, name))
         }
-        # a preset whose layers another one also names, with more, is not the model's own (ComfyUI's NextDiT
-        # preset names the SwiGLU w1/w2/w3 that diffusers' Z-Image keeps too); identical ones count once
-        widest = {
-            name: names for name, names in found.items() if not any(set(names) < set(other) for other in found.values())
-        }
+        # a preset whose layers another one also names, with more, is written for another network (ComfyUI's
+        # NextDiT preset names the SwiGLU w1/w2/w3 that diffusers' Z-Image keeps too; SD3's and FLUX's diffusers
+        # presets name part of Qwen-Image's), compared by what the regexes match; identical ones count once
+        regex = {name: set(_matching_linears(model, TARGET_PRESETS[name])) for name in found}
+        widest = {name: found[name] for name in found if not any(regex[name] < other for other in regex.values())}
         distinct = {tuple(names): name for name, names in reversed(widest.items())}
         if len(distinct) != 1:
             reason = "no preset matches" if not found else f"several presets match ({sorted(found)})"
@@ -89,7 +102,7 @@ def _resolve_targets(model: nn.Module, preset_or_regex: str) -> tuple[str, list[
         return name, list(names)
     pattern = TARGET_PRESETS.get(preset_or_regex, preset_or_regex)
     try:
-        names = _matching_linears(model, pattern)
+        names = _matching_linears(model, pattern, preset_or_regex)
     except re.error as e:
         raise ValueError(
             f"LoRA targets {preset_or_regex!r} is neither a preset {sorted(TARGET_PRESETS)} nor a valid regex: {e}"
@@ -105,7 +118,8 @@ def _resolve_targets(model: nn.Module, preset_or_regex: str) -> tuple[str, list[
 def lora_targets(model: nn.Module, preset_or_regex: str = "auto") -> list[str]:
     """Names of the nn.Linear modules a preset (toy | mmdit | flux | auto) or a full-name regex selects.
 
-    "auto" picks the one preset that matches the model. ValueError naming the preset or regex when nothing
+    "auto" picks the one preset that matches the model, or, where several do, the one whose modules include every
+    other match's (the first such). ValueError naming the preset or regex when nothing
     matches, when "auto" is ambiguous, or when the regex does not compile.
     """
     return _resolve_targets(model, preset_or_regex)[1]

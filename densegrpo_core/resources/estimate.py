@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -195,8 +196,9 @@ def model_info(
     )
     patch = patch_size or getattr(config, "patch_size", None) or getattr(model, "patch_size", None) or 2
     ctx = context_tokens if context_tokens is not None else getattr(config, "context_tokens", 0)
-    C, H, W = latent_shape
-    tokens = (H // patch) * (W // patch)
+    H, W = latent_shape[-2:]  # (C, H, W), or (C, T, H, W) for a video-shaped latent format (Qwen-Image: T = 1)
+    frames = math.prod(latent_shape[1:-2])
+    tokens = frames * (H // patch) * (W // patch)
     base = [p for n, p in model.named_parameters() if "lora_" not in n]
     weight_bytes = sum(p.numel() * p.element_size() for p in base) / max(1, sum(p.numel() for p in base))
     block_base = [p for b in blocks.values() for n, p in b.named_parameters() if "lora_" not in n]
@@ -219,7 +221,7 @@ def model_info(
         depth=sum(len(b) for b in blocks.values()),
         tokens=tokens,
         context_tokens=int(ctx),
-        latent_elems=C * H * W,
+        latent_elems=math.prod(latent_shape),
         flops_per_row=forward_flops(model, blocks, tokens, int(ctx), int(width)),
     )
 

@@ -12,12 +12,15 @@ from __future__ import annotations
 from .chroma import CHROMA
 from .flux import FLUX
 from .flux2 import FLUX2, FLUX2_KLEIN
+from .qwen_image import QWEN_IMAGE
 from .record import IMPLEMENTATIONS, DiffusersHooks, Implementation, ModelFamily
 from .sd3 import SD3
 from .toy import TOY
 from .z_image import Z_IMAGE
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (TOY, SD3, FLUX, FLUX2, FLUX2_KLEIN, CHROMA, Z_IMAGE)}
+FAMILIES: dict[str, ModelFamily] = {
+    f.name: f for f in (TOY, SD3, FLUX, FLUX2, FLUX2_KLEIN, CHROMA, Z_IMAGE, QWEN_IMAGE)
+}
 
 __all__ = [
     "CHROMA",
@@ -25,6 +28,7 @@ __all__ = [
     "FLUX",
     "FLUX2",
     "FLUX2_KLEIN",
+    "QWEN_IMAGE",
     "SD3",
     "TOY",
     "Z_IMAGE",
@@ -36,6 +40,7 @@ __all__ = [
     "family_for_diffusers_pipeline",
     "family_for_comfy_model",
     "target_presets",
+    "preset_implementations",
     "block_list_names",
 ]
 
@@ -84,6 +89,16 @@ def target_presets() -> dict[str, str]:
             if impl is not None:
                 presets[impl.preset] = impl.targets
     return presets
+
+
+def preset_implementations() -> dict[str, Implementation]:
+    """Every LoRA target preset name → the implementation that defines it (its block lists, unused outputs)."""
+    return {
+        impl.preset: impl
+        for kind in IMPLEMENTATIONS
+        for family in FAMILIES.values()
+        if (impl := family.implementation(kind)) is not None
+    }
 
 
 def block_list_names() -> tuple[str, ...]:

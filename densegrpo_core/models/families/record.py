@@ -15,6 +15,8 @@ class Implementation:
     preset: str  # the LoRA target preset name (`lora.TARGET_PRESETS`, also the pipeline's `arch`)
     targets: str  # full-name regex of the nn.Linear modules LoRA adapts (peft re.fullmatch)
     block_lists: tuple[str, ...]  # ModuleList attribute names holding the blocks to checkpoint
+    last_block_unused: tuple[str, ...] = ()  # target Linears (paths inside a block) whose output the network
+    # drops in the last block of each block list: no LoRA there (`lora._discarded_outputs`), it would get no gradient
 
 
 @dataclass(frozen=True)
