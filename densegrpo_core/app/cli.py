@@ -248,7 +248,7 @@ def cmd_train(args) -> int:
     spec = ModelSpec.pop_from(raw)  # model and data keys; the rest are TrainConfig fields
     if args.resume and not args.out:
         raw["out_dir"] = os.path.dirname(os.path.abspath(args.resume.rstrip("/")))
-    for key in ("out", "reward", "reward_path", "device", "iterations"):
+    for key in ("out", "reward", "reward_path", "device", "iterations", "sde_window"):
         val = getattr(args, key)
         if val is not None:
             raw["out_dir" if key == "out" else key] = val
@@ -482,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--reward-path", type=_reward_path_arg, default=None, help=REWARD_PATH_HELP + " (overrides config)")
     sp.add_argument("--device", default=None, help="cpu or cuda (overrides config)")
     sp.add_argument("--iterations", type=int, default=None, help="total iterations (overrides config)")
+    sp.add_argument(
+        "--sde-window", type=int, default=None, help="SDE window size W, 0 = every step SDE (overrides config)"
+    )
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.set_defaults(fn=cmd_train)
 
