@@ -295,6 +295,13 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_time_to_reward(args) -> int:
+    from .time_to_reward import run_time_to_reward
+
+    run_time_to_reward(args.out, quick=args.quick, seeds=args.seeds, threads=args.threads, methods=args.methods)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -438,6 +445,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: one per CPU core on the CPU, one on CUDA; the figures do not depend on it)",
     )
     sp.set_defaults(fn=cmd_demo)
+
+    sp = sub.add_parser(
+        "time-to-reward",
+        help="held-out reward vs wall-clock seconds and NFE: Flow-GRPO(-Fast), DenseGRPO (+ window, ODE_1, ODE_2)",
+    )
+    sp.add_argument("--out", default="time_to_reward_out", help="output folder")
+    sp.add_argument("--quick", action="store_true", help="1 seed, 30 training seconds per method (a pipeline check)")
+    sp.add_argument("--seeds", type=_int_list, default=None, help="seeds, e.g. 0,1,2 (default 0,1,2; --quick: 0)")
+    sp.add_argument("--threads", type=int, default=1, help="torch threads of every run (runs go one at a time)")
+    sp.add_argument("--methods", type=lambda t: tuple(t.split(",")), default=None, help="a subset of the methods")
+    sp.set_defaults(fn=cmd_time_to_reward)
 
     sp = sub.add_parser("sample", help="generate images with the toy model (ODE, or SDE with --psi)")
     common(sp)
