@@ -298,3 +298,15 @@ def test_bad_window_setting_is_rejected_by_name(field, value, msg):
 def test_window_range_shorter_than_the_window_is_rejected():
     with pytest.raises(ValueError, match="shorter than sde_window"):
         TrainConfig(sde_window=3, sde_window_range=(0, 2))
+
+
+def test_resume_with_a_window_continues_the_same_curves(tmp_path):
+    full = make_trainer(tmp_path, "full", iterations=3, sde_window=2)
+    full.run()
+    part = make_trainer(tmp_path, "part", iterations=2, sde_window=2)
+    part.run()
+    resumed = make_trainer(tmp_path, "part", iterations=3, sde_window=2)
+    resumed.load_checkpoint(str(tmp_path / "part" / "checkpoint"))
+    resumed.run()
+    assert [m["sde_window_start"] for m in resumed.metrics] == [m["sde_window_start"] for m in full.metrics]
+    torch.testing.assert_close(lora_vector(resumed), lora_vector(full), atol=1e-6, rtol=1e-5)
