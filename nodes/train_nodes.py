@@ -221,6 +221,25 @@ class TrainLoRA:
                     "BOOLEAN",
                     {"default": False, "tooltip": "unload ComfyUI's cached models first, to make room for the job"},
                 ),
+                "sde_window": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 1000,
+                        "tooltip": "SDE window W: only W consecutive steps are stochastic and trained, the others "
+                        "run as ODE (Flow-GRPO-Fast / MixGRPO); dense modes then complete only the window's "
+                        "latents, far fewer model calls. 0 = every step (off)",
+                    },
+                ),
+                "sde_window_schedule": (
+                    ["random", "sliding"],
+                    {
+                        "default": "random",
+                        "tooltip": "where the window sits: random = a new start each iteration in the first half "
+                        "of the steps (Flow-GRPO-Fast); sliding = moves one step every 25 iterations (MixGRPO)",
+                    },
+                ),
                 "guidance": (
                     "FLOAT",
                     {
@@ -294,6 +313,8 @@ class TrainLoRA:
         bf16_autocast=False,
         offload_reward=False,
         guidance=-1.0,
+        sde_window=0,
+        sde_window_schedule="random",
         unique_id=None,
         prompt=None,
     ):
@@ -346,6 +367,8 @@ class TrainLoRA:
                 grad_checkpointing=bool(gradient_checkpointing),
                 dtype="bfloat16" if bf16_autocast else "float32",
                 offload_reward=bool(offload_reward),
+                sde_window=int(sde_window),
+                sde_window_schedule=str(sde_window_schedule),
             )
         except ValueError as e:
             raise bridge.NodeInputError(f"{node}: {e}") from None

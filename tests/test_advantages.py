@@ -136,3 +136,11 @@ def test_group_advantages_dispatches_through_the_record(monkeypatch):
     monkeypatch.setitem(advantages.ADVANTAGE_MODE_RECORDS, "flow_grpo", fake)
     A = advantages.group_advantages(torch.zeros(2, 2), torch.tensor([0, 0]), "flow_grpo", clip=5.0)
     assert A.tolist() == [[5.0], [5.0]]  # the record's function, then the clip
+
+
+def test_each_record_names_the_latent_rewards_its_advantage_reads():
+    from densegrpo_core.method.advantages import ADVANTAGE_MODE_RECORDS
+
+    offsets = {n: r.reward_offsets for n, r in ADVANTAGE_MODE_RECORDS.items()}
+    assert offsets == {"flow_grpo": (), "dense_grpo": (0, 1), "dense_baseline": (1,), "coca": ()}
+    assert all(bool(r.reward_offsets) == r.needs_ode_branches for r in ADVANTAGE_MODE_RECORDS.values())

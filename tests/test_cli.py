@@ -15,7 +15,7 @@ def cli(*args, cwd=None):
 
 
 def test_every_command_has_help():
-    for cmd in ("demo", "sample", "calibrate", "visualize", "train", "bench"):
+    for cmd in ("demo", "sample", "calibrate", "visualize", "train", "bench", "time-to-reward"):
         r = cli(cmd, "--help")
         assert r.returncode == 0 and "usage:" in r.stdout, cmd
 
@@ -139,3 +139,14 @@ def test_shipped_train_configs_are_valid():
         raw = _load_toml(str(path))
         ModelSpec.pop_from(raw)  # model and data keys (a diffusers folder need not exist here)
         TrainConfig.from_dict(raw)
+
+
+def test_train_takes_the_window_from_the_toml_and_the_command_line(tmp_path):
+    (tmp_path / "cfg.toml").write_text(
+        "steps = 4\niterations = 1\nprompts_per_iteration = 2\ngroup_size = 2\nlora_rank = 2\nlora_alpha = 4\n"
+        'eval_every = 0\neval_seeds = [0]\neval_steps = 3\nsde_window_schedule = "sliding"\nsde_window_range = [1, 4]\n'
+    )
+    r = cli("train", "--config", "cfg.toml", "--out", "run", "--sde-window", "2", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert (m["sde_window_start"], m["sde_window_end"]) == (1, 3)  # sliding: the range's first position

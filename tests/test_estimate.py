@@ -191,3 +191,15 @@ def test_estimator_source_is_never_rewritten():
 def test_device_info_of_the_cpu():
     d = est.device_info("cpu")
     assert d.kind == "cpu" and d.total_bytes >= d.free_bytes > 0 and d.name
+
+
+def test_workload_knows_the_sde_window():
+    w = workload(cfg(sde_window=2))  # Flow-GRPO-Fast's range (0, 5): starts 0-3 cost 27, 25, 23, 21 NFE
+    assert w.nfe_per_trajectory == pytest.approx(24.0) and w.images == 8 * 3
+    assert workload(cfg(sde_window=2, advantage_mode="flow_grpo")).nfe_per_trajectory == 10
+
+
+def test_estimated_rollout_time_falls_with_the_window(sd35m_info):
+    full = estimate(cfg(), sd35m_info, constants=KNOWN).breakdown
+    windowed = estimate(cfg(sde_window=2), sd35m_info, constants=KNOWN).breakdown
+    assert windowed["rollout_s"] == pytest.approx(full["rollout_s"] * 24 / 55)

@@ -238,3 +238,75 @@ def test_the_trainer_asks_the_mode_record_for_ode_branches_and_latents(tmp_path,
     m = make_trainer(tmp_path, advantage_mode="flow_grpo").iteration()
     assert m["nfe_per_trajectory"] == 4 * 5 / 2 and "dR_mean" in m  # the fused rollout, dense statistics
     assert seen[0] is not None and seen[0].shape[:2] == (6, 5)  # the gathered latents reached the mode
+
+
+# ---------------------------------------------------------------- the SDE window (docs/method.md §10)
+def test_window_iteration_trains_only_window_steps_at_the_predicted_nfe(tmp_path):
+    from densegrpo_core.method.rollout import predicted_nfe
+
+    m = make_trainer(tmp_path, steps=6, sde_window=2).iteration()
+    start = m["sde_window_start"]
+    assert m["sde_window_end"] == start + 2 and 0 <= start <= 1  # Flow-GRPO-Fast's range (0, T//2)
+    assert m["trained_steps"] == [start, start + 1]
+    assert m["nfe_per_trajectory"] == predicted_nfe(6, window=(start, 2)) < predicted_nfe(6)
+
+
+def test_window_composes_with_n_step_completions(tmp_path):
+    from densegrpo_core.method.rollout import predicted_nfe
+
+    m = make_trainer(tmp_path, steps=6, sde_window=3, ode_steps=2).iteration()
+    assert m["nfe_per_trajectory"] == predicted_nfe(6, 2, window=(m["sde_window_start"], 3)) == 6 + 3
+
+
+def test_window_with_flow_grpo_samples_the_chain_only(tmp_path):
+    m = make_trainer(tmp_path, steps=6, sde_window=2, advantage_mode="flow_grpo").iteration()
+    assert m["nfe_per_trajectory"] == 6 and len(m["trained_steps"]) == 2
+
+
+def test_window_steps_compose_with_train_fraction(tmp_path):
+    m = make_trainer(tmp_path, steps=4, sde_window=2, sde_window_range=(2, 4)).iteration()
+    assert (m["sde_window_start"], m["trained_steps"]) == (2, [2])  # ⌊0.99·4⌋ = 3: step 3 stays untrained
+
+
+def test_sliding_window_moves_over_iterations(tmp_path):
+    t = make_trainer(tmp_path, steps=4, sde_window=1, sde_window_schedule="sliding", sde_window_every=1)
+    assert [t.iteration()["sde_window_start"] for _ in range(4)] == [0, 1, 2, 0]  # range (0, T-1)
+
+
+def test_window_settings_do_not_change_the_hash_of_a_run_without_window():
+    assert TrainConfig(sde_window_schedule="sliding").hash() == TrainConfig().hash()
+    assert TrainConfig(sde_window=2).hash() != TrainConfig().hash()
+
+
+@pytest.mark.parametrize(
+    "field,value,msg",
+    [
+        ("sde_window", -1, "sde_window must be an integer in"),
+        ("sde_window", 11, "sde_window must be an integer in"),
+        ("sde_window_schedule", "cyclic", "sde_window_schedule must be one of"),
+        ("sde_window_stride", 0, "sde_window_stride must be"),
+        ("sde_window_every", 0, "sde_window_every must be"),
+        ("sde_window_range", (3, 2), "sde_window_range must satisfy"),
+        ("sde_window_range", (0, 11), "sde_window_range must satisfy"),
+    ],
+)
+def test_bad_window_setting_is_rejected_by_name(field, value, msg):
+    with pytest.raises(ValueError, match=msg):
+        TrainConfig(**{field: value})
+
+
+def test_window_range_shorter_than_the_window_is_rejected():
+    with pytest.raises(ValueError, match="shorter than sde_window"):
+        TrainConfig(sde_window=3, sde_window_range=(0, 2))
+
+
+def test_resume_with_a_window_continues_the_same_curves(tmp_path):
+    full = make_trainer(tmp_path, "full", iterations=3, sde_window=2)
+    full.run()
+    part = make_trainer(tmp_path, "part", iterations=2, sde_window=2)
+    part.run()
+    resumed = make_trainer(tmp_path, "part", iterations=3, sde_window=2)
+    resumed.load_checkpoint(str(tmp_path / "part" / "checkpoint"))
+    resumed.run()
+    assert [m["sde_window_start"] for m in resumed.metrics] == [m["sde_window_start"] for m in full.metrics]
+    torch.testing.assert_close(lora_vector(resumed), lora_vector(full), atol=1e-6, rtol=1e-5)

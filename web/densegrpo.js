@@ -234,6 +234,24 @@ function signCounts(job) {
     el("div", { class: "densegrpo-bars", "data-steps": T }, cols));
 }
 
+// the cost of the last iteration: NFE (network evaluations) and, with an SDE window, which steps were SDE
+function costView(job) {
+  const m = job.last_metric ?? {};
+  if (typeof m.nfe !== "number") return null;
+  const T = Array.isArray(m.dR_pos) ? m.dR_pos.length : (job.config?.steps ?? job.steps);
+  const windowed = typeof m.sde_window_start === "number" && typeof m.sde_window_end === "number";
+  const text = `NFE ${m.nfe} per iteration · ${num(m.nfe_per_trajectory)} per trajectory`
+    + (windowed ? ` · SDE window: grid steps ${m.sde_window_start}–${m.sde_window_end - 1}` : " · every step SDE");
+  const strip = windowed && Number.isInteger(T) && T > 0 ? el("div", { class: "densegrpo-window", "data-steps": T },
+    Array.from({ length: T }, (_, k) => el("div", {
+      class: k >= m.sde_window_start && k < m.sde_window_end ? "densegrpo-cell sde" : "densegrpo-cell",
+      title: `grid step ${k} (t = ${T - k}): ${k >= m.sde_window_start && k < m.sde_window_end ? "SDE, trained" : "ODE"}` })))
+    : null;
+  return el("div", { class: "densegrpo-section densegrpo-cost" },
+    el("div", { class: "densegrpo-title" }, `cost (it. ${m.iteration})`),
+    el("div", { class: "densegrpo-meta" }, text), strip);
+}
+
 function chartData(detail) {
   const xs = [...new Set([...detail.metrics, ...detail.evals].map((p) => p.iteration))].sort((a, b) => a - b);
   const train = new Map(detail.metrics.map((p) => [p.iteration, p.reward_mean]));
@@ -287,6 +305,7 @@ function detailView(job) {
     buttons,
     el("div", { class: "densegrpo-section" }, el("div", { class: "densegrpo-title" }, "reward"),
       detail.metrics.length ? chart : el("div", { class: "densegrpo-meta" }, "no iteration yet")),
+    costView(job),
     signCounts(job),
     images.length ? el("div", { class: "densegrpo-section" }, images) : null,
     el("div", { class: "densegrpo-section" },

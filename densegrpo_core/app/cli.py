@@ -248,7 +248,7 @@ def cmd_train(args) -> int:
     spec = ModelSpec.pop_from(raw)  # model and data keys; the rest are TrainConfig fields
     if args.resume and not args.out:
         raw["out_dir"] = os.path.dirname(os.path.abspath(args.resume.rstrip("/")))
-    for key in ("out", "reward", "reward_path", "device", "iterations"):
+    for key in ("out", "reward", "reward_path", "device", "iterations", "sde_window"):
         val = getattr(args, key)
         if val is not None:
             raw["out_dir" if key == "out" else key] = val
@@ -292,6 +292,13 @@ def cmd_train(args) -> int:
         )
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    return 0
+
+
+def cmd_time_to_reward(args) -> int:
+    from .time_to_reward import run_time_to_reward
+
+    run_time_to_reward(args.out, quick=args.quick, seeds=args.seeds, threads=args.threads, methods=args.methods)
     return 0
 
 
@@ -439,6 +446,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.set_defaults(fn=cmd_demo)
 
+    sp = sub.add_parser(
+        "time-to-reward",
+        help="held-out reward vs wall-clock seconds and NFE: Flow-GRPO(-Fast), DenseGRPO (+ window, ODE_1, ODE_2)",
+    )
+    sp.add_argument("--out", default="time_to_reward_out", help="output folder")
+    sp.add_argument("--quick", action="store_true", help="1 seed, 30 training seconds per method (a pipeline check)")
+    sp.add_argument("--seeds", type=_int_list, default=None, help="seeds, e.g. 0,1,2 (default 0,1,2; --quick: 0)")
+    sp.add_argument("--threads", type=int, default=1, help="torch threads of every run (runs go one at a time)")
+    sp.add_argument("--methods", type=lambda t: tuple(t.split(",")), default=None, help="a subset of the methods")
+    sp.set_defaults(fn=cmd_time_to_reward)
+
     sp = sub.add_parser("sample", help="generate images with the toy model (ODE, or SDE with --psi)")
     common(sp)
     sp.add_argument("--prompt", action="append", required=True, help="prompt (repeat for several)")
@@ -482,6 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--reward-path", type=_reward_path_arg, default=None, help=REWARD_PATH_HELP + " (overrides config)")
     sp.add_argument("--device", default=None, help="cpu or cuda (overrides config)")
     sp.add_argument("--iterations", type=int, default=None, help="total iterations (overrides config)")
+    sp.add_argument(
+        "--sde-window", type=int, default=None, help="SDE window size W, 0 = every step SDE (overrides config)"
+    )
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.set_defaults(fn=cmd_train)
 

@@ -115,6 +115,8 @@ class AdvantageMode:
     name: str
     needs_ode_branches: bool  # R_t of every step: the rollout runs ODE_t(x_t) for every t (dense rewards)
     needs_latents: bool  # the advantage reads the stored trajectory latents (B, T+1, ...)
+    reward_offsets: tuple[int, ...]  # the advantage of a trained step k reads the R columns k + o (grid order:
+    # o = 0 is R_t, o = 1 is R_{t-1}); () = only R_0. With an SDE window the rollout completes only those (§10)
     advantage: Callable[..., torch.Tensor]  # (R, groups, latents, global_std) → unclipped A (B, T)
     description: str
 
@@ -123,11 +125,13 @@ ADVANTAGE_MODE_RECORDS: dict[str, AdvantageMode] = {
     m.name: m
     for m in (
         AdvantageMode(
-            "flow_grpo", False, False, _flow_grpo, "Flow-GRPO: the normalized final reward R_0 at every step"
+            "flow_grpo", False, False, (), _flow_grpo, "Flow-GRPO: the normalized final reward R_0 at every step"
         ),
-        AdvantageMode("dense_grpo", True, False, _dense_grpo, "DenseGRPO: normalized per-step rewards ΔR_t"),
-        AdvantageMode("dense_baseline", True, False, _dense_baseline, "normalized ODE-completion rewards R_{t-1}"),
-        AdvantageMode("coca", False, True, _coca, "CoCA: R_0 spread over the steps by cosine-gain weights"),
+        AdvantageMode("dense_grpo", True, False, (0, 1), _dense_grpo, "DenseGRPO: normalized per-step rewards ΔR_t"),
+        AdvantageMode(
+            "dense_baseline", True, False, (1,), _dense_baseline, "normalized ODE-completion rewards R_{t-1}"
+        ),
+        AdvantageMode("coca", False, True, (), _coca, "CoCA: R_0 spread over the steps by cosine-gain weights"),
     )
 }
 ADVANTAGE_MODES = tuple(ADVANTAGE_MODE_RECORDS)  # the mode names, in the paper's order

@@ -9,13 +9,14 @@ Batch grows B, 2B, …, T·B; per trajectory NFE = Σ_{k=0}^{T-1} (k+1) = T(T+1)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
 from .guidance import GuidedVelocity
 from .schedule import validate_grid
 from .sde import ode_step, sde_step
+from .window import completion_indices, needed_reward_columns
 
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]  # (grid index k, x_k, v_k)
 
@@ -219,12 +220,106 @@ def rollout(
     return naive_rollout(guide, x_T, tau, sigmas, generator, ode_steps, on_step)
 
 
-def predicted_nfe(steps: int, ode_steps: int | None = None, fused: bool = True) -> int:
-    """Predicted NFE per trajectory of sampling + the rollouts R_T … R_1 (docs/method.md §9).
+@dataclass
+class WindowRollout(Rollout):
+    """A rollout with an SDE window: ODE completions only from the latents `completed` (docs/method.md §10)."""
 
-    n = t (`ode_steps` None or >= T): T(T+1)/2 fused, T + T(T+1)/2 naive. n < t: the naive path,
-    T + Σ_t min(n, t). (`Rollout.nfe_per_trajectory` is the measured count.)
+    completed: tuple[int, ...] = ()  # grid indices k whose ODE_n(x_k) is ode_endpoints[:, i], in this order
+
+    def reward_latents(self) -> torch.Tensor:
+        """The completed clean latents, then x_0: (B, len(completed) + 1, ...)."""
+        return torch.cat([self.ode_endpoints, self.latents[:, -1:]], dim=1)
+
+
+def completion_steps(steps: int, k: int, ode_steps: int | None) -> int:
+    """n_k, the Euler steps of the completion from x_k: T − k for n = t, else min(n, T − k) (docs/method.md §4)."""
+    return steps - k if ode_steps is None else min(ode_steps, steps - k)
+
+
+@torch.no_grad()
+def window_rollout(
+    guide: GuidedVelocity,
+    x_T: torch.Tensor,
+    tau,
+    sigmas,
+    completions: Sequence[int],
+    ode_steps: int | None = None,
+    generator: torch.Generator | None = None,
+    on_step: StepCallback | None = None,
+) -> WindowRollout:
+    """SDE chain (σ_k = 0 outside the window, see `window.window_sigmas`) + ODE_n(x_k) for the grid indices
+    `completions` only, in one walk of the grid (docs/method.md §9-§10).
+
+    As in `fused_rollout`, the completion from x_k takes its first Euler step with the chain's velocity at k
+    (free); after that a branch is evaluated at the next grid index of its sub-grid (`ode_sub_grid`), batched
+    with the chain. NFE per trajectory = T + Σ_{k ∈ completions} (n_k − 1).
     """
+    tau, sigmas = _check(x_T, tau, sigmas)
+    B, T = x_T.shape[0], tau.numel() - 1
+    completions = sorted(set(int(k) for k in completions))
+    if any(not 0 <= k < T for k in completions):
+        raise ValueError(f"completions must be grid indices in [0, {T}), got {completions}")
+    nfe0, calls0 = guide.nfe, guide.forward_calls
+    chain_rows = torch.arange(B, device=x_T.device)
+    latents, log_probs, trainable = [x_T], torch.zeros(B, T), torch.zeros(T, dtype=torch.bool)
+    grids = {k: ode_sub_grid(T, k, completion_steps(T, k, ode_steps)) for k in completions}
+    branches: dict[int, torch.Tensor] = {}  # spawn index k → (B, ...) branch latent, at grid index at[k]
+    at: dict[int, int] = {}  # spawn index k → position of the branch in grids[k]
+    x = x_T
+    for k in range(T):
+        t = tau[k].item()
+        due = [j for j in branches if grids[j][at[j]] == k]  # branches whose next evaluation is at grid index k
+        v = guide.velocity(torch.cat([x, *(branches[j] for j in due)]), t, chain_rows.repeat(1 + len(due)))
+        v_chain = v[:B]  # (B, ...)
+        for i, j in enumerate(due):  # the next Euler step of each due branch
+            nxt = grids[j][at[j] + 1]
+            branches[j] = ode_step(branches[j], v[(i + 1) * B : (i + 2) * B], t, tau[nxt].item())
+            at[j] += 1
+        if on_step is not None:
+            on_step(k, x, v_chain)
+        if k in grids:  # spawn ODE_n(x_k) with its first Euler step from the chain's velocity
+            branches[k], at[k] = ode_step(x, v_chain, t, tau[grids[k][1]].item()), 1
+        step = sde_step(x, v_chain, t, tau[k + 1].item(), sigmas[k].item(), generator=generator)
+        if step.log_prob is not None:
+            log_probs[:, k], trainable[k] = step.log_prob.cpu(), True
+        x = step.x_next
+        latents.append(x)
+    ends = [branches[k] for k in completions]  # every branch has reached grid index T
+    return WindowRollout(
+        torch.stack(latents, dim=1),
+        log_probs,
+        trainable,
+        torch.stack(ends, dim=1) if ends else x_T.new_zeros((B, 0, *x_T.shape[1:])),  # (B, len(completions), ...)
+        tau,
+        sigmas,
+        guide.nfe - nfe0,
+        guide.forward_calls - calls0,
+        tuple(completions),
+    )
+
+
+def predicted_nfe(
+    steps: int,
+    ode_steps: int | None = None,
+    fused: bool = True,
+    window: tuple[int, int] | None = None,
+    reward_offsets: Sequence[int] = (0, 1),
+    trained_steps: int | None = None,
+) -> int:
+    """Predicted NFE per trajectory of sampling + the rollouts that give the latent rewards (docs/method.md §9-§10).
+
+    No window: n = t (`ode_steps` None or >= T): T(T+1)/2 fused, T + T(T+1)/2 naive; n < t: the naive path,
+    T + Σ_t min(n, t). With `window` = (start, W): the windowed sweep, T + Σ_{k ∈ C} (n_k − 1), where C are the
+    completions (`window.completion_indices`) that a mode with `reward_offsets` needs for its trained steps
+    (the window's steps below `trained_steps`, default all); `reward_offsets` = () is a sparse mode (T).
+    (`Rollout.nfe_per_trajectory` is the measured count.)
+    """
+    if window is not None:
+        start, size = window
+        cap = steps if trained_steps is None else trained_steps
+        trained = [k for k in range(start, start + size) if k < cap]
+        columns = needed_reward_columns(trained, reward_offsets, steps)
+        return steps + sum(completion_steps(steps, k, ode_steps) - 1 for k in completion_indices(columns, start, size))
     if ode_steps is not None and ode_steps < steps:
         return steps + sum(min(ode_steps, t) for t in range(1, steps + 1))
     rollouts = steps * (steps + 1) // 2

@@ -37,6 +37,7 @@ import torch.nn as nn
 
 from ..method.advantages import advantage_mode
 from ..method.rollout import predicted_nfe
+from ..method.window import completion_indices, needed_reward_columns
 from ..util.atomic import atomic_write_json
 
 
@@ -266,7 +267,7 @@ class Workload:
 
     trajectories: int  # B
     cfg_rows: int  # 2 with classifier-free guidance, else 1
-    nfe_per_trajectory: int  # guided velocities per trajectory in the rollout
+    nfe_per_trajectory: float  # guided velocities per trajectory in the rollout (mean over window positions)
     rollout_rows: int  # most rows in one rollout forward call
     rollout_latents: int  # latents alive at the rollout's widest step (chain + ODE branches)
     kept_latents: int  # latents stored from the rollout to the update
@@ -282,18 +283,42 @@ class Workload:
     optimizer_bytes_per_param: float  # AdamW: 8 (two fp32 moments); 8-bit AdamW: 2
 
 
+def window_starts(config) -> list[int]:
+    """Every window start the config's schedule can draw (docs/method.md §10)."""
+    lo, hi = config.window_range
+    stride = config.sde_window_stride if config.sde_window_schedule == "sliding" else 1
+    return list(range(lo, hi - config.sde_window + 1, stride))
+
+
+def window_counts(config, reward_offsets) -> tuple[float, int, float]:
+    """With an SDE window: NFE per trajectory and trained steps, averaged over the schedule's starts (time),
+    and the most completions any start needs (memory) (docs/method.md §10)."""
+    T, W = config.steps, config.sde_window
+    nfe, completions, trained = [], [], []
+    for s in window_starts(config):
+        steps = [k for k in range(s, s + W) if k < config.trained_step_count]
+        nfe.append(predicted_nfe(T, config.ode_steps, window=(s, W), reward_offsets=reward_offsets))
+        completions.append(len(completion_indices(needed_reward_columns(steps, reward_offsets, T), s, W)))
+        trained.append(len(steps))
+    return sum(nfe) / len(nfe), max(completions) if reward_offsets else 0, sum(trained) / len(trained)
+
+
 def workload(config, info: ModelInfo | None = None) -> Workload:
     """The counts of `config` (a TrainConfig or anything with its fields); with `info`, activations are no
     wider than the network's compute dtype (a bf16 network computes in bf16 without autocast too)."""
     T, B = config.steps, config.batch_size
     cfg_rows = 1 if config.cfg_scale == 1.0 else 2  # None = the model's default, which uses CFG
-    dense = advantage_mode(config.advantage_mode).needs_ode_branches
+    mode = advantage_mode(config.advantage_mode)
+    dense = mode.needs_ode_branches
     nfe = predicted_nfe(T, config.ode_steps) if dense else T
     grad_rows = cfg_rows if getattr(config, "uncond_grad", False) else 1  # rows per trajectory under autograd
     widest = T * B if dense else B
     chunk = max(1, config.max_batch // cfg_rows)
     trained = config.trained_step_count
     images = B * (T + 1) if dense else B
+    if getattr(config, "sde_window", 0):  # the SDE window: fewer NFE, completions and trained steps (§10)
+        nfe, completions, trained = window_counts(config, mode.reward_offsets if dense else ())
+        widest, images = (1 + completions) * B if dense else B, B * (completions + 1) if dense else B
     return Workload(
         trajectories=B,
         cfg_rows=cfg_rows,

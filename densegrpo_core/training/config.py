@@ -17,6 +17,7 @@ import torch
 
 from ..method.advantages import ADVANTAGE_MODES
 from ..method.schedule import GRIDS, validate_grid
+from ..method.window import WINDOW_SCHEDULES, default_window_range, random_window_start, sliding_window_start
 from .optimizer import OPTIMIZERS
 
 
@@ -40,6 +41,14 @@ class TrainConfig:
     # it and runs it without autograd, as Flow-GRPO (docs/method.md §7)
     psi: float | list[float] | str = 0.7  # ψ(t): uniform value, list of T values, or a psi.json path
     ode_steps: int | None = None  # n of ODE_n for latent rewards; None = n = t (fused sweep)
+    sde_window: int = 0  # W, SDE steps per rollout (docs/method.md §10); 0 = every step is SDE (no window). The
+    # other steps are ODE and untrained; dense modes complete only the latents their advantages read
+    sde_window_range: tuple[int, int] | None = None  # grid-index range [lo, hi) the window stays in; None =
+    # Flow-GRPO-Fast's (0, T//2) for "random", MixGRPO's (0, T-1) for "sliding" (widened to W if smaller)
+    sde_window_schedule: str = "random"  # "random": Flow-GRPO-Fast, start uniform in [lo, hi-W] each iteration,
+    # seeded by (seed, iteration), the same on every rank; "sliding": MixGRPO's progressive window
+    sde_window_stride: int = 1  # "sliding": grid steps the window moves each time (MixGRPO prog_overlap_step 1)
+    sde_window_every: int = 25  # "sliding": iterations between moves (MixGRPO iters_per_group 25)
     max_batch: int = 256  # most rows per forward call in rollouts (memory budget)
     reward_batch: int = 64  # most images per reward call
     # --- GRPO (docs/method.md §6-§7) ---
@@ -112,6 +121,7 @@ class TrainConfig:
             raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
+        self._check_window()
         if isinstance(self.grid, str):
             if self.grid not in GRIDS:
                 raise ValueError(
@@ -125,6 +135,46 @@ class TrainConfig:
                 )
         self.adam_betas = tuple(self.adam_betas)
         self.eval_seeds = tuple(self.eval_seeds)
+
+    def _check_window(self) -> None:
+        """Every sde_window_* field, with an error naming the field (docs/method.md §10)."""
+        W, T = self.sde_window, int(self.steps)
+        if isinstance(W, bool) or not isinstance(W, int) or not 0 <= W <= T:
+            raise ValueError(f"sde_window must be an integer in [0, steps={T}] (0 = no window), got {W!r}")
+        if self.sde_window_schedule not in WINDOW_SCHEDULES:
+            raise ValueError(
+                f"sde_window_schedule must be one of {', '.join(WINDOW_SCHEDULES)}, got {self.sde_window_schedule!r}"
+            )
+        for name in ("sde_window_stride", "sde_window_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.sde_window_range is not None:
+            r = self.sde_window_range
+            if len(r) != 2 or any(isinstance(x, bool) or not isinstance(x, int) for x in r):
+                raise ValueError(f"sde_window_range must be two integers [lo, hi), got {r!r}")
+            lo, hi = r
+            if not 0 <= lo < hi <= T:
+                raise ValueError(f"sde_window_range must satisfy 0 <= lo < hi <= steps={T}, got {list(r)}")
+            if W and hi - lo < W:
+                raise ValueError(f"sde_window_range {list(r)} is shorter than sde_window = {W}")
+            self.sde_window_range = (lo, hi)
+
+    @property
+    def window_range(self) -> tuple[int, int]:
+        """[lo, hi): the configured sde_window_range, or the schedule's default (docs/method.md §10)."""
+        if self.sde_window_range is not None:
+            return tuple(self.sde_window_range)
+        return default_window_range(self.steps, self.sde_window, self.sde_window_schedule)
+
+    def window_start(self, iteration: int) -> int:
+        """Grid index of the window's first step at `iteration` (0-based) (docs/method.md §10)."""
+        lo, hi = self.window_range
+        if self.sde_window_schedule == "sliding":
+            return sliding_window_start(
+                lo, hi, self.sde_window, iteration, self.sde_window_stride, self.sde_window_every
+            )
+        return random_window_start(lo, hi, self.sde_window, self.seed, iteration)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -159,6 +209,8 @@ class TrainConfig:
 
     def hash(self) -> str:
         d = {k: v for k, v in self.to_dict().items() if k not in ("out_dir", "iterations", "device", "reward_path")}
+        if not self.sde_window:  # inert without a window: runs without one keep the hash they had before
+            d = {k: v for k, v in d.items() if not k.startswith("sde_window")}
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -21,9 +21,10 @@ import torch
 from ..method.advantages import advantage_mode, dense_rewards, group_advantages, prompt_groups
 from ..method.calibrate import sign_counts
 from ..method.objective import grpo_loss
-from ..method.rollout import rollout, sde_chain
+from ..method.rollout import rollout, sde_chain, window_rollout
 from ..method.schedule import Psi, as_psi, flow_grid, sde_noise_scales
 from ..method.sde import gaussian_log_prob, sde_step_mean, sde_step_std
+from ..method.window import completion_indices, fill_window_rewards, needed_reward_columns, window_sigmas
 from ..models import lora
 from ..models.pipeline import FlowPipeline, evaluate_ode, latent_rewards, score_latents
 from ..resources.estimate import model_info, rollout_max_batch
@@ -177,17 +178,30 @@ class Trainer:
         B = len(prompts)
         mode = advantage_mode(config.advantage_mode)
         dense = mode.needs_ode_branches
+        W = config.sde_window
+        start = config.window_start(self.iteration_done) if W else 0  # the SDE window [start, start+W) (§10)
         self.model.eval()
         with self.meter.stage("rollout"), self._offload_reward(), torch.no_grad(), self._autocast():
             x_T = torch.randn((B, *self.pipe.latent_shape), generator=self.noise_gen).to(self.device)
             guide = self.pipe.guide(prompts, self.cfg_scale, self.max_batch, self.device)
-            if dense:  # SDE chain + ODE_t(x_t) for every t: T(T+1)/2 NFE per trajectory
+            if W:  # ODE outside the window; completions only from the latents the advantages read
+                sigmas = window_sigmas(self.sigmas, start, W)  # (T,)
+                columns = needed_reward_columns(
+                    range(start, min(start + W, config.trained_step_count)), mode.reward_offsets, T
+                )
+                completions = completion_indices(columns, start, W) if dense else []
+                ro = window_rollout(guide, x_T, self.tau, sigmas, completions, config.ode_steps, self.noise_gen)
+            elif dense:  # SDE chain + ODE_t(x_t) for every t: T(T+1)/2 NFE per trajectory
                 ro = rollout(guide, x_T, self.tau, self.sigmas, self.noise_gen, config.ode_steps)
             else:  # sparse modes only observe R_0: the SDE chain alone, T NFE
                 ro = sde_chain(guide, x_T, self.tau, self.sigmas, self.noise_gen)
 
         with self.meter.stage("reward"):
-            if dense:
+            if W and dense:  # R_c of the completed latents, R_0 after the window, the rest filled (§10)
+                R_done = latent_rewards(ro, prompts, self.pipe.decode, self.reward, config.reward_batch)  # (B, C+1)
+                known = {k: R_done[:, i] for i, k in enumerate(ro.completed)}
+                R_local = fill_window_rewards(known, R_done[:, -1], start, W, T)  # (B, T+1)
+            elif dense:
                 R_local = latent_rewards(ro, prompts, self.pipe.decode, self.reward, config.reward_batch)  # (B, T+1)
             else:  # only R_0 is known; it fills every column so the advantage code sees (B, T+1)
                 R0 = score_latents(
@@ -217,7 +231,8 @@ class Trainer:
             pos, neg = sign_counts(dR)
             m.update(
                 {
-                    "ode_reward_mean": R[:, 0].mean().item(),
+                    # R_T, the pure-ODE reward: known unless a window left x_T's completion out (§10)
+                    **({"ode_reward_mean": R[:, 0].mean().item()} if not W or start in ro.completed else {}),
                     "dR_mean": dR.mean(0).tolist(),
                     "dR_pos": pos.tolist(),
                     "dR_neg": neg.tolist(),
@@ -228,6 +243,7 @@ class Trainer:
                 "adv_std": A_all[:, steps].std().item() if steps else 0.0,
                 "nfe": ro.nfe * self.world,
                 "nfe_per_trajectory": ro.nfe_per_trajectory,
+                **({"sde_window_start": start, "sde_window_end": start + W} if W else {}),
                 "trained_steps": steps,
                 **update_stats,
                 **self.meter.last,

@@ -326,3 +326,33 @@ def pil_to_tensor(image):
     import torch
 
     return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
+
+
+def plot_time_to_reward(
+    curves: Mapping[str, Mapping[str, Sequence[float]]],
+    out_path: str | os.PathLike | None = None,
+    reference: Mapping[str, float] | None = None,
+):
+    """Held-out reward against training wall-clock seconds (left) and against rollout NFE (right), one line per
+    method. curves: {method: {"seconds": [...], "nfe": [...], "reward": [...]}} (means over seeds);
+    reference: {label: reward} as dashed horizontal lines. Returns out_path or a PIL image."""
+    if not curves:
+        raise ValueError("curves must hold at least one method, got none")
+    from matplotlib import colormaps
+
+    colors = colormaps["tab10"].colors
+    fig, axes = _new_figure(12, 4.8, ncols=2, sharey=True)
+    for ax, key, label in ((axes[0], "seconds", "training wall-clock seconds"), (axes[1], "nfe", "rollout NFE")):
+        for i, (method, c) in enumerate(curves.items()):
+            ax.plot(c[key], c["reward"], marker="o", ms=3, lw=1.6, color=colors[i % 10], label=_plain(method))
+        for j, (name, value) in enumerate((reference or {}).items()):
+            ax.axhline(
+                float(value), ls="--", lw=1.0, color=("0.35", "0.6")[j % 2], label=f"{_plain(name)} ({value:.3f})"
+            )
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("held-out ODE reward")
+    axes[0].set_title("reward vs wall-clock time")
+    axes[1].set_title("reward vs network evaluations")
+    axes[1].legend(fontsize=8, loc="best")
+    return _finish(fig, out_path)
