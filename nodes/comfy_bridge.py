@@ -103,7 +103,8 @@ def images_to_comfy(images: torch.Tensor) -> torch.Tensor:
 
 
 def require_flow_model(model, node: str, name: str = "model"):
-    """The model's sampling object; NodeInputError unless it is flow matching (CONST: SD3/SD3.5, FLUX…)."""
+    """The model's sampling object; NodeInputError unless it is flow matching (CONST: SD3/SD3.5, FLUX,
+    Qwen-Image, Z-Image…)."""
     import comfy.model_sampling
 
     ms = model.get_model_object("model_sampling")
@@ -157,7 +158,7 @@ def sigmas_grid(sigmas: torch.Tensor, node: str) -> torch.Tensor:
         raise input_error(
             node,
             "sigmas",
-            f"are not a flow-matching schedule ({e}); use a flow model (SD3/SD3.5, FLUX) and a scheduler ending at 0",
+            f"are not a flow-matching schedule ({e}); use a flow model and a scheduler ending at 0",
         ) from None
 
 

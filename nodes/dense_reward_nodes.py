@@ -67,7 +67,7 @@ class DenseRewardVisualizer:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "a flow-matching model (SD3/SD3.5, FLUX)"}),
+                "model": ("MODEL", {"tooltip": "a flow-matching model (SD3.5, FLUX, Chroma, Qwen-Image, Z-Image…)"}),
                 "positive": ("CONDITIONING", {"tooltip": "the prompt's conditioning"}),
                 "negative": ("CONDITIONING", {"tooltip": "negative/unconditional conditioning for CFG"}),
                 "vae": ("VAE", {"tooltip": "decodes the ODE-completed latents for the reward"}),
@@ -178,7 +178,7 @@ class CalibratePsi:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "a flow-matching model (SD3/SD3.5, FLUX)"}),
+                "model": ("MODEL", {"tooltip": "a flow-matching model (SD3.5, FLUX, Chroma, Qwen-Image, Z-Image…)"}),
                 "clip": ("CLIP", {"tooltip": "text encoder that encodes the prompts"}),
                 "vae": ("VAE", {"tooltip": "decodes latents for the reward"}),
                 "reward_model": (REWARD_TYPE, {"tooltip": "the reward you will train with"}),

@@ -107,7 +107,8 @@ class SDESampler:
 
 class KSamplerSDE:
     DESCRIPTION = (
-        "Sample a flow model (SD3/SD3.5, FLUX) with the DenseGRPO SDE sampler and ψ(t), like KSampler. "
+        "Sample a flow model (SD3.5, FLUX, Qwen-Image, Z-Image, Chroma…) with the DenseGRPO SDE sampler and ψ(t), "
+        "like KSampler. "
         "Also outputs the trajectory (latents and per-step log-probabilities)."
     )
     CATEGORY = "DenseGRPO/sampling"
@@ -124,7 +125,7 @@ class KSamplerSDE:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "a flow-matching model (SD3/SD3.5, FLUX)"}),
+                "model": ("MODEL", {"tooltip": "a flow-matching model (SD3.5, FLUX, Chroma, Qwen-Image, Z-Image…)"}),
                 "positive": ("CONDITIONING", {"tooltip": "the prompt's conditioning"}),
                 "negative": ("CONDITIONING", {"tooltip": "the negative/unconditional conditioning for CFG"}),
                 "latent_image": ("LATENT", {"tooltip": "an empty latent of the size to sample"}),

@@ -384,8 +384,8 @@ REWARD_PATH_HELP = (
 
 
 MODEL_HELP = (
-    "model: toy (built in) or the path of a diffusers pipeline folder (SD3, SD3.5 or FLUX; "
-    "model_index.json decides; loaded with local files only)"
+    "model: toy (built in) or the path of a diffusers pipeline folder (SD3/SD3.5, FLUX.1, FLUX.2, Chroma, "
+    "Qwen-Image, Z-Image; model_index.json decides; loaded with local files only)"
 )
 
 

@@ -1,4 +1,5 @@
-"""A diffusers SD3/SD3.5 or FLUX pipeline folder as the core's FlowPipeline (VelocityModel, Decoder, prompt encoder).
+"""A diffusers pipeline folder of any family (SD3/SD3.5, FLUX.1/.2, Chroma, Qwen-Image, Z-Image) as the core's
+FlowPipeline (VelocityModel, Decoder, prompt encoder).
 
 No formula of the method lives here: this module only adapts diffusers' objects to the three protocols of
 docs/architecture.md, so the SDE/ODE/rollout/objective code of the core runs on them unchanged.
@@ -199,7 +200,7 @@ def load_diffusers_pipeline(
     guidance: float | None = None,
     max_sequence_length: int | None = None,
 ):
-    """The fields of a FlowPipeline (pipeline.load_pipeline builds it) over the SD3/SD3.5 or FLUX pipeline
+    """The fields of a FlowPipeline (pipeline.load_pipeline builds it) over the pipeline
     folder (model_index.json decides).
 
     `prompts` are encoded once (with `negative_prompt` for SD3's CFG) and the text encoders freed; `height` ×

@@ -146,7 +146,7 @@ def load_pipeline(
     **options,
 ) -> tuple[FlowPipeline, list[str], list[str]]:
     """A pipeline by name with its training and evaluation prompts: "toy" (the shipped tiny DiT, its own prompts
-    unless given) or the path of a diffusers SD3/SD3.5/FLUX pipeline folder (`diffusers_models`; `options` are
+    unless given) or the path of a diffusers pipeline folder (`diffusers_models`; `options` are
     its loader's: height, width, dtype, transformer_file, negative_prompt, guidance, max_sequence_length)."""
     if name == "toy":
         if options:

@@ -34,7 +34,7 @@ def load_prompts(value: str | Sequence[str] | None, key: str = "prompts") -> lis
 
 @dataclass
 class ModelSpec:
-    model: str = "toy"  # "toy" or a diffusers pipeline folder (model_index.json: SD3/SD3.5, FLUX)
+    model: str = "toy"  # "toy" or a diffusers pipeline folder (model_index.json decides the family)
     transformer_file: str | None = None  # single-file transformer checkpoint replacing the folder's transformer
     train_prompts: str | list | None = None  # .txt file (one prompt a line) or a list; None = the toy's own
     eval_prompts: str | list | None = None  # held-out prompts for the ODE evaluation; None = toy's own / none

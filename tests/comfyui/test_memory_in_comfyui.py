@@ -31,7 +31,8 @@ def memory_state(comfy, weight_dtype="default") -> dict:
 
 
 def sd3_entries(state: dict) -> list[dict]:
-    return [m for m in state["loaded"] if m["class"] == "SD3"]
+    """The loaded entries of the tiny SD3 the job trains (other tests' tiny SD3 models may be loaded too)."""
+    return [m for m in state["loaded"] if m["class"] == "SD3" and m["is_input"]]
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
-"""Model families as records: each family (SD3/SD3.5, FLUX.1, the toy) says in one `ModelFamily` what the rest of
-the code needs — LoRA target presets for ComfyUI's and diffusers' module names, the block lists to checkpoint,
-default shift / CFG / guidance, the diffusers pipeline classes it covers and how their pieces are encoded and
-wrapped, the ComfyUI model classes it covers and the name of the hook that makes ComfyUI's network trainable.
+"""Model families as records: each family (SD3/SD3.5, FLUX.1, FLUX.2, Chroma, Qwen-Image, Z-Image, the toy) says
+in one `ModelFamily` what the rest of the code needs — LoRA target presets for ComfyUI's and diffusers' module
+names, the block lists to checkpoint, default shift / CFG / guidance, the diffusers pipeline classes it covers and
+how their pieces are encoded and wrapped, the ComfyUI model classes it covers and the name of the hook that makes
+ComfyUI's network trainable.
 
 Lookups raise a ValueError naming the known families for a model no family covers: never a silent fallback.
 Adding a family: one module here with its record, and one line in FAMILIES.

@@ -9,7 +9,8 @@ custom_nodes/densegrpo_test_nodes. Never shipped, never loaded outside the tests
 - DenseGRPOTest_DescribeModel: output node; its /history output "text" holds a JSON description of a MODEL
   (model class, model_sampling classes, flow or not, latent channels).
 - DenseGRPOTest_MemoryState: output node (never cached); its "text" holds JSON of ComfyUI's model management:
-  the loaded models (class, device, loaded / total bytes) and `extra_reserved_memory()`; an optional MODEL
+  the loaded models (class, device, loaded / total bytes, whether it is the connected MODEL's network) and
+  `extra_reserved_memory()`; an optional MODEL
   input keeps that model's loader output (and so its loaded entry) alive without loading it.
 - DenseGRPOTest_Fail: output node that raises ValueError(message) (tests the error reporting).
 - DenseGRPOTest_TinyFamily: (family) → MODEL, CLIP, VAE, LATENT: a tiny random instance of ComfyUI's own model
@@ -222,6 +223,7 @@ class MemoryState:
                 "device": str(lm.device),
                 "loaded_bytes": int(lm.model_loaded_memory()),
                 "total_bytes": int(lm.model_memory()),
+                "is_input": model is not None and lm.model.model is model.model,  # the connected MODEL's network
             }
             for lm in mm.current_loaded_models
             if lm.model is not None
