@@ -76,14 +76,15 @@ def test_workload_follows_the_nfe_counts_of_math_section_9():
     assert workload(cfg(advantage_mode="flow_grpo")).nfe_per_trajectory == 10
     assert workload(cfg(ode_steps=2)).nfe_per_trajectory == 10 + 19
     w = workload(cfg(group_size=24, max_batch=64))
-    assert (w.rollout_rows, w.update_rows, w.update_ref_rows, w.images) == (64, 8, 16, 24 * 11)
+    assert (w.rollout_rows, w.update_rows, w.update_ref_rows, w.images) == (64, 16, 16, 24 * 11)
+    assert workload(cfg(group_size=24, max_batch=64, uncond_grad=False)).update_rows == 8
 
 
 def test_detached_uncond_pass_lowers_the_update_estimate(sd35m_info):
     """With CFG, autograd holds only the conditional rows unless uncond_grad (docs/method.md §7)."""
-    full = estimate(cfg(uncond_grad=True), sd35m_info, constants=KNOWN).breakdown
-    detached = estimate(cfg(), sd35m_info, constants=KNOWN).breakdown
-    assert workload(cfg(uncond_grad=True)).update_rows == 2 * workload(cfg()).update_rows
+    full = estimate(cfg(), sd35m_info, constants=KNOWN).breakdown  # the default: Flow-GRPO's full CFG gradient
+    detached = estimate(cfg(uncond_grad=False), sd35m_info, constants=KNOWN).breakdown
+    assert workload(cfg()).update_rows == 2 * workload(cfg(uncond_grad=False)).update_rows
     assert detached["update_bytes"] < 0.6 * full["update_bytes"]
     assert detached["update_s"] < full["update_s"]
 

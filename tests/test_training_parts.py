@@ -1,5 +1,6 @@
 """The helpers the Trainer delegates to: distributed, ema, checkpoint, export (one behaviour per test)."""
 
+import pytest
 import torch
 
 from densegrpo_core.training import checkpoint, distributed, ema, trainer
@@ -25,8 +26,13 @@ def test_no_ema_without_a_decay():
 def test_ema_update_moves_toward_the_live_weights():
     p = torch.nn.Parameter(torch.ones(2))
     avg = [torch.zeros(2)]
-    ema.update_ema(avg, [p], 0.75)
+    ema.update_ema(avg, [p], 0.75, step=100)  # past the warm-up: decay 0.75
     assert avg[0].tolist() == [0.25, 0.25]
+
+
+def test_ema_decay_warms_up_as_flow_grpos():
+    assert ema.ema_decay_at(0, 0.9) == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+    assert ema.ema_decay_at(80, 0.9) == 0.9
 
 
 def test_ema_swap_restores_the_live_weights_after_the_block():

@@ -358,7 +358,7 @@ def cmd_bench(args) -> int:
             group_sizes=args.group_sizes or (args.group_size,),
             modes=args.modes,
             grad_checkpointing=args.grad_checkpointing,
-            uncond_grad=args.uncond_grad,
+            uncond_grad=not args.detach_uncond,
             dtype=args.dtype,
             device=args.device,
             memory=not args.no_memory,
@@ -540,9 +540,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--grad-checkpointing", type=_on_off, default=(False,), help="on, off or both")
     sp.add_argument(
-        "--uncond-grad",
+        "--detach-uncond",
         action="store_true",
-        help="backpropagate through CFG's unconditional pass too (default: detached, as Flow-GRPO)",
+        help="detach CFG's unconditional pass (less memory, a different gradient; default: the full CFG gradient, "
+        "as Flow-GRPO's final code)",
     )
     sp.add_argument("--max-batch", type=int, default=None, help="rows per rollout forward call (default 256)")
     sp.add_argument("--train-batch", type=int, default=None, help="trajectories per update minibatch (default 8)")

@@ -119,13 +119,21 @@ class AdvantageMode:
     # o = 0 is R_t, o = 1 is R_{t-1}); () = only R_0. With an SDE window the rollout completes only those (§10)
     advantage: Callable[..., torch.Tensor]  # (R, groups, latents, global_std) → unclipped A (B, T)
     description: str
+    global_std: bool = False  # default std: the batch's (Flow-GRPO's configs for its GRPO baseline) or the
+    # group's (DenseGRPO's Eq. 10); TrainConfig.global_std overrides it (docs/method.md §6)
 
 
 ADVANTAGE_MODE_RECORDS: dict[str, AdvantageMode] = {
     m.name: m
     for m in (
         AdvantageMode(
-            "flow_grpo", False, False, (), _flow_grpo, "Flow-GRPO: the normalized final reward R_0 at every step"
+            "flow_grpo",
+            False,
+            False,
+            (),
+            _flow_grpo,
+            "Flow-GRPO: the normalized final reward R_0 at every step",
+            global_std=True,  # config/grpo.py pickscore_sd3 / geneval_sd3 / ocr_sd3: sample.global_std = True
         ),
         AdvantageMode("dense_grpo", True, False, (0, 1), _dense_grpo, "DenseGRPO: normalized per-step rewards ΔR_t"),
         AdvantageMode(

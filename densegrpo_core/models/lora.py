@@ -44,6 +44,9 @@ TARGET_PRESETS: dict[str, str] = target_presets()
 PRESET_IMPLEMENTATIONS = preset_implementations()
 
 
+LORA_INITS = {"gaussian": "gaussian", "kaiming": True}  # lora_init → peft's init_lora_weights (lora_up = 0)
+
+
 # ----------------------------------------------------------------------------- targets
 def _discarded_outputs(model: nn.Module, preset: str | None = None) -> set[str]:
     """Linears whose output nothing uses: the context query of a diffusers joint block with `context_pre_only`
@@ -86,9 +89,18 @@ def _resolve_targets(model: nn.Module, preset_or_regex: str) -> tuple[str, list[
             for name, pattern in TARGET_PRESETS.items()
             if (names := _matching_linears(model, pattern, name))
         }
-        # a preset whose layers another one also names, with more, is written for another network (ComfyUI's
-        # NextDiT preset names the SwiGLU w1/w2/w3 that diffusers' Z-Image keeps too; SD3's and FLUX's diffusers
-        # presets name part of Qwen-Image's), compared by what the regexes match; identical ones count once
+        # a preset written for another network: its implementation's block lists are not all in this model
+        # (FLUX's diffusers preset names the attention and feed-forwards of SD3's transformer_blocks, but SD3 has
+        # no single_transformer_blocks), or another preset names its layers and more (ComfyUI's NextDiT preset
+        # names the SwiGLU w1/w2/w3 that diffusers' Z-Image keeps too; SD3's diffusers preset names part of
+        # Qwen-Image's), compared by what the regexes match; identical ones count once
+        modules = dict(model.named_modules())
+        found = {
+            name: names
+            for name, names in found.items()
+            if name not in PRESET_IMPLEMENTATIONS
+            or all(isinstance(modules.get(b), nn.ModuleList) for b in PRESET_IMPLEMENTATIONS[name].block_lists)
+        }
         regex = {name: set(_matching_linears(model, TARGET_PRESETS[name])) for name in found}
         widest = {name: found[name] for name in found if not any(regex[name] < other for other in regex.values())}
         distinct = {tuple(names): name for name, names in reversed(widest.items())}
@@ -118,8 +130,8 @@ def _resolve_targets(model: nn.Module, preset_or_regex: str) -> tuple[str, list[
 def lora_targets(model: nn.Module, preset_or_regex: str = "auto") -> list[str]:
     """Names of the nn.Linear modules a preset (toy | mmdit | flux | auto) or a full-name regex selects.
 
-    "auto" picks the one preset that matches the model, or, where several do, the one whose modules include every
-    other match's (the first such). ValueError naming the preset or regex when nothing
+    "auto" picks the one preset that matches the model and whose block lists it has, or, where several do, the
+    one whose modules include every other match's (the first such). ValueError naming the preset or regex when nothing
     matches, when "auto" is ambiguous, or when the regex does not compile.
     """
     return _resolve_targets(model, preset_or_regex)[1]
@@ -137,12 +149,20 @@ def _lora_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def inject_lora(
-    model: nn.Module, targets: str = "auto", rank: int = 32, alpha: float = 64.0, dropout: float = 0.0, seed: int = 0
+    model: nn.Module,
+    targets: str = "auto",
+    rank: int = 32,
+    alpha: float = 64.0,
+    dropout: float = 0.0,
+    seed: int = 0,
+    init: str = "gaussian",
 ) -> nn.Module:
     """Add a LoRA (rank r, scale α/r) to the target Linear layers in place; only LoRA weights stay trainable.
 
-    lora_up (peft B) starts at zero, so the model's output is unchanged; lora_down (peft A) is drawn from the
-    CPU RNG seeded with `seed` inside a fork, so the caller's RNG state is left as it was. Returns the model.
+    lora_up (peft B) starts at zero, so the model's output is unchanged; lora_down (peft A) is drawn (`init`:
+    "gaussian" N(0, std 1/r) as Flow-GRPO's `init_lora_weights="gaussian"`, or "kaiming", peft's kaiming-uniform
+    default) from the CPU RNG seeded with `seed` inside a fork, so the caller's RNG state is left as it was.
+    Returns the model.
     """
     from peft import LoraConfig, inject_adapter_in_model
     from peft.tuners.lora import LoraLayer
@@ -153,6 +173,8 @@ def inject_lora(
         raise ValueError(f"LoRA alpha must be > 0, got {alpha!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
+    if init not in LORA_INITS:
+        raise ValueError(f"LoRA init must be one of {', '.join(LORA_INITS)}, got {init!r}")
     if any(isinstance(m, LoraLayer) for m in model.modules()):
         raise ValueError(f"{type(model).__name__} already carries LoRA layers; inject into a fresh model")
     label, names = _resolve_targets(model, targets)
@@ -163,12 +185,12 @@ def inject_lora(
         lora_dropout=dropout,
         target_modules=rf"(?:{exact})",
         bias="none",
-        init_lora_weights=True,
+        init_lora_weights=LORA_INITS[init],
     )
     with torch.random.fork_rng(devices=[]):  # peft builds and initialises the layers on the CPU
         torch.random.default_generator.manual_seed(seed)
         inject_adapter_in_model(config, model, adapter_name=ADAPTER)
-        _float32_lora_on_fp8_bases(model)
+        _float32_lora_on_fp8_bases(model, init)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in lora_parameters(model):
@@ -177,7 +199,7 @@ def inject_lora(
     return model
 
 
-def _float32_lora_on_fp8_bases(model: nn.Module) -> None:
+def _float32_lora_on_fp8_bases(model: nn.Module, init: str = "gaussian") -> None:
     """peft gives a LoRA its base layer's dtype; on fp8 base weights that would quantize it to 8 bits. Those
     LoRAs are drawn again in float32 (lora_down as peft draws it, lora_up zero): fp32 masters from the start,
     computing in the input's dtype while the base layer keeps its own (fp8-casting) forward."""
@@ -186,7 +208,10 @@ def _float32_lora_on_fp8_bases(model: nn.Module) -> None:
         if down.weight.dtype.itemsize == 1:
             down.to(torch.float32)
             up.to(torch.float32)
-            nn.init.kaiming_uniform_(down.weight, a=math.sqrt(5))
+            if init == "gaussian":  # peft LoraLayer.reset_lora_parameters("gaussian")
+                nn.init.normal_(down.weight, std=1 / layer.r[ADAPTER])
+            else:
+                nn.init.kaiming_uniform_(down.weight, a=math.sqrt(5))
             nn.init.zeros_(up.weight)
 
 

@@ -43,6 +43,7 @@ def save_checkpoint(trainer) -> str | None:
                 "prompt_gen": trainer.prompt_gen.get_state(),
                 "noise_gens": states,
                 "ema": trainer.ema,
+                "optimizer_steps": trainer.optimizer_steps_done,
             },
             os.path.join(tmp, "state.pt"),
         )
@@ -87,6 +88,9 @@ def load_checkpoint(trainer, path: str) -> None:
     with open(os.path.join(path, "metrics.json")) as f:
         saved_metrics = json.load(f)
     trainer.metrics, trainer.evals = saved_metrics["metrics"], saved_metrics["evals"]
+    trainer.optimizer_steps_done = int(  # checkpoints before the EMA schedule: the metrics' sum
+        state.get("optimizer_steps", sum(m.get("optimizer_steps", 0) for m in trainer.metrics))
+    )
     if trainer.rank == 0:
         atomic_write_text(
             os.path.join(trainer.config.out_dir, "metrics.jsonl"),

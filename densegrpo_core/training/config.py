@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..method.advantages import ADVANTAGE_MODES
+from ..method.advantages import ADVANTAGE_MODE_RECORDS, ADVANTAGE_MODES
 from ..method.schedule import GRIDS, validate_grid
 from ..method.window import WINDOW_SCHEDULES, default_window_range, random_window_start, sliding_window_start
+from ..models.lora import LORA_INITS
 from .optimizer import OPTIMIZERS
 
 
@@ -37,8 +38,8 @@ class TrainConfig:
     # flow times themselves (e.g. ComfyUI's sigmas of the user's scheduler)
     scheduler: str | None = None  # name of the host scheduler an explicit grid came from (LoRA metadata)
     cfg_scale: float | None = None  # CFG scale for rollouts and training; None = the model's default
-    uncond_grad: bool = False  # also backpropagate through CFG's unconditional pass; default detaches
-    # it and runs it without autograd, as Flow-GRPO (docs/method.md §7)
+    uncond_grad: bool = True  # backpropagate through both CFG passes, as Flow-GRPO's final compute_log_prob;
+    # False detaches the unconditional pass (no autograd on it: less memory, a different gradient; §7)
     psi: float | list[float] | str = 0.7  # ψ(t): uniform value, list of T values, or a psi.json path
     ode_steps: int | None = None  # n of ODE_n for latent rewards; None = n = t (fused sweep)
     sde_window: int = 0  # W, SDE steps per rollout (docs/method.md §10); 0 = every step is SDE (no window). The
@@ -55,7 +56,8 @@ class TrainConfig:
     advantage_mode: str = "dense_grpo"  # flow_grpo | dense_grpo | dense_baseline | coca
     prompts_per_iteration: int = 4  # distinct prompts per iteration (all ranks together)
     group_size: int = 8  # G samples per prompt (paper: 24; scaled down for the toy)
-    global_std: bool = False  # normalise by the batch std instead of the group std
+    global_std: bool | None = None  # normalise by the batch std (True) or the group std (False); None = the
+    # mode's own: flow_grpo the batch's (Flow-GRPO's configs), dense modes the group's (Eq. 10) (§6)
     adv_clip: float = 5.0  # A_max
     clip_range: float = 1e-4  # PPO ε
     beta: float = 0.01  # KL weight β (0.04 for compositional/text rewards)
@@ -68,11 +70,15 @@ class TrainConfig:
     grad_accum: int = 1  # minibatches accumulated per optimizer step
     inner_epochs: int = 1  # passes over one iteration's samples
     grad_clip: float = 1.0  # max global grad norm of the LoRA parameters
-    ema_decay: float | None = None  # EMA of LoRA weights for eval/export (e.g. 0.9); None = off
+    ema_decay: float | None = None  # EMA of LoRA weights for eval/export (Flow-GRPO: 0.9); None = off
+    ema_every: int = 8  # EMA update every N optimizer steps, warm-up decay min((1+s)/(10+s), ema_decay) as
+    # Flow-GRPO's EMAModuleWrapper (update_step_interval 8) (docs/method.md §7)
     # --- LoRA ---
     lora_rank: int = 32  # r
     lora_alpha: float = 64.0  # α (scale α/r)
-    lora_targets: str = "auto"  # preset name (toy | mmdit | flux) or a module-name regex
+    lora_targets: str = "auto"  # preset name (toy | mmdit | flux | …, lora.TARGET_PRESETS) or a module-name regex
+    lora_init: str = "gaussian"  # lora_down init: "gaussian" N(0, std 1/r) as Flow-GRPO's peft config, or "kaiming"
+    # (peft's default, kaiming-uniform); lora_up starts at zero either way
     init_lora: str | None = None  # start from this LoRA file (same rank/targets) instead of zero
     # --- reward, evaluation, saving ---
     reward: str | dict = "toy"  # reward name, "module:function", or weighted {name: weight} / "a=1,b=0.5"
@@ -106,6 +112,7 @@ class TrainConfig:
             "grad_accum",
             "inner_epochs",
             "lora_rank",
+            "ema_every",
             "max_batch",
             "reward_batch",
         ):
@@ -121,6 +128,10 @@ class TrainConfig:
             raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
+        if self.lora_init not in LORA_INITS:
+            raise ValueError(f"lora_init must be one of {', '.join(LORA_INITS)}, got {self.lora_init!r}")
+        if self.global_std is not None and not isinstance(self.global_std, bool):
+            raise ValueError(f"global_std must be true, false or unset (the mode's own), got {self.global_std!r}")
         self._check_window()
         if isinstance(self.grid, str):
             if self.grid not in GRIDS:
@@ -159,6 +170,13 @@ class TrainConfig:
             if W and hi - lo < W:
                 raise ValueError(f"sde_window_range {list(r)} is shorter than sde_window = {W}")
             self.sde_window_range = (lo, hi)
+
+    @property
+    def std_over_batch(self) -> bool:
+        """Whether advantages divide by the batch's std: `global_std`, or the advantage mode's own default."""
+        if self.global_std is not None:
+            return self.global_std
+        return ADVANTAGE_MODE_RECORDS[self.advantage_mode].global_std
 
     @property
     def window_range(self) -> tuple[int, int]:

@@ -87,7 +87,14 @@ class Trainer:
         for p in self.pipe.model.parameters():
             p.requires_grad_(False)
         self.targets = config.lora_targets if config.lora_targets != "auto" else self.pipe.arch
-        lora.inject_lora(model, self.targets, rank=config.lora_rank, alpha=config.lora_alpha, seed=config.seed)
+        lora.inject_lora(
+            model,
+            self.targets,
+            rank=config.lora_rank,
+            alpha=config.lora_alpha,
+            seed=config.seed,
+            init=config.lora_init,
+        )
         for p in lora.lora_parameters(model):  # float32 master weights on bf16/fp16 base weights (peft copies
             p.data = p.data.float()  # the base dtype); autocast still runs the matmuls in bf16
         if config.init_lora:
@@ -102,6 +109,7 @@ class Trainer:
         self.max_batch = self._rollout_max_batch()
         self.meter = StageMeter(self.device)  # seconds per stage; peak memory on CUDA
         self.ema = ema.init_ema(self.params, config.ema_decay)
+        self.optimizer_steps_done = 0  # over the whole run (Flow-GRPO's global_step: the EMA schedule reads it)
         self.prompt_gen = torch.Generator().manual_seed(config.seed)  # same on every rank
         self.noise_gen = torch.Generator().manual_seed(config.seed * 1000 + 1 + self.rank)
         self.iteration_done = 0
@@ -212,7 +220,12 @@ class Trainer:
         R = self._gather(R_local)  # (B_all, T+1)
         lat_all = self._gather(ro.latents.float()) if mode.needs_latents else None
         A_all = group_advantages(
-            R, groups_all, config.advantage_mode, latents=lat_all, global_std=config.global_std, clip=config.adv_clip
+            R,
+            groups_all,
+            config.advantage_mode,
+            latents=lat_all,
+            global_std=config.std_over_batch,
+            clip=config.adv_clip,
         )  # (B_all, T)
         A = A_all[self.rank * B : (self.rank + 1) * B]  # (B, T)
 
@@ -322,7 +335,8 @@ class Trainer:
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip).item()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        ema.update_ema(self.ema, self.params, self.config.ema_decay)
+        self.optimizer_steps_done += 1
+        ema.update_ema(self.ema, self.params, self.config.ema_decay, self.optimizer_steps_done, self.config.ema_every)
         return norm
 
     # ------------------------------------------------------------ evaluation

@@ -41,23 +41,35 @@ def encode(pipe, prompts: list[str], device, max_sequence_length: int):
     return {"prompt_embeds": embeds, "pooled": pooled}
 
 
+# every Linear of the attention (incl. SD3.5's attn2) and the feed-forwards: the targets before Flow-GRPO's reference
+# preset, for `lora_targets` (a regex) when a wider LoRA is wanted
+MMDIT_ALL_LINEARS = r"joint_blocks\.\d+\.(?:x_block|context_block)\.(?:attn2?\.(?:qkv|proj)|mlp\.fc[12])"
+DIFFUSERS_SD3_ALL_LINEARS = (
+    r"transformer_blocks\.\d+\.(?:attn\.(?:to_[qkv]|to_out\.0|add_[qkv]_proj|to_add_out)"
+    r"|attn2\.(?:to_[qkv]|to_out\.0)|ff(?:_context)?\.net\.(?:0\.proj|2))"
+)
+
+
 SD3 = ModelFamily(
     name="sd3",
     description="Stable Diffusion 3 / 3.5 (MMDiT)",
-    # ComfyUI comfy/ldm/modules/diffusionmodules/mmdit.py MMDiT (SD3/SD3.5): JointBlock → DismantledBlock;
-    # attn2 exists only in SD3.5's x_block_self_attn layers; the last context_block (pre_only) has only attn.qkv
+    # Flow-GRPO's SD3 LoRA (scripts/train_sd3.py target_modules): the joint attention's projections only, not
+    # SD3.5's second attention (attn2), not the feed-forwards (docs/method.md §7). Wider: a regex, e.g.
+    # MMDIT_ALL_LINEARS / DIFFUSERS_SD3_ALL_LINEARS below.
+    # ComfyUI comfy/ldm/modules/diffusionmodules/mmdit.py MMDiT (SD3/SD3.5): JointBlock → DismantledBlock; ComfyUI
+    # fuses q/k/v into one `qkv` Linear (one LoRA of r·(d + 3d) where diffusers has three of r·2d); the last
+    # context_block (pre_only) has only attn.qkv
     comfy=Implementation(
         preset="mmdit",
-        targets=r"joint_blocks\.\d+\.(?:x_block|context_block)\.(?:attn2?\.(?:qkv|proj)|mlp\.fc[12])",
+        targets=r"joint_blocks\.\d+\.(?:x_block|context_block)\.attn\.(?:qkv|proj)",
         block_lists=("joint_blocks",),
     ),
-    # diffusers SD3Transformer2DModel (SD3/SD3.5): JointTransformerBlock attention q/k/v/out, the added context
-    # projections, SD3.5's attn2, both feed-forwards (FeedForward.net: 0 = GELU(proj), 2 = Linear). The last
-    # block's context query is dropped by `lora._discarded_outputs` (context_pre_only: its output is never used)
+    # diffusers SD3Transformer2DModel (SD3/SD3.5): attn.{to_q,to_k,to_v,to_out.0,add_q_proj,add_k_proj,add_v_proj,
+    # to_add_out}. The last block's context query is dropped by `lora._discarded_outputs` (context_pre_only: its
+    # output is never used)
     diffusers=Implementation(
         preset="diffusers_sd3",
-        targets=r"transformer_blocks\.\d+\.(?:attn\.(?:to_[qkv]|to_out\.0|add_[qkv]_proj|to_add_out)"
-        r"|attn2\.(?:to_[qkv]|to_out\.0)|ff(?:_context)?\.net\.(?:0\.proj|2))",
+        targets=r"transformer_blocks\.\d+\.attn\.(?:to_[qkv]|to_out\.0|add_[qkv]_proj|to_add_out)",
         block_lists=("transformer_blocks",),
     ),
     default_shift=3.0,  # when the scheduler config names none
