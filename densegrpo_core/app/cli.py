@@ -298,7 +298,15 @@ def cmd_train(args) -> int:
 def cmd_time_to_reward(args) -> int:
     from .time_to_reward import run_time_to_reward
 
-    run_time_to_reward(args.out, quick=args.quick, seeds=args.seeds, threads=args.threads, methods=args.methods)
+    run_time_to_reward(
+        args.out,
+        quick=args.quick,
+        seeds=args.seeds,
+        threads=args.threads,
+        methods=args.methods,
+        workers=args.workers,
+        train_s=args.train_s,
+    )
     return 0
 
 
@@ -453,7 +461,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="time_to_reward_out", help="output folder")
     sp.add_argument("--quick", action="store_true", help="1 seed, 30 training seconds per method (a pipeline check)")
     sp.add_argument("--seeds", type=_int_list, default=None, help="seeds, e.g. 0,1,2 (default 0,1,2; --quick: 0)")
-    sp.add_argument("--threads", type=int, default=1, help="torch threads of every run (runs go one at a time)")
+    sp.add_argument("--threads", type=int, default=1, help="torch threads of every run")
+    sp.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="runs at once, each in its own process with --threads threads (default 1: one at a time); wall "
+        "times compare when every run has the same threads and load",
+    )
+    sp.add_argument("--train-s", type=float, default=None, help="training seconds per run (default 900; --quick: 30)")
     sp.add_argument("--methods", type=lambda t: tuple(t.split(",")), default=None, help="a subset of the methods")
     sp.set_defaults(fn=cmd_time_to_reward)
 

@@ -1,14 +1,18 @@
 """The time-to-reward benchmark: held-out reward per wall-clock second and per NFE, on the toy task.
 
 Every method trains from the same seeds for the same budget of *training* wall-clock seconds (rollout +
-reward + update; the evaluations are not on the clock), one run at a time with the same thread count, and is
+reward + update; the evaluations are not on the clock), one run at a time or `workers` runs at once, every run
+with the same thread count (so each method meets the same load), and is
 evaluated with the plain ODE sampler on the held-out prompts each time its training clock crosses a multiple
 of `eval_every_s`. Outputs time_to_reward.json, time_to_reward.md and time_to_reward.png (docs/results.md).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import json
+import multiprocessing
 import os
 import shutil
 import time
@@ -99,6 +103,12 @@ def train_for(method: str, seed: int, budget: Budget, out: str, settings: dict |
     return {"method": method, "seed": seed, "points": points, "iterations": iterations}
 
 
+def _train_for_in_worker(threads: int, *args) -> dict:
+    """`train_for` in a process-pool worker, with `threads` torch threads like every other run."""
+    torch.set_num_threads(threads)
+    return train_for(*args)
+
+
 def summarize(runs: list[dict]) -> dict:
     """Per method: evaluation points averaged over seeds (by index), targets reached, seconds and NFE per iteration."""
     by_method: dict[str, list[dict]] = {}
@@ -160,29 +170,45 @@ def run_time_to_reward(
     methods=None,
     budget: Budget | None = None,
     settings: dict | None = None,
+    workers: int = 1,
+    train_s: float | None = None,
 ) -> dict:
-    """Train every method for the same training-time budget, one run at a time with `threads` threads each."""
+    """Train every method for the same training-time budget (`train_s` overrides the budget's), in `workers`
+    processes at once (1: one run at a time) with `threads` threads each."""
     from ..util.plots import plot_time_to_reward
 
     commit = source_commit()
     budget = budget or (QUICK if quick else FULL)
+    if train_s is not None:
+        if not train_s > 0:
+            raise ValueError(f"train_s must be > 0 seconds, got {train_s}")
+        budget = dataclasses.replace(budget, train_s=float(train_s))
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     seeds = list(seeds) if seeds else ([0] if quick else [0, 1, 2])
     methods = list(methods or METHODS)
     torch.set_num_threads(threads)
     os.makedirs(out, exist_ok=True)
+    schedule = "one run at a time" if workers == 1 else f"{workers} runs at once, each in its own process"
     print(
         f"[time-to-reward] {len(methods)} methods × {len(seeds)} seeds, {budget.train_s:.0f} training seconds "
-        f"each; runs one at a time, {threads} torch thread(s) each, so wall times compare",
+        f"each; {schedule}, {threads} torch thread(s) each, so wall times compare",
         flush=True,
     )
-    runs = [train_for(m, s, budget, out, settings) for s in seeds for m in methods]
+    jobs = [(m, s) for s in seeds for m in methods]
+    if workers == 1:
+        runs = [train_for(m, s, budget, out, settings) for m, s in jobs]
+    else:  # every run in its own process with the same threads: each method meets the same load
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+            futures = [ex.submit(_train_for_in_worker, threads, m, s, budget, out, settings) for m, s in jobs]
+            runs = [f.result() for f in futures]
     summary = {
         "format": FORMAT,
         "commit": commit,
         "budget": budget.__dict__,
         "seeds": seeds,
         "threads": threads,
-        "schedule": "one run at a time",
+        "schedule": schedule,
         **summarize(runs),
         "runs": runs,
     }
