@@ -62,6 +62,8 @@ def progress_text(job: dict) -> str:
         parts.append(f"ETA {_duration(job['eta_s'])}")
     if job.get("error"):
         parts.append(f"error: {job['error']}")
+    for warning in last.get("warnings") or []:  # the run's health (densegrpo_core/training/health.py)
+        parts.append(f"warning: {warning['message']}")
     return " · ".join(parts)
 
 

@@ -107,7 +107,14 @@ function ensureDetail(id) {
 }
 
 function curvePoint(m) {
-  return { iteration: m.iteration, reward_mean: m.reward_mean };
+  return { iteration: m.iteration, reward_mean: m.reward_mean, rewards: m.rewards ?? null };
+}
+
+// the held-out rewards the evaluations also scored (eval_rewards), in the order they first appear
+function heldOutNames(detail) {
+  const names = [];
+  for (const p of detail.evals) for (const name of Object.keys(p.rewards ?? {})) if (!names.includes(name)) names.push(name);
+  return names;
 }
 
 function onEvent(e) {
@@ -258,7 +265,21 @@ function chartData(detail) {
   const evals = new Map(detail.evals.map((p) => [p.iteration, p.reward_mean]));
   const data = [xs, xs.map((x) => train.get(x) ?? null)];
   if (detail.evals.length) data.push(xs.map((x) => evals.get(x) ?? null));
+  for (const name of heldOutNames(detail)) {
+    const held = new Map(detail.evals.map((p) => [p.iteration, p.rewards?.[name] ?? null]));
+    data.push(xs.map((x) => held.get(x) ?? null));
+  }
   return data;
+}
+
+const HELD_OUT_COLORS = ["#7bd88f", "#e06c9f", "#c792ea", "#f78c6c", "#89ddff"];
+
+// the run's health warnings of the last iteration (densegrpo_core/training/health.py)
+function warningsView(job) {
+  const warnings = job.last_metric?.warnings;
+  if (!Array.isArray(warnings) || !warnings.length) return null;
+  return el("div", { class: "densegrpo-warnings", "data-iteration": job.last_metric.iteration },
+    warnings.map((w) => el("div", { class: "densegrpo-warning", "data-code": w.code, title: w.code }, `⚠ ${w.message}`)));
 }
 
 function drawChart(container, job, detail) {
@@ -267,7 +288,9 @@ function drawChart(container, job, detail) {
   const fg = getComputedStyle(document.body).getPropertyValue("--fg-color").trim() || "#ddd";
   const grid = getComputedStyle(document.body).getPropertyValue("--border-color").trim() || "#444";
   const series = [{ label: "iteration" }, { label: "training reward", stroke: "#4ea1ff", width: 2, spanGaps: true }];
-  if (data.length === 3) series.push({ label: "evaluation reward", stroke: "#ffb347", width: 2, spanGaps: true });
+  if (detail.evals.length) series.push({ label: "evaluation reward", stroke: "#ffb347", width: 2, spanGaps: true });
+  heldOutNames(detail).forEach((name, i) => series.push(
+    { label: `eval ${name}`, stroke: HELD_OUT_COLORS[i % HELD_OUT_COLORS.length], width: 1.5, dash: [4, 3], spanGaps: true }));
   const key = `${job.id}:${series.length}`;
   if (state.plot && state.plotJob === key && state.plot.root.isConnected) {
     state.plot.setData(data);
@@ -303,6 +326,7 @@ function detailView(job) {
     el("div", { class: "densegrpo-meta" }, `state ${job.state} · iteration ${job.iteration}/${job.total}`
       + (job.resumed_from ? ` · resumes ${job.resumed_from}` : "")),
     buttons,
+    warningsView(job),
     el("div", { class: "densegrpo-section" }, el("div", { class: "densegrpo-title" }, "reward"),
       detail.metrics.length ? chart : el("div", { class: "densegrpo-meta" }, "no iteration yet")),
     costView(job),

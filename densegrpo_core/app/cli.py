@@ -248,7 +248,7 @@ def cmd_train(args) -> int:
     spec = ModelSpec.pop_from(raw)  # model and data keys; the rest are TrainConfig fields
     if args.resume and not args.out:
         raw["out_dir"] = os.path.dirname(os.path.abspath(args.resume.rstrip("/")))
-    for key in ("out", "reward", "reward_path", "device", "iterations", "sde_window"):
+    for key in ("out", "reward", "reward_path", "device", "iterations", "sde_window", "eval_rewards", "logger"):
         val = getattr(args, key)
         if val is not None:
             raw["out_dir" if key == "out" else key] = val
@@ -518,6 +518,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--iterations", type=int, default=None, help="total iterations (overrides config)")
     sp.add_argument(
         "--sde-window", type=int, default=None, help="SDE window size W, 0 = every step SDE (overrides config)"
+    )
+    sp.add_argument(
+        "--eval-rewards",
+        type=lambda t: tuple(r for r in t.split(",") if r),
+        default=None,
+        help="held-out rewards that also score every evaluation, e.g. aesthetic,clipscore (overrides config)",
+    )
+    sp.add_argument(
+        "--logger",
+        choices=("none", "tensorboard"),
+        default=None,
+        help="also log to TensorBoard (out_dir/tensorboard; needs the tensorboard package) (overrides config)",
     )
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.set_defaults(fn=cmd_train)

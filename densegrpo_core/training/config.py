@@ -20,6 +20,7 @@ from ..method.schedule import GRIDS, validate_grid
 from ..method.window import WINDOW_SCHEDULES, default_window_range, random_window_start, sliding_window_start
 from ..models.lora import LORA_INITS
 from .optimizer import OPTIMIZERS
+from .tensorboard_log import LOGGERS
 
 
 @dataclass
@@ -87,6 +88,10 @@ class TrainConfig:
     eval_steps: int = 10  # ODE steps for evaluation (paper: 40)
     eval_seeds: tuple[int, ...] = (0, 1)  # initial-noise seeds per evaluation prompt
     save_every: int = 10  # checkpoint + LoRA export every N iterations (and on stop/end)
+    eval_rewards: tuple[str, ...] = ()  # held-out rewards that also score every evaluation's images (e.g.
+    # ("aesthetic", "clipscore") next to a PickScore training reward), logged per evaluation: reward hacking shows
+    eval_reward_path: dict | None = None  # {name: file/folder} of eval_rewards that need model files
+    logger: str = "none"  # "tensorboard": also out_dir/tensorboard event files (rank 0; metrics.jsonl stays)
     eval_images: bool = False  # save each evaluation's images as out_dir/samples/eval_<iteration>.png
     export_diffusers: bool = False  # also write lora_diffusers.safetensors (diffusers/peft keys, α/r folded)
     # --- memory and speed (docs/benchmarks.md) ---
@@ -128,6 +133,8 @@ class TrainConfig:
             raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
+        if self.logger not in LOGGERS:
+            raise ValueError(f"logger must be one of {', '.join(LOGGERS)}, got {self.logger!r}")
         if self.lora_init not in LORA_INITS:
             raise ValueError(f"lora_init must be one of {', '.join(LORA_INITS)}, got {self.lora_init!r}")
         if self.global_std is not None and not isinstance(self.global_std, bool):
@@ -146,6 +153,13 @@ class TrainConfig:
                 )
         self.adam_betas = tuple(self.adam_betas)
         self.eval_seeds = tuple(self.eval_seeds)
+        if isinstance(self.eval_rewards, str):
+            self.eval_rewards = tuple(r for r in self.eval_rewards.split(",") if r)
+        self.eval_rewards = tuple(self.eval_rewards)
+        if not all(isinstance(r, str) and r for r in self.eval_rewards):
+            raise ValueError(f"eval_rewards must be reward names, got {self.eval_rewards!r}")
+        if self.eval_reward_path is not None and not isinstance(self.eval_reward_path, dict):
+            raise ValueError(f"eval_reward_path must be a table {{name: path}}, got {self.eval_reward_path!r}")
 
     def _check_window(self) -> None:
         """Every sde_window_* field, with an error naming the field (docs/method.md §10)."""

@@ -26,13 +26,14 @@ from ..method.schedule import Psi, as_psi, flow_grid, sde_noise_scales
 from ..method.sde import gaussian_log_prob, sde_step_mean, sde_step_std
 from ..method.window import completion_indices, fill_window_rewards, needed_reward_columns, window_sigmas
 from ..models import lora
-from ..models.pipeline import FlowPipeline, evaluate_ode, latent_rewards, score_latents
+from ..models.pipeline import FlowPipeline, evaluate_ode, latent_rewards, score_images, score_latents
 from ..resources.estimate import model_info, rollout_max_batch
 from ..resources.memory import StageMeter, enable_gradient_checkpointing, offloaded
-from . import checkpoint, distributed, ema, export
+from . import checkpoint, distributed, ema, export, health
 from .checkpoint import CHECKPOINT_FORMAT
 from .config import TrainConfig, check_resumable, trained_steps
 from .optimizer import build_optimizer
+from .tensorboard_log import TensorBoardLog
 
 __all__ = ["CHECKPOINT_FORMAT", "TrainConfig", "TrainResult", "Trainer", "check_resumable"]
 
@@ -47,6 +48,21 @@ class TrainResult:
     wall_s: float = 0.0
 
 
+def build_eval_rewards(names, paths=None, device: str = "cpu") -> dict[str, Callable]:
+    """The held-out rewards `eval_rewards` names (registry names or "module:function"), with their model files
+    from `paths` ({name: path}) where they need one; a clear error naming the reward otherwise."""
+    from ..rewards import get_reward
+
+    out = {}
+    for name in names:
+        path = (paths or {}).get(name) if isinstance(paths, dict) else None
+        try:
+            out[name] = get_reward(name, path, device=device)
+        except (ValueError, FileNotFoundError, ImportError) as e:
+            raise ValueError(f"eval_rewards: {name!r} could not be built: {e}") from e
+    return out
+
+
 @dataclass
 class Trainer:
     """Owns the LoRA-injected model, optimizer and RNG of one run; `run()` trains, `iteration()` is one step."""
@@ -58,6 +74,8 @@ class Trainer:
     eval_prompts: Sequence[str] = ()
     on_event: Callable[[dict], None] | None = None  # receives {"type": ..., ...} events (rank 0 only)
     should_stop: Callable[[], bool] | None = None  # polled between iterations
+    eval_rewards: dict[str, Callable] | None = None  # name → reward that also scores the evaluation images
+    # (held-out rewards, to see reward hacking); None: built from config.eval_rewards
     metrics: list[dict] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)
 
@@ -81,6 +99,9 @@ class Trainer:
                 f"distinct training prompts: a batch draws its prompts without replacement"
             )
         self.sigmas = sde_noise_scales(self.psi.tensor(config.steps), self.tau)  # (T,)
+        self.tb = None  # the TensorBoard log while run() runs (logger = "tensorboard", rank 0)
+        if self.eval_rewards is None:
+            self.eval_rewards = build_eval_rewards(config.eval_rewards, config.eval_reward_path, config.device)
         self.pipe.model.to(self.device)
         # the LoRA lives in the diffusion network; its module names are the LoRA file's keys
         model = self.pipe.model if self.pipe.lora_module is None else self.pipe.lora_module
@@ -251,6 +272,8 @@ class Trainer:
                     "dR_neg": neg.tolist(),
                 }
             )
+        finite = [c for c in range(T + 1) if torch.isfinite(R[:, c]).all()]  # the columns the rollout computed
+        m.update(health.health(R, groups_all, dense_rewards(R) if dense else None, steps, update_stats, columns=finite))
         m.update(
             {
                 "adv_std": A_all[:, steps].std().item() if steps else 0.0,
@@ -363,21 +386,37 @@ class Trainer:
         if config.eval_images and self.rank == 0:
             from ..util.plots import save_image_grid
 
-            images = torch.cat(
-                [self.pipe.decode(x.to(self.device)).float().cpu() for x in res["latents"].split(config.reward_batch)]
-            )
+            images = self._decode_all(res["latents"])
             os.makedirs(os.path.join(config.out_dir, "samples"), exist_ok=True)
             save_image_grid(
                 images,
                 os.path.join(config.out_dir, "samples", f"eval_{self.iteration_done:05d}.png"),
                 ncol=len(config.eval_seeds),
             )
-        return {
+        held_out, images = {}, None
+        if self.eval_rewards or self.tb is not None:
+            images = self._decode_all(res["latents"])
+        if self.eval_rewards:
+            prompts = [p for p in self.eval_prompts for _ in config.eval_seeds]
+            for name, reward in self.eval_rewards.items():
+                held_out[name] = score_images(images, prompts, reward, config.reward_batch).mean().item()
+        result = {
             "iteration": self.iteration_done,
             "reward_mean": res["reward_mean"],
             "reward_std": res["reward_std"],
             "n": res["n"],
+            **({"rewards": held_out} if held_out else {}),
         }
+        if self.tb is not None:
+            self.tb.evaluation(result, images, ncol=len(config.eval_seeds))
+        return result
+
+    @torch.no_grad()
+    def _decode_all(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images (N, H, W, 3) in [0, 1] on the CPU of model-space latents (N, ...), decoded in reward batches."""
+        return torch.cat(
+            [self.pipe.decode(x.to(self.device)).float().cpu() for x in latents.split(self.config.reward_batch)]
+        )
 
     # ------------------------------------------------------- save and resume
     def lora_metadata(self) -> dict:
@@ -409,6 +448,7 @@ class Trainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=config.iterations, initial=self.iteration_done, desc=config.advantage_mode, unit="it")
+        self.tb = TensorBoardLog(config.out_dir) if config.logger == "tensorboard" and self.rank == 0 else None
         if self.eval_prompts and not self.evals:
             self.evals.append(self.evaluate())
             self._emit({"type": "eval", **self.evals[-1]})
@@ -418,14 +458,21 @@ class Trainer:
                 stopped = True
                 break
             m = self.iteration()
+            last = self.iteration_done == config.iterations
+            evaluated = bool(self.eval_prompts) and (
+                (config.eval_every and self.iteration_done % config.eval_every == 0) or last
+            )
+            if evaluated:  # the evaluation after this iteration goes into its metrics line too
+                self.evals.append(self.evaluate())
+                m["eval"] = {k: v for k, v in self.evals[-1].items() if k != "iteration"}
             self.metrics.append(m)
             if self.rank == 0:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(m) + "\n")
             self._emit({"type": "iteration", **m, "rewards": self.last_rewards.tolist()})
-            last = self.iteration_done == config.iterations
-            if self.eval_prompts and ((config.eval_every and self.iteration_done % config.eval_every == 0) or last):
-                self.evals.append(self.evaluate())
+            if self.tb is not None:
+                self.tb.iteration(m)
+            if evaluated:
                 self._emit({"type": "eval", **self.evals[-1]})
             if (config.save_every and self.iteration_done % config.save_every == 0) and not last:
                 self.save_checkpoint()
@@ -434,6 +481,8 @@ class Trainer:
                 bar.set_postfix(reward=f"{m['reward_mean']:.3f}", kl=f"{m['kl']:.2e}")
         if bar is not None:
             bar.close()
+        if self.tb is not None:
+            self.tb.close()
         self.save_checkpoint()
         if self.rank == 0:
             self.lora_path = self.export_lora(os.path.join(config.out_dir, "lora.safetensors"))
