@@ -252,6 +252,23 @@ class TrainLoRA:
                         "(those use cfg)",
                     },
                 ),
+                "eval_every": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 100000,
+                        "tooltip": "evaluate every N iterations: plain ODE samples of the first 4 prompts scored by "
+                        "the training reward and eval_reward, drawn in the panel's curve; 0 = no evaluations",
+                    },
+                ),
+                "eval_reward": (
+                    REWARD_TYPE,
+                    {
+                        "tooltip": "a held-out reward (e.g. aesthetic next to PickScore) that also scores every "
+                        "evaluation, to see reward hacking: the training reward rises while this one falls",
+                    },
+                ),
             },
             "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"},
         }
@@ -315,6 +332,8 @@ class TrainLoRA:
         guidance=-1.0,
         sde_window=0,
         sde_window_schedule="random",
+        eval_every=0,
+        eval_reward=None,
         unique_id=None,
         prompt=None,
     ):
@@ -362,7 +381,9 @@ class TrainLoRA:
                 lora_rank=int(lora_rank),
                 lora_alpha=float(lora_alpha),
                 reward=getattr(reward_model, "name", type(reward_model).__name__),
-                eval_every=0,
+                eval_every=int(eval_every),
+                eval_seeds=(0,),
+                eval_rewards=(reward_name(eval_reward),) if eval_reward is not None else (),
                 save_every=int(save_every),
                 grad_checkpointing=bool(gradient_checkpointing),
                 dtype="bfloat16" if bf16_autocast else "float32",
@@ -394,6 +415,7 @@ class TrainLoRA:
                 "model": model_fingerprint(model),
                 "reward": config.reward,
                 "reward_class": type(reward_model).__name__,
+                "eval_reward_class": type(eval_reward).__name__ if eval_reward is not None else None,
             }
         )
         client = client_id()
@@ -426,6 +448,8 @@ class TrainLoRA:
                 lora_name=name,
                 resume_checkpoint=resume_ckpt,
                 sample_prompts=prompt_list[:4],
+                eval_prompts=prompt_list[:4] if int(eval_every) else (),
+                eval_rewards={reward_name(eval_reward): eval_reward} if eval_reward is not None else {},
             ),
             reserve_bytes=est.reserve_bytes,
         )
@@ -489,6 +513,11 @@ def job_inputs():
             "job_id": ("STRING", {"default": "", "tooltip": "or a job id (see GET /densegrpo/jobs)"}),
         },
     }
+
+
+def reward_name(reward) -> str:
+    """The name a reward model goes by in the job's settings, metrics and panel."""
+    return str(getattr(reward, "name", type(reward).__name__))
 
 
 def find_job(job, job_id: str, node: str):

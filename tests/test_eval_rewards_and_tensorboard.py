@@ -32,10 +32,10 @@ def test_every_named_reward_scores_every_evaluation_and_goes_into_the_metrics(tm
     res = toy_run(tmp_path, eval_rewards=("jpeg_incompressibility", "jpeg_compressibility"))
     assert [e["iteration"] for e in res.evals] == [0, 1, 2]
     for e in res.evals:
-        assert set(e["rewards"]) == {"jpeg_incompressibility", "jpeg_compressibility"}
-        assert all(isinstance(v, float) for v in e["rewards"].values())
+        assert set(e["eval_rewards"]) == {"jpeg_incompressibility", "jpeg_compressibility"}
+        assert all(isinstance(v, float) for v in e["eval_rewards"].values())
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [m["eval"]["rewards"] == res.evals[i + 1]["rewards"] for i, m in enumerate(lines)] == [True, True]
+    assert [m["eval"]["eval_rewards"] == res.evals[i + 1]["eval_rewards"] for i, m in enumerate(lines)] == [True] * 2
 
 
 def test_an_unknown_eval_reward_is_named(tmp_path):

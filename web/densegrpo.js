@@ -107,13 +107,13 @@ function ensureDetail(id) {
 }
 
 function curvePoint(m) {
-  return { iteration: m.iteration, reward_mean: m.reward_mean, rewards: m.rewards ?? null };
+  return { iteration: m.iteration, reward_mean: m.reward_mean, eval_rewards: m.eval_rewards ?? null };
 }
 
 // the held-out rewards the evaluations also scored (eval_rewards), in the order they first appear
 function heldOutNames(detail) {
   const names = [];
-  for (const p of detail.evals) for (const name of Object.keys(p.rewards ?? {})) if (!names.includes(name)) names.push(name);
+  for (const p of detail.evals) for (const name of Object.keys(p.eval_rewards ?? {})) if (!names.includes(name)) names.push(name);
   return names;
 }
 
@@ -266,7 +266,7 @@ function chartData(detail) {
   const data = [xs, xs.map((x) => train.get(x) ?? null)];
   if (detail.evals.length) data.push(xs.map((x) => evals.get(x) ?? null));
   for (const name of heldOutNames(detail)) {
-    const held = new Map(detail.evals.map((p) => [p.iteration, p.rewards?.[name] ?? null]));
+    const held = new Map(detail.evals.map((p) => [p.iteration, p.eval_rewards?.[name] ?? null]));
     data.push(xs.map((x) => held.get(x) ?? null));
   }
   return data;

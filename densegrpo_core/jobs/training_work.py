@@ -77,6 +77,12 @@ def save_status_plots(trainer: Trainer, folder: str, sample_prompts: Sequence[st
                 "iterations": [e["iteration"] for e in trainer.evals],
                 "reward_mean": [e["reward_mean"] for e in trainer.evals],
             }
+            for name in dict.fromkeys(n for e in trainer.evals for n in e.get("eval_rewards", {})):
+                held = [e for e in trainer.evals if name in e.get("eval_rewards", {})]
+                curves[f"held-out {name} (ODE)"] = {
+                    "iterations": [e["iteration"] for e in held],
+                    "reward_mean": [e["eval_rewards"][name] for e in held],
+                }
         paths["reward_curve"] = plot_reward_curves(curves, os.path.join(folder, REWARD_CURVE_FILE))
     R = getattr(trainer, "last_rewards", None)
     if R is not None and R.ndim == 2 and R.shape[1] > 1:
@@ -102,8 +108,11 @@ def training_work(
     lora_name: str,
     resume_checkpoint: str | None = None,
     sample_prompts: Sequence[str] = (),
+    eval_prompts: Sequence[str] = (),
+    eval_rewards: dict[str, Callable] | None = None,
 ) -> Callable:
-    """The job's work function `work(ctx)` (ctx: jobs.JobContext)."""
+    """The job's work function `work(ctx)` (ctx: jobs.JobContext); `eval_prompts` and `eval_rewards` (name →
+    reward) make the trainer's evaluations, scored by the training reward and each held-out reward."""
     lora_file_names(lora_dir, lora_name, 0)  # validate the name now
 
     def work(ctx) -> None:
@@ -122,7 +131,16 @@ def training_work(
                 plots = save_status_plots(trainer, ctx.job.folder, sample_prompts)
                 ctx.emit({"type": "plots", "iteration": trainer.iteration_done, **plots})
 
-        trainer = Trainer(job_config, pipe, reward, list(prompts), on_event=on_event, should_stop=ctx.should_stop)
+        trainer = Trainer(
+            job_config,
+            pipe,
+            reward,
+            list(prompts),
+            list(eval_prompts),
+            on_event=on_event,
+            should_stop=ctx.should_stop,
+            eval_rewards=dict(eval_rewards or {}),
+        )
         holder["trainer"] = trainer
         if resume_checkpoint:
             trainer.load_checkpoint(resume_checkpoint)

@@ -55,7 +55,7 @@ class TensorBoardLog:
         in [0, 1] as one grid, `ncol` per row."""
         step = ev["iteration"]
         self.writer.add_scalar("eval/reward", ev["reward_mean"], step)
-        for name, value in ev.get("rewards", {}).items():
+        for name, value in ev.get("eval_rewards", {}).items():
             self.writer.add_scalar(f"eval/{name}", value, step)
         if images is not None and len(images):
             self.writer.add_image("eval/samples", image_grid(images, ncol), step, dataformats="HWC")

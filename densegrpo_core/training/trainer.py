@@ -405,7 +405,7 @@ class Trainer:
             "reward_mean": res["reward_mean"],
             "reward_std": res["reward_std"],
             "n": res["n"],
-            **({"rewards": held_out} if held_out else {}),
+            **({"eval_rewards": held_out} if held_out else {}),  # not "rewards": iteration events' R
         }
         if self.tb is not None:
             self.tb.evaluation(result, images, ncol=len(config.eval_seeds))

@@ -54,7 +54,8 @@ pytestmark = [pytest.mark.comfyui, pytest.mark.skipif(MISSING is not None, reaso
 
 def train_workflow() -> dict:
     """API-format workflow: tiny SD3 → Passthrough (a nonce to make ComfyUI run the Train node again on the
-    same MODEL) → DenseGRPO Train LoRA, JPEG-compressibility reward, a long run that the test stops."""
+    same MODEL) → DenseGRPO Train LoRA, a long run that the test stops. The training reward is a constant (no
+    signal: the health warning must show), JPEG compressibility scores every evaluation as a held-out reward."""
     return {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny_sd3.safetensors", "weight_dtype": "default"}},
         "2": {"class_type": "DenseGRPOTest_TinyCLIP", "inputs": {}},
@@ -63,13 +64,16 @@ def train_workflow() -> dict:
         "5": {"class_type": "DenseGRPO_PsiUniform", "inputs": {"a": 0.7}},
         "6": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "8": {"class_type": "DenseGRPOTest_Passthrough", "inputs": {"model": ["1", 0], "nonce": 0}},
+        "9": {"class_type": "DenseGRPOTest_ConstantReward", "inputs": {}},
         TRAIN: {
             "class_type": "DenseGRPO_TrainLoRA",
             "inputs": {
                 "model": ["8", 0],
                 "clip": ["2", 0],
                 "vae": ["3", 0],
-                "reward_model": ["4", 0],
+                "reward_model": ["9", 0],
+                "eval_reward": ["4", 0],
+                "eval_every": 1,
                 "psi": ["5", 0],
                 "prompts": "a red cube\na blue ball",
                 "negative_prompt": "",
@@ -160,6 +164,17 @@ def test_the_selected_job_shows_reward_curve_sign_counts_samples_and_lora_files(
     text = seen["detail_text"]
     assert "reward" in text and "ΔR signs per step" in text and "latest samples" in text
     assert re.search(rf"densegrpo/{NAME}_\d{{5}}\.safetensors", text)
+
+
+def test_the_reward_chart_draws_the_held_out_reward_of_every_evaluation(seen):
+    assert "evaluation reward" in seen["chart_series"]
+    assert [s for s in seen["chart_series"] if s.startswith("eval ")], seen["chart_series"]
+
+
+def test_a_run_without_reward_signal_shows_the_health_warning_in_the_panel_and_on_the_node(seen):
+    assert "no_signal" in [w["code"] for w in seen["warnings"]]
+    assert "reward gives no signal" in seen["warnings"][0]["text"]
+    assert "warning: " in seen["node_progress_text"] and "no signal" in seen["node_progress_text"]
 
 
 def test_queueing_the_same_workflow_again_while_it_trains_returns_its_job(seen):

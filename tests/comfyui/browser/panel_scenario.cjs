@@ -114,6 +114,17 @@ async function waitHistory(page, n) {
       .some((i) => i.complete && i.naturalWidth > 0), null, { timeout: T });
     await page.locator('.densegrpo-lora button[data-action="add-lora"]').first().waitFor({ timeout: T });
     out.detail_text = await page.locator(".densegrpo-detail").textContent();
+    out.chart_series = await page.waitForFunction(() => {
+      const labels = [...document.querySelectorAll(".densegrpo-chart .u-legend .u-series .u-label")]
+        .map((e) => e.textContent.trim());
+      return labels.some((l) => l.startsWith("eval ")) ? labels : null;
+    }, null, { timeout: T }).then((h) => h.jsonValue());
+    out.warnings = await page.waitForFunction(() => {
+      const w = [...document.querySelectorAll(".densegrpo-warning")]
+        .map((e) => ({ code: e.dataset.code, text: e.textContent }));
+      return w.length ? w : null;
+    }, null, { timeout: T }).then((h) => h.jsonValue());
+    step("held-out reward and warning shown", { series: out.chart_series, warnings: out.warnings.length });
     out.node_progress_text = await page.waitForFunction(() => {
       const node = window.app.graph.nodes.find((n) => n.comfyClass === "DenseGRPO_TrainLoRA");
       const w = node?.widgets?.find((x) => x.name === "$$node-text-preview");

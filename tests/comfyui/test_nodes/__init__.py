@@ -13,6 +13,7 @@ custom_nodes/densegrpo_test_nodes. Never shipped, never loaded outside the tests
   `extra_reserved_memory()`; an optional MODEL
   input keeps that model's loader output (and so its loaded entry) alive without loading it.
 - DenseGRPOTest_Fail: output node that raises ValueError(message) (tests the error reporting).
+- DenseGRPOTest_ConstantReward: a REWARD_MODEL scoring every image 0.5 (a run without reward signal).
 - DenseGRPOTest_TinyFamily: (family) → MODEL, CLIP, VAE, LATENT: a tiny random instance of ComfyUI's own model
   class for each family module `tiny_<family>.py` (tiny_families.py), built once per server process.
 """
@@ -231,7 +232,30 @@ class MemoryState:
         return {"ui": {"text": [json.dumps({"loaded": loaded, "extra_reserved": int(mm.extra_reserved_memory())})]}}
 
 
+class ConstantScore:
+    """A reward that scores every image 0.5: GRPO gets no signal from it (the "no_signal" health warning)."""
+
+    name = "constant"
+
+    def __call__(self, images, prompts):
+        return torch.full((images.shape[0],), 0.5)
+
+
+class ConstantReward:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    RETURN_TYPES = ("REWARD_MODEL",)
+    FUNCTION = "load"
+    CATEGORY = "DenseGRPO_test"
+
+    def load(self):
+        return (ConstantScore(),)
+
+
 NODE_CLASS_MAPPINGS = {
+    "DenseGRPOTest_ConstantReward": ConstantReward,
     "DenseGRPOTest_MemoryState": MemoryState,
     "DenseGRPOTest_Passthrough": Passthrough,
     "DenseGRPOTest_RandomLatent": RandomLatent,
