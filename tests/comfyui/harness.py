@@ -90,6 +90,27 @@ def comfy_python(comfyui_path):
     return venv if os.path.exists(venv) else sys.executable
 
 
+def run_lora_worker(tmp, spec: dict, timeout: int = 600) -> dict:
+    """Run comfy_lora_worker.py with ComfyUI's python on SPEC (written to tmp/spec.json): its out.json."""
+    path, reason = find_comfyui()
+    if path is None:
+        raise RuntimeError(reason)
+    spec_path = os.path.join(str(tmp), "spec.json")
+    with open(spec_path, "w") as f:
+        json.dump(spec, f)
+    r = subprocess.run(
+        [comfy_python(path), os.path.join(HERE, "comfy_lora_worker.py"), spec_path],
+        cwd=path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(spec["out"]) as f:
+        return json.load(f)
+
+
 def comfyui_version(comfyui_path):
     try:
         with open(os.path.join(comfyui_path, "comfyui_version.py")) as f:

@@ -3,9 +3,7 @@ loads onto ComfyUI's own Chroma class through LoraLoaderModelOnly's key map — 
 so comfy/lora.py's FLUX branch maps the diffusers q/k/v (and the single blocks' proj_mlp) onto slices of the fused
 weights — with no "not loaded" key, and gives the diffusers model's output with the LoRA."""
 
-import json
 import os
-import subprocess
 import sys
 
 import harness
@@ -58,19 +56,7 @@ def comfy_result(tmp_path_factory):
         "out": str(tmp / "out.json"),
         "builder": os.path.join(harness.HERE, "chroma_comfy_builder.py") + ":build",
     }
-    (tmp / "spec.json").write_text(json.dumps(spec))
-    path, _ = harness.find_comfyui()
-    r = subprocess.run(
-        [harness.comfy_python(path), os.path.join(harness.HERE, "comfy_lora_worker.py"), str(tmp / "spec.json")],
-        cwd=path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    with open(tmp / "out.json") as f:
-        return json.load(f)
+    return harness.run_lora_worker(tmp, spec)
 
 
 def test_pack_and_unpack_are_inverse():  # the velocity adapter's packing, as ChromaPipeline's

@@ -6,9 +6,7 @@ with the one the core's FLUX.2 velocity gives).
 ComfyUI cannot load a diffusers FLUX.2 state dict through UNETLoader, nor detect tiny widths from an original
 one, so the worker builds ComfyUI's Flux2 from the converted weights (flux2_from_diffusers.py)."""
 
-import json
 import os
-import subprocess
 import sys
 
 import harness
@@ -71,18 +69,10 @@ def comfy_result(tmp_path_factory):
         out=str(tmp / "out.json"),
         builder=os.path.join(harness.HERE, "flux2_from_diffusers.py") + ":build",
     )
-    (tmp / "spec.json").write_text(json.dumps(spec))
-    r = subprocess.run(
-        [harness.comfy_python(path), os.path.join(harness.HERE, "comfy_lora_worker.py"), str(tmp / "spec.json")],
-        cwd=path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    with open(tmp / "out.json") as f:
-        return {**json.load(f), "keys": sorted(safetensors.torch.load_file(str(tmp / "lora.safetensors")))}
+    return {
+        **harness.run_lora_worker(tmp, spec),
+        "keys": sorted(safetensors.torch.load_file(str(tmp / "lora.safetensors"))),
+    }
 
 
 def test_comfyuis_flux2_with_the_converted_weights_gives_the_diffusers_output(comfy_result):

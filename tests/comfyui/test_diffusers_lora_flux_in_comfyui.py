@@ -4,9 +4,7 @@ the diffusers model's output with the LoRA (comfy_lora_worker.py compares ComfyU
 with the one the core's FLUX.1 velocity gives). ComfyUI's detection hard-codes FLUX.1's real widths, so the worker
 builds ComfyUI's Flux from the file with ComfyUI's own key converter (flux_comfy_builder.py)."""
 
-import json
 import os
-import subprocess
 import sys
 
 import harness
@@ -64,18 +62,7 @@ def comfy_result(tmp_path_factory):
         out=str(tmp / "out.json"),
         builder=os.path.join(harness.HERE, "flux_comfy_builder.py") + ":build",
     )
-    (tmp / "spec.json").write_text(json.dumps(spec))
-    r = subprocess.run(
-        [harness.comfy_python(path), os.path.join(harness.HERE, "comfy_lora_worker.py"), str(tmp / "spec.json")],
-        cwd=path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    with open(tmp / "out.json") as f:
-        return json.load(f)
+    return harness.run_lora_worker(tmp, spec)
 
 
 def test_comfyuis_flux_with_the_converted_weights_gives_the_diffusers_output(comfy_result):

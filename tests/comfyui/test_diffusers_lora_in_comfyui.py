@@ -3,9 +3,7 @@
 the diffusers model's output with the LoRA (comfy_lora_worker.py compares ComfyUI's denoised prediction
 x − σ·v with the one diffusers' velocity gives)."""
 
-import json
 import os
-import subprocess
 import sys
 
 import harness
@@ -57,19 +55,7 @@ def comfy_result(tmp_path_factory):
     )
     spec = {name: str(tmp / f"{name}.{ext}") for name, ext in [("lora", "safetensors"), ("inputs", "pt")]}
     spec.update(transformer=str(tmp / "transformer.safetensors"), out=str(tmp / "out.json"))
-    (tmp / "spec.json").write_text(json.dumps(spec))
-    path, _ = harness.find_comfyui()
-    r = subprocess.run(
-        [harness.comfy_python(path), os.path.join(harness.HERE, "comfy_lora_worker.py"), str(tmp / "spec.json")],
-        cwd=path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    with open(tmp / "out.json") as f:
-        return json.load(f)
+    return harness.run_lora_worker(tmp, spec)
 
 
 def test_comfyui_detects_the_diffusers_transformer_as_sd3_with_the_same_output(comfy_result):

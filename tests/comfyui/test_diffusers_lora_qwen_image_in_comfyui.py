@@ -6,9 +6,7 @@ at the tiny widths and loads the diffusers weights as UNETLoader does (tiny_qwen
 comfy_lora_worker.py compares ComfyUI's denoised prediction x − σ·v (5-D latents (1, 16, 1, h, w), as ComfyUI's
 sampler holds them) with the one the family's diffusers velocity gives."""
 
-import json
 import os
-import subprocess
 import sys
 
 import harness
@@ -58,19 +56,7 @@ def comfy_result(tmp_path_factory):
     )
     spec = {name: str(tmp / f"{name}.{ext}") for name, ext in [("lora", "safetensors"), ("inputs", "pt")]}
     spec.update(transformer=str(tmp / "transformer.safetensors"), out=str(tmp / "out.json"), builder=BUILDER)
-    (tmp / "spec.json").write_text(json.dumps(spec))
-    path, _ = harness.find_comfyui()
-    r = subprocess.run(
-        [harness.comfy_python(path), os.path.join(harness.HERE, "comfy_lora_worker.py"), str(tmp / "spec.json")],
-        cwd=path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    with open(tmp / "out.json") as f:
-        return json.load(f)
+    return harness.run_lora_worker(tmp, spec)
 
 
 def test_comfyui_builds_the_diffusers_transformer_as_qwen_image_with_the_same_output(comfy_result):

@@ -8,9 +8,7 @@ detection hard-codes Z-Image's widths, so the worker builds ComfyUI's class and 
 ComfyUI's own key map (tests/comfyui/test_nodes/tiny_z_image.py `comfy_model_from_diffusers`). The transformer
 is 1024 wide: ComfyUI's NextDiT timestep MLP has min(dim, 1024) hidden units where diffusers has 1024."""
 
-import json
 import os
-import subprocess
 import sys
 
 import harness
@@ -69,19 +67,7 @@ def comfy_result(tmp_path_factory):
         out=str(tmp / "out.json"),
         builder=f"{builder}:comfy_model_from_diffusers",
     )
-    (tmp / "spec.json").write_text(json.dumps(spec))
-    path, _ = harness.find_comfyui()
-    r = subprocess.run(
-        [harness.comfy_python(path), os.path.join(harness.HERE, "comfy_lora_worker.py"), str(tmp / "spec.json")],
-        cwd=path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    with open(tmp / "out.json") as f:
-        return json.load(f)
+    return harness.run_lora_worker(tmp, spec)
 
 
 def test_comfyuis_class_with_the_converted_weights_gives_the_diffusers_output(comfy_result):
