@@ -260,8 +260,8 @@ class Trainer:
             "reward_mean": R[:, -1].mean().item(),
             "reward_std": R[:, -1].std(unbiased=False).item(),
         }
+        dR = dense_rewards(R) if dense else None  # (B_all, T)
         if dense:
-            dR = dense_rewards(R)  # (B_all, T)
             pos, neg = sign_counts(dR)
             m.update(
                 {
@@ -273,7 +273,7 @@ class Trainer:
                 }
             )
         finite = [c for c in range(T + 1) if torch.isfinite(R[:, c]).all()]  # the columns the rollout computed
-        m.update(health.health(R, groups_all, dense_rewards(R) if dense else None, steps, update_stats, columns=finite))
+        m.update(health.health(R, groups_all, dR, steps, update_stats, columns=finite))
         m.update(
             {
                 "adv_std": A_all[:, steps].std().item() if steps else 0.0,
