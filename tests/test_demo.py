@@ -58,6 +58,9 @@ def test_demo_writes_every_output_and_summary_contract(tmp_path, monkeypatch):
     assert s["methods"]["dense_grpo_uniform"]["advantage_mode"] == "dense_grpo"
     assert s["grid"] == "sd3" and len(s["tau"]) == 4 and s["tau"][-2] < 0.02
     assert read_lora_metadata(tmp_path / "lora_dense_grpo.safetensors")["advantage_mode"] == "dense_grpo"
+    assert isinstance(s["flow_grpo_improved"], bool) and set(s["iterations_to_reach_flow_grpo_final"]) == set(
+        s["methods"]
+    )
     assert Image.open(tmp_path / "reward_curves.png").size[0] > 300
 
 
@@ -69,3 +72,16 @@ def test_demo_in_two_worker_processes_gives_the_same_figures(tmp_path, monkeypat
     assert two["workers"] == 2
     for method in demo.METHODS:
         assert two["methods"][method]["reward_mean"] == pytest.approx(one["methods"][method]["reward_mean"], abs=1e-5)
+
+
+def test_iterations_to_reach_is_the_first_evaluation_at_or_above_the_target():
+    assert demo.iterations_to_reach([0, 5, 10, 15], [0.50, 0.55, 0.61, 0.60], target=0.60, start=0.50) == 10
+
+
+def test_iterations_to_reach_is_none_when_the_target_is_never_reached():
+    assert demo.iterations_to_reach([0, 5, 10], [0.50, 0.55, 0.58], target=0.60, start=0.50) is None
+
+
+def test_iterations_to_reach_is_none_when_the_target_is_not_above_the_pretrained_reward():
+    # Flow-GRPO ending below the pretrained model: iteration 0 "reaches" it, which measures nothing
+    assert demo.iterations_to_reach([0, 5, 10], [0.58, 0.57, 0.59], target=0.57, start=0.58) is None

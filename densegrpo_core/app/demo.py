@@ -77,8 +77,11 @@ TOY_TRAIN = dict(
 )
 
 
-def iterations_to_reach(iterations: list[int], curve: list[float], target: float) -> int | None:
-    """First iteration at which `curve` reaches `target`, or None."""
+def iterations_to_reach(iterations: list[int], curve: list[float], target: float, start: float) -> int | None:
+    """First iteration at which `curve` reaches `target`, or None: never reached, or `target` is not above the
+    `start` reward (the pretrained model already has it, so "iterations to reach it" measures nothing)."""
+    if not target > start:
+        return None
     for it, r in zip(iterations, curve):
         if r >= target:
             return it
@@ -282,7 +285,12 @@ def run_demo(out: str, quick: bool = False, device: str = "cpu", seeds=None, wor
             "psi": method_psi(method, psi.values),
         }
     target = summary["methods"]["flow_grpo"]["eval_reward"]
-    reach = {m: iterations_to_reach(s["iterations"], s["reward_mean"], target) for m, s in summary["methods"].items()}
+    pretrained = base["reward_mean"]
+    reach = {
+        m: iterations_to_reach(s["iterations"], s["reward_mean"], target, pretrained)
+        for m, s in summary["methods"].items()
+    }
+    summary["flow_grpo_improved"] = target > pretrained  # else no method's "iterations to reach" is defined
     summary["iterations_to_reach_flow_grpo_final"] = reach
     summary["wall_s"] = time.perf_counter() - t_start
     with open(os.path.join(out, "summary.json"), "w") as f:
@@ -310,7 +318,11 @@ def run_demo(out: str, quick: bool = False, device: str = "cpu", seeds=None, wor
         ps = " ".join(f"{v:.3f}" for v in s["eval_reward_per_seed"])
         print(
             f"{m:18s} {s['eval_reward']:12.4f} {ps:>28s} {s['wall_s']:7.0f} {s['nfe_per_trajectory']:9.0f} "
-            f"{str(reach[m]):>18s}"
+            f"{'—' if reach[m] is None else str(reach[m]):>18s}"
+        )
+    if not summary["flow_grpo_improved"]:
+        print(
+            f"(Flow-GRPO ended at {target:.4f}, not above the pretrained {pretrained:.4f}: no iterations to reach it)"
         )
     print(f"{'pretrained':18s} {base['reward_mean']:12.4f}\nwrote {out}/summary.json (total {summary['wall_s']:.0f}s)")
     return summary
