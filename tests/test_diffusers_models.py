@@ -11,7 +11,9 @@ import torch
 
 pytest.importorskip("diffusers")
 sys.path.insert(0, os.path.dirname(__file__))
+import family_checks  # noqa: E402
 from diffusers_tiny import save_tiny_flux, save_tiny_sd35  # noqa: E402
+from family_checks import lora_vector, train_config  # noqa: E402
 
 from densegrpo_core.method.rollout import ode_sample  # noqa: E402
 from densegrpo_core.method.schedule import flow_grid, time_shift  # noqa: E402
@@ -36,28 +38,6 @@ def folders(tmp_path_factory):
 
 def load(folder, **kw):
     return load_pipeline(folder, train_prompts=PROMPTS, eval_prompts=EVAL, height=16, width=16, **kw)
-
-
-def train_config(out, **kw):
-    base = dict(
-        out_dir=str(out),
-        steps=3,
-        iterations=2,
-        prompts_per_iteration=2,
-        group_size=2,
-        train_batch=2,
-        lora_rank=2,
-        lora_alpha=4,
-        eval_every=0,
-        save_every=0,
-        lr=1e-2,
-        reward="jpeg_incompressibility",
-    )
-    return TrainConfig(**{**base, **kw})
-
-
-def lora_vector(model):
-    return torch.cat([p.detach().flatten() for p in lora.lora_parameters(model)])
 
 
 # ------------------------------------------------------------------------------------------ loader
@@ -241,23 +221,11 @@ def test_resume_continues_the_same_curves(folders, tmp_path):
 
 @pytest.fixture(scope="module")
 def trained(folders, tmp_path_factory):
-    out = tmp_path_factory.mktemp("trained")
-    pipe, train, _ = load(folders["sd35"])
-    t = Trainer(
-        train_config(out, iterations=1, export_diffusers=True), pipe, get_reward("jpeg_incompressibility"), train
-    )
-    t.run()
-    with torch.no_grad():  # a non-trivial LoRA, so a wrong scale shows
-        for p in t.params:
-            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
-    t.export_lora(str(out / "lora.safetensors"))
-    return t, out
+    return family_checks.train_and_export(load(folders["sd35"]), tmp_path_factory.mktemp("trained"))
 
 
 def velocity(pipe, prompts=("a red cube",)):
-    x = torch.randn((1, 16, 8, 8), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        return pipe.model(x, torch.tensor([0.7]), pipe.encode(list(prompts)))
+    return family_checks.velocity(pipe, torch.randn((1, 16, 8, 8), generator=torch.Generator().manual_seed(3)), prompts)
 
 
 @pytest.mark.parametrize("file", ["lora.safetensors", "lora_diffusers.safetensors"])

@@ -12,7 +12,9 @@ import torch
 
 pytest.importorskip("diffusers")
 sys.path.insert(0, os.path.dirname(__file__))
+import family_checks  # noqa: E402
 from diffusers_tiny_flux2 import save_tiny_flux2, save_tiny_flux2_klein  # noqa: E402
+from family_checks import lora_vector, train_config  # noqa: E402
 
 from densegrpo_core.method.rollout import ode_sample  # noqa: E402
 from densegrpo_core.method.schedule import time_shift  # noqa: E402
@@ -32,7 +34,7 @@ from densegrpo_core.models.families.flux2 import (  # noqa: E402
 )
 from densegrpo_core.models.pipeline import load_pipeline  # noqa: E402
 from densegrpo_core.rewards import get_reward  # noqa: E402
-from densegrpo_core.training.trainer import TrainConfig, Trainer  # noqa: E402
+from densegrpo_core.training.trainer import Trainer  # noqa: E402
 
 PROMPTS = ["a red cube", "a blue ball", "a green tree"]
 EVAL = ["a cat"]
@@ -77,32 +79,10 @@ def vae_latents(vae, x):
     return unpatchify(x * std + vae.bn.running_mean.view(1, -1, 1, 1))
 
 
-def train_config(out, **kw):
-    base = dict(
-        out_dir=str(out),
-        steps=3,
-        iterations=2,
-        prompts_per_iteration=2,
-        group_size=2,
-        train_batch=2,
-        lora_rank=2,
-        lora_alpha=4,
-        eval_every=0,
-        save_every=0,
-        lr=1e-2,
-        reward="jpeg_incompressibility",
-    )
-    return TrainConfig(**{**base, **kw})
-
-
-def lora_vector(model):
-    return torch.cat([p.detach().flatten() for p in lora.lora_parameters(model)])
-
-
 def velocity(pipe, prompts=("a red cube",)):
-    x = torch.randn((1, 128, 4, 4), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        return pipe.model(x, torch.tensor([0.7]), pipe.encode(list(prompts)))
+    return family_checks.velocity(
+        pipe, torch.randn((1, 128, 4, 4), generator=torch.Generator().manual_seed(3)), prompts
+    )
 
 
 # ------------------------------------------------------------------------------------------ records
@@ -254,17 +234,7 @@ def test_comfyui_keys_of_the_modules_comfyuis_diffusers_key_map_lacks():
 
 @pytest.fixture(scope="module")
 def trained(folders, tmp_path_factory):
-    out = tmp_path_factory.mktemp("trained")
-    pipe, train, _ = load(folders["dev"])
-    t = Trainer(
-        train_config(out, iterations=1, export_diffusers=True), pipe, get_reward("jpeg_incompressibility"), train
-    )
-    t.run()
-    with torch.no_grad():  # a non-trivial LoRA, so a wrong scale or a wrong key shows
-        for p in t.params:
-            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
-    t.export_lora(str(out / "lora.safetensors"))
-    return t, out
+    return family_checks.train_and_export(load(folders["dev"]), tmp_path_factory.mktemp("trained"))
 
 
 def test_exported_lora_has_comfyui_keys_and_the_diffusers_layout_has_diffusers_names(trained):

@@ -10,7 +10,9 @@ import torch
 
 pytest.importorskip("diffusers")
 sys.path.insert(0, os.path.dirname(__file__))
+import family_checks  # noqa: E402
 from diffusers_tiny_qwen_image import save_tiny_qwen_image  # noqa: E402
+from family_checks import lora_vector, train_config  # noqa: E402
 
 from densegrpo_core.method.rollout import ode_sample  # noqa: E402
 from densegrpo_core.models import lora  # noqa: E402
@@ -19,7 +21,7 @@ from densegrpo_core.models.families import QWEN_IMAGE, family_for_comfy_model  #
 from densegrpo_core.models.families.flux import flux_shift, pack_latents, unpack_latents  # noqa: E402
 from densegrpo_core.models.pipeline import load_pipeline  # noqa: E402
 from densegrpo_core.rewards import get_reward  # noqa: E402
-from densegrpo_core.training.trainer import TrainConfig, Trainer  # noqa: E402
+from densegrpo_core.training.trainer import Trainer  # noqa: E402
 
 PROMPTS = ["a red cube", "a blue ball on a long wooden table", "a green tree"]
 EVAL = ["a cat"]
@@ -45,10 +47,6 @@ def reference(folder):
 
 def noise(seed=0):
     return torch.randn((1, 16, 8, 8), generator=torch.Generator().manual_seed(seed))
-
-
-def lora_vector(model):
-    return torch.cat([p.detach().flatten() for p in lora.lora_parameters(model)])
 
 
 # ------------------------------------------------------------------------------------------ loader
@@ -165,22 +163,6 @@ def test_a_resolution_not_divisible_by_vae_scale_times_patch_is_named(folder):
 
 
 # ------------------------------------------------------------------------------------------ training
-def train_config(out, **kw):
-    base = dict(
-        out_dir=str(out),
-        steps=3,
-        iterations=2,
-        prompts_per_iteration=2,
-        group_size=2,
-        train_batch=2,
-        lora_rank=2,
-        lora_alpha=4,
-        eval_every=0,
-        save_every=0,
-        lr=1e-2,
-        reward="jpeg_incompressibility",
-    )
-    return TrainConfig(**{**base, **kw})
 
 
 @pytest.mark.parametrize("mode", ["dense_grpo", "flow_grpo"])
@@ -240,22 +222,11 @@ def test_the_memory_estimator_counts_the_transformer_and_comfyuis_video_shaped_l
 
 @pytest.fixture(scope="module")
 def trained(folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("trained")
-    pipe, train, _ = load(folder)
-    t = Trainer(
-        train_config(out, iterations=1, export_diffusers=True), pipe, get_reward("jpeg_incompressibility"), train
-    )
-    t.run()
-    with torch.no_grad():  # a non-trivial LoRA, so a wrong scale shows
-        for p in t.params:
-            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
-    t.export_lora(str(out / "lora.safetensors"))
-    return t, out
+    return family_checks.train_and_export(load(folder), tmp_path_factory.mktemp("trained"))
 
 
 def velocity(pipe, prompts=("a red cube",)):
-    with torch.no_grad():
-        return pipe.model(noise(3), torch.tensor([0.7]), pipe.encode(list(prompts)))
+    return family_checks.velocity(pipe, noise(3), prompts)
 
 
 def test_the_diffusers_layout_loads_in_qwen_image_pipeline_at_the_trained_strength(folder, trained):
