@@ -20,7 +20,8 @@ const TERMINAL = new Set(["finished", "stopped", "failed"]);
 const ACTIVE = new Set(["queued", "running", "stopping"]);
 const JOB_FILES = ["reward_curve.png", "dense_rewards.png", "samples.png"];   // GET /densegrpo/jobs/{id}/files/{name}
 const JOB_IMAGES = [["samples.png", "latest samples"], ["dense_rewards.png", "R_t and ΔR_t of the last saved iteration"]];
-const RECENT_ENDED = 5;   // ended jobs listed besides the active and the selected one, until "show all"
+const RECENT_SETTING = "DenseGRPO.Panel.RecentJobs";
+const RECENT_DEFAULT = 5;   // ended jobs listed besides the active ones, until "show all"
 const NONE = "—";         // a value that does not exist yet
 
 const state = {
@@ -88,6 +89,15 @@ function toast(severity, summary, detail, life = 6000) {
     app.extensionManager.toast.add({ severity, summary, detail, life });
   } catch (e) {
     console.warn("[DenseGRPO]", summary, detail);
+  }
+}
+
+function recentCount() {
+  try {
+    const n = Number(app.extensionManager.setting.get(RECENT_SETTING));
+    return Number.isFinite(n) && n >= 1 ? Math.floor(n) : RECENT_DEFAULT;
+  } catch (e) {
+    return RECENT_DEFAULT;
   }
 }
 
@@ -309,10 +319,11 @@ function jobRow(job) {
   job.error ? el("div", { class: "densegrpo-error" }, job.error) : null);
 }
 
-// the rows listed until "show all": the active jobs, the selected one and the most recent ended ones
+// the rows listed until "show all": the active jobs, the most recent ended ones and the selected one
 function recentJobs(jobs) {
+  const n = recentCount();
   let ended = 0;
-  return jobs.filter((j) => ACTIVE.has(j.state) || j.id === state.selected || ended++ < RECENT_ENDED);
+  return jobs.filter((j) => ACTIVE.has(j.state) || ended++ < n || j.id === state.selected);
 }
 
 function listView(jobs) {
@@ -332,6 +343,8 @@ function signCounts(job, large = false) {
   const m = job.last_metric ?? {};
   if (!Array.isArray(m.dR_pos) || !Array.isArray(m.dR_neg)) return null;
   const T = m.dR_pos.length;
+  const title = el("div", { class: "densegrpo-title" }, `ΔR signs per step (it. ${m.iteration})`,
+    el("span", { class: "densegrpo-legend" }, el("i", { class: "sw pos" }), ">0 ", el("i", { class: "sw neg" }), "<0"));
   const n = Math.max(1, ...m.dR_pos.map((p, i) => p + m.dR_neg[i]));
   const cols = m.dR_pos.map((p, i) => {
     const q = m.dR_neg[i];
@@ -340,10 +353,10 @@ function signCounts(job, large = false) {
       el("div", { class: "neg-box" }, el("div", { class: "neg", style: `height:${(100 * q) / n}%` })),
       el("div", { class: "densegrpo-step" }, String(T - i)));
   });
-  return el("div", { class: "densegrpo-section" },
-    el("div", { class: "densegrpo-title" }, `ΔR signs per step (it. ${m.iteration})`,
-      el("span", { class: "densegrpo-legend" }, el("i", { class: "sw pos" }), ">0 ", el("i", { class: "sw neg" }), "<0")),
-    el("div", { class: `densegrpo-bars${large ? " large" : ""}`, "data-steps": T }, cols));
+  const zero = m.dR_pos.every((p, i) => p + m.dR_neg[i] === 0);
+  return el("div", { class: "densegrpo-section" }, title,
+    el("div", { class: `densegrpo-bars${large ? " large" : ""}${zero ? " zero" : ""}`, "data-steps": T }, cols),
+    zero ? el("div", { class: "densegrpo-meta" }, `every ΔR_t was 0 in iteration ${m.iteration}`) : null);
 }
 
 // the cost of the last iteration: NFE (network evaluations) and, with an SDE window, which steps were SDE
@@ -378,6 +391,7 @@ function chartData(detail) {
 }
 
 const HELD_OUT_COLORS = ["#7bd88f", "#e06c9f", "#c792ea", "#f78c6c", "#89ddff"];
+const ITERATION_STEPS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000];   // whole-iteration ticks
 
 // the run's health warnings of the last iteration (densegrpo_core/training/health.py)
 function warningsView(job) {
@@ -432,7 +446,7 @@ function drawChart(container, job, detail, which, width, height) {
   const axis = { stroke: fg, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid } };
   holder.plot = new uPlot({
     width, height, scales: { x: { time: false } }, series, plugins: [resumeMarks(marks)],
-    axes: [{ ...axis, label: "iteration" }, { ...axis, size: 50 }], legend: { show: true },
+    axes: [{ ...axis, label: "iteration", incrs: ITERATION_STEPS }, { ...axis, size: 50 }], legend: { show: true },
     cursor: { drag: { x: false, y: false } },
   }, data, container);
   holder.key = key;
@@ -651,6 +665,11 @@ if (!window[LOADED]) {
     settings: [{
       id: TOAST_SETTING, category: ["DenseGRPO", "Panel", "Toasts"], type: "boolean", defaultValue: true,
       name: "Show a toast when a DenseGRPO training job finishes, stops or fails",
+    }, {
+      id: RECENT_SETTING, category: ["DenseGRPO", "Panel", "Recent jobs"], type: "number", defaultValue: RECENT_DEFAULT,
+      attrs: { min: 1, max: 100, step: 1 },
+      name: "Ended jobs the DenseGRPO panel lists before \"Show all\" (queued and running ones are always listed)",
+      onChange: () => scheduleRender(),
     }],
     setup() {
       app.extensionManager.registerSidebarTab({

@@ -9,7 +9,8 @@ then Delete) and reload. The tests below check its observations.
 Needs, besides $COMFYUI_PATH: `node`, the npm package playwright-core (a node_modules folder named by
 $DENSEGRPO_PLAYWRIGHT, or tests/comfyui/browser/node_modules from `npm install playwright-core` there) and a
 Chromium ($DENSEGRPO_CHROMIUM, else chromium on PATH); skipped with the reason when one is missing.
-$DENSEGRPO_SCREENSHOT_DIR keeps the screenshots (comfyui_panel_running.png, comfyui_panel_stopped.png).
+$DENSEGRPO_SCREENSHOT_DIR keeps the screenshots (comfyui_panel_running.png, comfyui_panel_stopped.png,
+comfyui_panel_large.png, comfyui_panel_delete.png; docs/img has the first three).
 """
 
 import json
@@ -238,6 +239,13 @@ def test_after_a_page_reload_the_job_is_one_row_with_its_final_state_and_whole_c
     assert curve["last"] == seen["resumed_stopped_iteration"]
 
 
+def test_the_list_shows_the_recent_jobs_until_show_all_with_the_selected_jobs_details(seen):
+    """With "Recent jobs" set to 1, the newest ended job is listed (and selected), the older one behind "Show all"."""
+    listed = seen["list_before_show_all"]
+    assert listed["rows"] == [seen["short_job"]["id"]] and listed["hidden"] == 1
+    assert listed["button"] == "Show all 2 jobs (1 more)" and listed["detail"] == seen["short_job"]["id"]
+
+
 def test_clear_finished_asks_first_then_deletes_the_finished_job_only(seen):
     assert "LoRA files in models/loras stay" in seen["clear_confirm"] and SHORT in seen["clear_confirm"]
     listed = {j["id"]: j["state"] for j in seen["after_clear"]}
@@ -280,6 +288,11 @@ def test_websocket_events_name_no_absolute_server_paths(comfy, seen):
     assert re.fullmatch(rf"densegrpo/{NAME}_\d{{5}}\.safetensors", lora["path"])
 
 
-def test_screenshots_of_the_running_and_stopped_panel_are_saved(seen):
-    for name in ("comfyui_panel_running.png", "comfyui_panel_stopped.png", "comfyui_panel_large.png"):
+def test_screenshots_of_the_running_stopped_and_large_panel_and_the_delete_dialog_are_saved(seen):
+    for name in (
+        "comfyui_panel_running.png",
+        "comfyui_panel_stopped.png",
+        "comfyui_panel_large.png",
+        "comfyui_panel_delete.png",
+    ):
         assert os.path.getsize(os.path.join(seen["screenshots"], name)) > 10_000

@@ -30,6 +30,8 @@ async function openUI(page) {
   // ComfyUI shows a first-visit templates dialog (over everything) to a user whose settings lack
   // Comfy.TutorialCompleted, at a moment of its own choosing: record the visit as done, as that dialog does
   await fetch(`${cfg.url}/api/settings/Comfy.TutorialCompleted`, { method: "POST", body: "true" });
+  // list one ended job before "Show all" (default 5), so two ended jobs already show the cap
+  await fetch(`${cfg.url}/api/settings/DenseGRPO.Panel.RecentJobs`, { method: "POST", body: "1" });
   await page.goto(cfg.url);
   await page.waitForFunction(() => window.app?.graph && window.app.extensionManager && window.comfyAPI?.api?.api,
     null, { timeout: T });
@@ -164,7 +166,6 @@ async function waitHistory(page, n) {
       const w = node?.widgets?.find((x) => x.name === "$$node-text-preview");
       return w && /iteration \d+\/\d+/.test(String(w.value)) ? String(w.value) : null;
     }, null, { timeout: T }).then((h) => h.jsonValue());
-    await shot(page, "comfyui_panel_running.png");
 
     // Run again with the same settings; a new nonce upstream makes ComfyUI execute the Train node again
     // (without it ComfyUI would just reuse the cached output) on the same MODEL: no second job
@@ -204,7 +205,6 @@ async function waitHistory(page, n) {
       .some((t) => /stopped/i.test(t.textContent)), null, { timeout: T });
     out.toast = await page.locator(".p-toast-message").last().textContent();
     out.stop_toasts = await page.locator(".p-toast-message", { hasText: "training stopped" }).count();
-    await shot(page, "comfyui_panel_stopped.png");
     step("stopped", stopped);
 
     out.events = await page.evaluate(() => window.__dgEvents);
@@ -216,7 +216,7 @@ async function waitHistory(page, n) {
     out.rows_after_resume = await rowsNamed(page, "browser_panel");
     out.curve_after_resume = await curve(page, ".densegrpo-detail", resumed.iteration);
     out.resumed = await page.evaluate(async (id) => (await fetch(`/densegrpo/jobs/${id}`)).json(), out.job_id);
-    await shot(page, "comfyui_panel_resumed.png");
+    await shot(page, "comfyui_panel_running.png");   // docs/img: the resumed run, one row, its mark on the curve
     step("resumed", resumed);
 
     // The large view: the curve, ΔR signs and samples in a dialog, larger than in the sidebar
@@ -257,12 +257,20 @@ async function waitHistory(page, n) {
     await page.reload();
     await openUI(page);
     await openPanel(page);
+    await jobRow(page, (r, id) => r.dataset.jobId === id, out.short_job.id);
+    out.list_before_show_all = await page.evaluate(() => {
+      const list = document.querySelector(".densegrpo-list");
+      return { rows: [...list.querySelectorAll(".densegrpo-job")].map((r) => r.dataset.jobId),
+               hidden: Number(list.dataset.hidden), button: list.querySelector('[data-action="show-all"]')?.textContent ?? null,
+               detail: document.querySelector(".densegrpo-detail")?.dataset.jobId ?? null };
+    });
+    await page.locator('.densegrpo-list button[data-action="show-all"]').click();
     const again = await jobRow(page, (r, id) => r.dataset.jobId === id, out.job_id);
     out.after_reload = again;
     out.rows_after_reload = await rowsNamed(page, "browser_panel");
     await page.locator(`.densegrpo-job[data-job-id="${out.job_id}"]`).click();
     out.curve_after_reload = await curve(page, ".densegrpo-detail", again.iteration);
-    await shot(page, "comfyui_panel_stopped_resumed.png");
+    await shot(page, "comfyui_panel_stopped.png");   // docs/img: after a reload, stopped, Clear finished offered
     step("reloaded", again);
 
     // Clear finished: a confirmation, then the finished job is gone and the stopped one stays
