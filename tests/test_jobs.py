@@ -349,6 +349,7 @@ def toy_training(manager, lora_dir, resume_of=None, stop_after=None, iterations=
         lora_dir=str(lora_dir),
         lora_name="toy",
         resume_checkpoint=manager.resumable(resume_of) if resume_of else None,
+        sample_prompts=prompts[:2],
     )
 
     def stopping_work(ctx):
@@ -476,6 +477,24 @@ def test_a_resumed_event_keeps_its_history_out_of_latest_and_events(manager, rec
     assert "history" not in job.latest["resumed"]
     (event,) = [e for j, e in rec.events if e["type"] == "resumed"]
     assert "history" not in event and event["job"]["resumes"][0]["iteration"] == 1
+
+
+def test_every_file_a_training_job_writes_into_its_folder_is_renamed_into_place(manager, tmp_path, monkeypatch):
+    """A reader (the panel) or a kill never meets half a file: job.json, the plots and the samples are each
+    written beside and renamed over (metrics.jsonl is the trainer's append-only log; checkpoint/ is swapped
+    in whole by the trainer)."""
+    real_replace, renamed = os.replace, set()
+
+    def replace(src, dst):
+        renamed.add(os.path.relpath(os.fspath(dst), manager.root))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    job = manager.wait(manager.submit("toy", toy_training(manager, tmp_path, iterations=2), total=2).id, WAIT)
+    assert job.state is JobState.FINISHED, job.traceback
+    files = {e for e in os.listdir(job.folder) if os.path.isfile(os.path.join(job.folder, e))}
+    assert {"job.json", "reward_curve.png", "dense_rewards.png", "samples.png"} <= files
+    assert files - {"metrics.jsonl"} <= {os.path.relpath(r, job.id) for r in renamed if r.startswith(job.id)}
 
 
 # ---------------------------------------------------------------- duplicates
