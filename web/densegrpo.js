@@ -575,7 +575,18 @@ function renderLarge() {
   const keep = state.charts.large.plot?.root.parentElement;
   const view = largeView(job);
   if (keep) view.querySelector(".densegrpo-chart")?.append(state.charts.large.plot.root);
+  reuseImages(body, view);
+  const scroll = body.scrollTop;
   body.replaceChildren(view);
+  body.scrollTop = scroll;
+}
+
+// move the loaded images of `before` into `after` where the same file would be loaded again (no flicker)
+function reuseImages(before, after) {
+  for (const img of after.querySelectorAll("img[data-file]")) {
+    const old = before.querySelector(`img[data-file="${img.dataset.file}"]`);
+    if (old && old.src === img.src && old.complete && old.naturalWidth > 0) img.replaceWith(old);
+  }
 }
 
 // a confirmation dialog: resolves true for the confirm button, false for Cancel, Escape or a click beside it
@@ -623,7 +634,10 @@ function render() {
     const slot = body.querySelector(".densegrpo-detail .densegrpo-chart");
     if (slot) slot.append(small.plot.root);
   }
-  const scroll = root.querySelector(".densegrpo-detail")?.scrollTop ?? 0;
+  const previous = root.querySelector(".densegrpo-detail");
+  const same = previous && previous.dataset.jobId === selected?.id;
+  if (same) reuseImages(previous, body);
+  const scroll = same ? previous.scrollTop : 0;
   const listScroll = root.querySelector(".densegrpo-list")?.scrollTop ?? 0;
   root.replaceChildren(body);
   const detail = body.querySelector(".densegrpo-detail");
