@@ -36,6 +36,9 @@ def _send(job_id: str, event: dict) -> None:
 
     small = public_view({k: v for k, v in event.items() if k not in ("rewards",)}, comfy_roots())
     PromptServer.instance.send_sync(EVENT, {**small, "job_id": job_id})
+    if event.get("type") == "deleted":
+        _progress_targets.pop(job_id, None)
+        return
     target = _progress_targets.get(job_id)
     if target and isinstance(event.get("job"), dict) and event.get("type") in ("iteration", "state"):
         PromptServer.instance.send_progress_text(progress_text(event["job"]), target[0], target[1])

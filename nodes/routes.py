@@ -5,9 +5,13 @@
 - POST /densegrpo/jobs/{id}/stop            ask it to stop
 - GET  /densegrpo/jobs/{id}/resume_prompt   the job's own prompt with resume_job set (POST it to /prompt)
 - GET  /densegrpo/jobs/{id}/files/{name}    a file of web_contract.JOB_FILES of the job (reward_curve.png, ...)
+- DELETE /densegrpo/jobs/{id}               delete an ended job: its record and job folder (never its LoRAs)
+- POST /densegrpo/jobs/clear_finished       delete every finished job
 
-Ids are validated by the manager: a malformed id answers 400, an unknown one 404. Answers name files
-relative to ComfyUI's folders (nodes/public.py), never by absolute server path.
+Ids are validated by the manager: a malformed id answers 400, an unknown one 404; deleting a queued,
+running or stopping job answers 409. No path from the client reaches the filesystem: a job's folder is the
+manager's root joined with a known id. Answers name files relative to ComfyUI's folders (nodes/public.py),
+never by absolute server path.
 """
 
 from __future__ import annotations
@@ -81,6 +85,25 @@ def register(routes) -> None:
             from .public import comfy_roots, public_string
 
             return web.json_response({"error": public_string(str(e), comfy_roots())}, status=409)
+
+    @routes.delete("/densegrpo/jobs/{job_id}")
+    async def delete_job(request):
+        from densegrpo_core.jobs.manager import JobActiveError
+
+        job, error = _lookup(request, web)
+        if error:
+            return error
+        try:
+            get_manager().delete(job.id)
+        except JobActiveError as e:
+            return web.json_response({"error": str(e)}, status=409)
+        except KeyError:  # deleted meanwhile
+            return web.json_response({"error": f"unknown job id {job.id!r}"}, status=404)
+        return web.json_response({"deleted": job.id})
+
+    @routes.post("/densegrpo/jobs/clear_finished")
+    async def clear_finished(request):
+        return web.json_response({"deleted": get_manager().clear_finished()})
 
     @routes.get("/densegrpo/jobs/{job_id}/files/{name}")
     async def get_job_file(request):

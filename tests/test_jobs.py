@@ -49,6 +49,10 @@ def manager(tmp_path, rec):
     m.shutdown(timeout=WAIT)
 
 
+def failing(ctx):
+    raise RuntimeError("boom")
+
+
 def blocking(started: threading.Event, release: threading.Event, log=None, tag=None):
     """A work function that signals its start and returns once released."""
 
@@ -316,49 +320,181 @@ def test_shutdown_stops_running_and_queued_jobs_and_refuses_new_ones(tmp_path, r
         m.submit("c", lambda ctx: None, total=1)
 
 
-def test_a_stopped_trainer_job_resumes_from_its_checkpoint(manager):
+def toy_training(manager, lora_dir, resume_of=None, stop_after=None, iterations=3):
+    """The real training work (densegrpo_core.jobs.training_work) of a toy run; `stop_after` asks the job to
+    stop after that iteration; `resume_of` continues that job's checkpoint."""
+    from densegrpo_core.jobs.training_work import training_work
     from densegrpo_core.models.pipeline import load_pipeline
     from densegrpo_core.rewards import get_reward
-    from densegrpo_core.training.trainer import TrainConfig, Trainer
+    from densegrpo_core.training.trainer import TrainConfig
 
-    def train(resume_of=None, stop_after_first=False):
-        def work(ctx):
-            def on_event(event):
-                ctx.emit(event)
-                if stop_after_first and event["type"] == "iteration":
+    cfg = TrainConfig(
+        out_dir="(job folder)",
+        iterations=iterations,
+        save_every=1,
+        steps=3,
+        group_size=2,
+        prompts_per_iteration=1,
+        train_batch=2,
+        lora_rank=2,
+        lora_alpha=4,
+        eval_every=0,
+    )
+    pipe, prompts, _ = load_pipeline("toy")
+    work = training_work(
+        cfg,
+        pipe,
+        get_reward("toy"),
+        prompts[:3],
+        lora_dir=str(lora_dir),
+        lora_name="toy",
+        resume_checkpoint=manager.resumable(resume_of) if resume_of else None,
+        sample_prompts=prompts[:2],
+    )
+
+    def stopping_work(ctx):
+        if stop_after is not None:
+            emit = ctx.emit
+
+            def emit_then_stop(event):
+                emit(event)
+                if event["type"] == "iteration" and event["iteration"] >= stop_after:
                     manager.stop(ctx.job.id)
 
-            cfg = TrainConfig(
-                out_dir=ctx.job.folder,
-                iterations=3,
-                save_every=1,
-                steps=3,
-                group_size=2,
-                prompts_per_iteration=1,
-                train_batch=2,
-                lora_rank=2,
-                lora_alpha=4,
-                eval_every=0,
-            )
-            pipe, prompts, _ = load_pipeline("toy")
-            trainer = Trainer(cfg, pipe, get_reward("toy"), prompts[:3], on_event=on_event, should_stop=ctx.should_stop)
-            if resume_of:
-                trainer.load_checkpoint(manager.resumable(resume_of))
-            trainer.run()
+            ctx.emit = emit_then_stop
+        work(ctx)
 
-        return work
+    return stopping_work
 
-    first = manager.wait(manager.submit("toy", train(stop_after_first=True), total=3).id, WAIT)
+
+def test_a_resumed_trainer_job_is_the_same_job_with_its_whole_curve(manager, tmp_path):
+    first = manager.wait(manager.submit("toy", toy_training(manager, tmp_path, stop_after=1), total=3).id, WAIT)
     assert first.state is JobState.STOPPED and first.iteration == 1, first.error
-    assert os.path.isfile(os.path.join(first.folder, "checkpoint", "state.pt"))
-    second = manager.submit(
-        "toy", train(resume_of=first.id), total=3, resume_of=first.id, start_iteration=first.iteration
+    again = manager.submit("toy", toy_training(manager, tmp_path, resume_of=first.id), total=3, resume_of=first.id)
+    assert again is first and [j.id for j in manager.list()] == [first.id]
+    job = manager.wait(first.id, WAIT)
+    assert job.state is JobState.FINISHED, job.traceback
+    assert [m["iteration"] for m in job.metrics] == [1, 2, 3] and job.iteration == 3
+    assert [r["iteration"] for r in job.resumes] == [1]
+    assert job.latest["done"]["stopped"] is False
+
+
+def test_a_resume_goes_through_the_states_again_and_tells_the_listener(manager, rec):
+    job = manager.wait(manager.submit("a", failing, total=2).id, WAIT)
+
+    def work(ctx):
+        ctx.emit({"type": "resumed", "iteration": 0, "history": {"metrics": [], "evals": []}})
+        ctx.emit({"type": "iteration", "iteration": 1})
+        ctx.emit({"type": "iteration", "iteration": 2})
+
+    manager.submit("a", work, total=2, resume_of=job.id)
+    assert manager.wait(job.id, WAIT).state is JobState.FINISHED
+    assert rec.states(job.id) == ["queued", "running", "failed", "queued", "running", "finished"]
+    resumed = [e for j, e in rec.events if e["type"] == "resumed"]
+    assert [(e["job_id"], e["iteration"]) for e in resumed] == [(job.id, 0)]
+
+
+def test_a_resume_after_a_failure_replaces_the_iterations_after_the_checkpoint(manager):
+    def fails_at_3(ctx):
+        for i in (1, 2, 3):
+            ctx.emit({"type": "iteration", "iteration": i, "reward_mean": 0.1 * i})
+        raise RuntimeError("out of memory")
+
+    def resumes_at_2(ctx):  # the checkpoint was written after iteration 2
+        history = {"metrics": [{"iteration": i, "reward_mean": 0.1 * i} for i in (1, 2)], "evals": []}
+        ctx.emit({"type": "resumed", "iteration": 2, "history": history})
+        for i in (3, 4):
+            ctx.emit({"type": "iteration", "iteration": i, "reward_mean": 1.0 * i})
+
+    job = manager.wait(manager.submit("a", fails_at_3, total=4).id, WAIT)
+    assert job.state is JobState.FAILED
+    manager.submit("a", resumes_at_2, total=4, resume_of=job.id)
+    job = manager.wait(job.id, WAIT)
+    assert job.state is JobState.FINISHED and job.error is None and job.traceback is None
+    assert [(m["iteration"], m["reward_mean"]) for m in job.metrics] == [(1, 0.1), (2, 0.2), (3, 3.0), (4, 4.0)]
+    assert job.resumes[0]["iteration"] == 2
+
+
+def test_a_repeated_iteration_replaces_the_earlier_record_even_without_a_resumed_event(manager):
+    def work(ctx):
+        for i in (1, 2, 3, 2, 3):
+            ctx.emit({"type": "iteration", "iteration": i})
+
+    job = manager.wait(manager.submit("a", work, total=3).id, WAIT)
+    assert [m["iteration"] for m in job.metrics] == [1, 2, 3]
+
+
+def test_only_a_stopped_or_failed_job_can_be_resumed(manager):
+    release = threading.Event()
+    running = manager.submit("a", blocking_work(release), total=1)
+    with pytest.raises(ValueError, match="only a stopped or failed job can be resumed"):
+        manager.submit("a", lambda ctx: None, total=1, resume_of=running.id)
+    release.set()
+    finished = manager.wait(running.id, WAIT)
+    with pytest.raises(ValueError, match="is finished: only a stopped or failed job"):
+        manager.submit("a", lambda ctx: None, total=1, resume_of=finished.id)
+    assert finished.state is JobState.FINISHED
+
+
+def test_resuming_a_deleted_job_is_a_clear_error(manager):
+    job = manager.wait(manager.submit("a", failing, total=2).id, WAIT)
+    manager.delete(job.id)
+    with pytest.raises(KeyError, match="unknown job id"):
+        manager.submit("a", lambda ctx: None, total=2, resume_of=job.id)
+
+
+def test_the_record_keeps_the_whole_curve_and_the_resume_marks_across_a_restart(manager):
+    def first(ctx):
+        ctx.emit({"type": "eval", "iteration": 0, "reward_mean": 0.0, "eval_rewards": {"aesthetic": 5.0}})
+        for i in (1, 2):
+            ctx.emit({"type": "iteration", "iteration": i, "reward_mean": 0.1 * i, "dR_pos": [1, 2]})
+        raise RuntimeError("boom")
+
+    def second(ctx):
+        metrics = [{"iteration": i, "reward_mean": 0.1 * i} for i in (1, 2)]
+        evals = [{"iteration": 0, "reward_mean": 0.0, "eval_rewards": {"aesthetic": 5.0}}]
+        ctx.emit({"type": "resumed", "iteration": 2, "history": {"metrics": metrics, "evals": evals}})
+        ctx.emit({"type": "iteration", "iteration": 3, "reward_mean": 0.3, "dR_pos": [2, 2]})
+
+    job = manager.wait(manager.submit("a", first, total=3).id, WAIT)
+    manager.submit("a", second, total=3, resume_of=job.id)
+    job = manager.wait(job.id, WAIT)
+    (loaded,) = JobManager(manager.root).load_records()
+    assert [(m["iteration"], m["reward_mean"]) for m in loaded.metrics] == [(1, 0.1), (2, 0.2), (3, 0.3)]
+    assert loaded.metrics[-1] == job.metrics[-1]  # the last one in full
+    assert loaded.evals == [{"iteration": 0, "reward_mean": 0.0, "eval_rewards": {"aesthetic": 5.0}}]
+    assert loaded.resumes == job.resumes and [r["iteration"] for r in loaded.resumes] == [2]
+    assert loaded.to_dict() == job.to_dict()
+
+
+def test_a_resumed_event_keeps_its_history_out_of_latest_and_events(manager, rec):
+    history = {"metrics": [{"iteration": 1, "reward_mean": 0.5}], "evals": []}
+    job = manager.wait(manager.submit("a", failing, total=2).id, WAIT)
+    manager.submit(
+        "a", lambda ctx: ctx.emit({"type": "resumed", "iteration": 1, "history": history}), total=2, resume_of=job.id
     )
-    assert second.iteration == 1 and second.resumed_from == first.id
-    second = manager.wait(second.id, WAIT)
-    assert second.state is JobState.FINISHED, second.traceback
-    assert [m["iteration"] for m in second.metrics] == [2, 3] and second.iteration == 3
-    assert second.latest["done"]["stopped"] is False
+    manager.wait(job.id, WAIT)
+    assert "history" not in job.latest["resumed"]
+    (event,) = [e for j, e in rec.events if e["type"] == "resumed"]
+    assert "history" not in event and event["job"]["resumes"][0]["iteration"] == 1
+
+
+def test_every_file_a_training_job_writes_into_its_folder_is_renamed_into_place(manager, tmp_path, monkeypatch):
+    """A reader (the panel) or a kill never meets half a file: job.json, the plots and the samples are each
+    written beside and renamed over (metrics.jsonl is the trainer's append-only log; checkpoint/ is swapped
+    in whole by the trainer)."""
+    real_replace, renamed = os.replace, set()
+
+    def replace(src, dst):
+        renamed.add(os.path.relpath(os.fspath(dst), manager.root))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    job = manager.wait(manager.submit("toy", toy_training(manager, tmp_path, iterations=2), total=2).id, WAIT)
+    assert job.state is JobState.FINISHED, job.traceback
+    files = {e for e in os.listdir(job.folder) if os.path.isfile(os.path.join(job.folder, e))}
+    assert {"job.json", "reward_curve.png", "dense_rewards.png", "samples.png"} <= files
+    assert files - {"metrics.jsonl"} <= {os.path.relpath(r, job.id) for r in renamed if r.startswith(job.id)}
 
 
 # ---------------------------------------------------------------- duplicates
@@ -429,3 +565,160 @@ def test_events_carry_the_job_summary(rec, manager):
     )
     (event,) = [e for j, e in rec.events if e["type"] == "iteration"]
     assert event["job"]["id"] == job.id and event["job"]["iteration"] == 1
+
+
+# ------------------------------------------------------------------ delete
+def test_delete_removes_an_ended_job_its_record_and_its_folder(manager, tmp_path):
+    job = manager.wait(manager.submit("a", failing, total=1).id, WAIT)
+    with open(os.path.join(job.folder, "metrics.jsonl"), "w") as f:
+        f.write("{}\n")
+    os.makedirs(os.path.join(job.folder, "checkpoint"))
+    assert manager.delete(job.id) is job
+    assert not os.path.exists(job.folder) and os.listdir(manager.root) == []
+    with pytest.raises(KeyError, match="unknown job id"):
+        manager.get(job.id)
+    assert manager.list() == []
+
+
+def test_delete_never_touches_the_jobs_lora_files(manager, tmp_path):
+    lora = tmp_path / "loras" / "a_00001.safetensors"
+    lora.parent.mkdir()
+    lora.write_bytes(b"lora")
+
+    def work(ctx):
+        ctx.emit({"type": "lora", "path": str(lora), "iteration": 1})
+
+    job = manager.wait(manager.submit("a", work, total=1).id, WAIT)
+    manager.delete(job.id)
+    assert lora.read_bytes() == b"lora"
+
+
+def test_a_deleted_job_stays_gone_after_a_restart(manager):
+    kept, gone = (manager.wait(manager.submit(n, failing, total=1).id, WAIT) for n in "ab")
+    manager.delete(gone.id)
+    assert [j.id for j in JobManager(manager.root).load_records()] == [kept.id]
+
+
+@pytest.mark.parametrize("state", ["queued", "running", "stopping"])
+def test_deleting_an_active_job_is_refused_and_keeps_it(manager, rec, state):
+    started, release = threading.Event(), threading.Event()
+    first = manager.submit("first", blocking(started, release), total=5)
+    queued = manager.submit("second", lambda ctx: None, total=1)
+    assert started.wait(WAIT)
+    job = {"queued": queued, "running": first, "stopping": first}[state]
+    if state == "stopping":
+        manager.stop(first.id)
+    assert job.state.value == state
+    with pytest.raises(jobs.JobActiveError, match=f"job {job.id} is {state}: stop it first"):
+        manager.delete(job.id)
+    release.set()
+    assert manager.get(job.id) is job and os.path.isfile(os.path.join(job.folder, "job.json"))
+    manager.wait(queued.id, WAIT)
+
+
+def test_deleting_an_unknown_or_malformed_id_is_refused(manager):
+    with pytest.raises(KeyError, match="unknown job id"):
+        manager.delete("abcdef012345")
+    for bad in ("../../etc", "..", "", None):
+        with pytest.raises(ValueError, match="malformed job id"):
+            manager.delete(bad)
+
+
+def test_delete_tells_the_listener(manager, rec):
+    job = manager.wait(manager.submit("a", failing, total=1).id, WAIT)
+    manager.delete(job.id)
+    assert rec.events[-1] == (job.id, {"type": "deleted", "job_id": job.id})
+
+
+def test_a_job_folder_that_is_a_link_is_unlinked_not_followed(manager, tmp_path):
+    job = manager.wait(manager.submit("a", failing, total=1).id, WAIT)
+    elsewhere = tmp_path / "elsewhere"
+    os.replace(job.folder, elsewhere)
+    os.symlink(elsewhere, job.folder)
+    manager.delete(job.id)
+    assert not os.path.lexists(job.folder) and (elsewhere / "job.json").is_file()
+
+
+def test_clear_finished_deletes_only_the_finished_jobs(manager):
+    finished = [manager.wait(manager.submit(n, lambda ctx: None, total=1).id, WAIT) for n in "ab"]
+    failed = manager.wait(manager.submit("c", failing, total=1).id, WAIT)
+    started, release = threading.Event(), threading.Event()
+    running = manager.submit("d", blocking(started, release), total=1)
+    stopped = manager.stop(manager.submit("e", lambda ctx: None, total=1).id)  # queued behind "d"
+    assert started.wait(WAIT)
+    assert sorted(manager.clear_finished()) == sorted(j.id for j in finished)
+    assert {j.id for j in manager.list()} == {failed.id, running.id, stopped.id}
+    assert not any(os.path.exists(j.folder) for j in finished)
+    release.set()
+    manager.wait(running.id, WAIT)
+    assert manager.clear_finished() == [running.id]
+
+
+def test_a_delete_cut_short_after_its_rename_is_finished_on_the_next_start(manager, monkeypatch):
+    job = manager.wait(manager.submit("a", failing, total=1).id, WAIT)
+    monkeypatch.setattr(jobs.shutil, "rmtree", lambda path: None)  # killed before the removal
+    manager.delete(job.id)
+    (aside,) = os.listdir(manager.root)
+    assert aside.startswith(".deleted-")
+    monkeypatch.undo()
+    assert JobManager(manager.root).load_records() == [] and os.listdir(manager.root) == []
+
+
+# -------------------------------------------------------------- durability
+def test_a_kill_at_any_rename_of_the_job_files_leaves_every_job_loadable(tmp_path, monkeypatch, caplog):
+    """Every os.replace the manager makes (job.json writes, a delete's rename), with a copy of the jobs folder
+    just before and just after it: each copy is what a kill -9 at that instant leaves. Loading each copy must
+    give every job that has a record, whole, and never a deleted one half-there."""
+    import shutil
+
+    root, copies = tmp_path / "jobs", tmp_path / "copies"
+    real_replace, count = os.replace, [0]
+
+    def replace(src, dst):
+        if str(dst).startswith(str(root)):
+            count[0] += 1
+            shutil.copytree(root, copies / f"{count[0]:03d}-before", symlinks=True)
+            real_replace(src, dst)
+            shutil.copytree(root, copies / f"{count[0]:03d}-after", symlinks=True)
+        else:
+            real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    m = JobManager(str(root))
+
+    def trains(ctx):
+        for i in (1, 2):
+            ctx.emit({"type": "iteration", "iteration": i, "reward_mean": 0.5})
+            ctx.emit({"type": "checkpoint", "iteration": i, "path": "checkpoint"})
+            ctx.emit({"type": "lora", "path": f"/loras/a_{i:05d}.safetensors", "iteration": i})
+
+    def stops(ctx):
+        ctx.emit({"type": "iteration", "iteration": 1, "reward_mean": 0.1})
+        m.stop(ctx.job.id)
+
+    def resumes(ctx):
+        history = {"metrics": [{"iteration": 1, "reward_mean": 0.1}], "evals": []}
+        ctx.emit({"type": "resumed", "iteration": 1, "history": history})
+        ctx.emit({"type": "iteration", "iteration": 2, "reward_mean": 0.2})
+
+    finished = m.wait(m.submit("finished", trains, total=2).id, WAIT)
+    resumed = m.wait(m.submit("resumed", stops, total=2).id, WAIT)
+    m.submit("resumed", resumes, total=2, resume_of=resumed.id)
+    m.wait(resumed.id, WAIT)
+    m.delete(finished.id)
+    monkeypatch.setattr(os, "replace", real_replace)
+    m.shutdown()
+    snapshots = sorted(os.listdir(copies))
+    assert len(snapshots) == 2 * 16  # 15 record writes (7 + 8: every state change and persisted event), 1 rename
+    for snap in snapshots:
+        folder = copies / snap
+        with_record = {e for e in os.listdir(folder) if jobs.ID_RE.fullmatch(e) and (folder / e / "job.json").is_file()}
+        caplog.clear()
+        loaded = JobManager(str(folder)).load_records()
+        assert "skipping" not in caplog.text, (snap, caplog.text)
+        assert {j.id for j in loaded} == with_record, snap
+        assert not [e for e in os.listdir(folder) if e.startswith(".deleted-")], snap
+        for job in loaded:
+            assert [m["iteration"] for m in job.metrics] == list(range(1, job.iteration + 1)), (snap, job.metrics)
+    final = JobManager(str(root)).load_records()
+    assert [(j.id, j.state, j.iteration) for j in final] == [(resumed.id, JobState.FINISHED, 2)]

@@ -12,7 +12,14 @@ queued or running job with the same key instead of starting a duplicate. `to_dic
 iteration and an ETA measured from the iteration events of the current run.
 
 States: queued → running → finished; a stop request makes a running job stopping, then stopped when the
-work returns; an exception makes it failed; a queued job that is stopped never runs.
+work returns; an exception makes it failed; a queued job that is stopped never runs. `submit(...,
+resume_of=id)` continues a stopped or failed job as the same job (same id and folder: one run, one record),
+queued again with the new work. `delete(id)` removes an ended job's record and folder, `clear_finished()`
+every finished one; a queued, running or stopping job is refused (`JobActiveError`).
+
+Durability: job.json is the only file the manager writes, always whole (written beside and renamed over);
+a deleted folder is renamed aside before it is removed, so a kill at any instant leaves every job either
+loadable or gone, never half-written.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import string
 import threading
 import time
@@ -31,16 +39,21 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..util.atomic import atomic_write_json
-from .state import Job, JobState, json_safe, settings_key
+from .state import HISTORY_KEY, Job, JobState, json_safe, settings_key
 
-__all__ = ["Job", "JobContext", "JobManager", "JobState", "json_safe", "settings_key"]
+__all__ = ["Job", "JobActiveError", "JobContext", "JobManager", "JobState", "json_safe", "settings_key"]
 
 log = logging.getLogger(__name__)
 
 ID_RE = re.compile(r"[a-z0-9]{12}")
-PERSIST_EVENTS = frozenset({"checkpoint", "lora"})  # also rewrite job.json then: a record knows the progress
+PERSIST_EVENTS = frozenset({"checkpoint", "lora", "resumed"})  # also rewrite job.json: a record knows the progress
 RECORD_NAME = "job.json"
 INTERRUPTED = "interrupted by a server restart"
+DELETED_PREFIX = ".deleted-"  # a job folder renamed aside on its way out (never loaded; removed on load)
+
+
+class JobActiveError(ValueError):
+    """The job is queued, running or stopping: it cannot be deleted (HTTP 409)."""
 
 
 class JobContext:
@@ -94,7 +107,10 @@ class JobManager:
         meta: dict | None = None,
         key: str | None = None,
     ) -> Job:
-        """Queue `work` as a job on `device`; it starts when the device's earlier jobs are done."""
+        """Queue `work` as a job on `device`; it starts when the device's earlier jobs are done. With
+        `resume_of`, that stopped or failed job is queued again instead (same id, folder and record; the
+        work resumes its checkpoint and emits a "resumed" event); KeyError if it was deleted meanwhile,
+        ValueError if it is no longer stopped or failed."""
         return self._submit(
             name,
             work,
@@ -135,25 +151,12 @@ class JobManager:
                 active = self._find_active(key)
                 if active is not None:
                     return active, False
-            job_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(12))
-            while job_id in self._jobs or os.path.exists(os.path.join(self.root, job_id)):
-                job_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(12))
-            job = Job(
-                id=job_id,
-                name=name,
-                device=str(device),
-                folder=os.path.join(self.root, job_id),
-                total=int(total),
-                iteration=int(start_iteration),
-                created=time.time(),
-                resumed_from=resume_of,
-                meta=json_safe(dict(meta or {})),
-                key=key,
-                start_iteration=int(start_iteration),
-            )
-            os.makedirs(job.folder)
-            self._jobs[job.id] = job
-            self._runs[job.id] = _Run(work, threading.Event(), threading.Event())
+            if resume_of is not None:
+                job = self._requeue(resume_of, work, name=name, device=device, total=total, meta=meta, key=key)
+            else:
+                job = self._new_job(
+                    name, work, device=device, total=total, start_iteration=start_iteration, meta=meta, key=key
+                )
         self._changed(job)  # "queued" reaches the listener before "running" can
         with self._lock:
             if job.state is JobState.QUEUED:  # not stopped (or shut down) in between
@@ -165,6 +168,39 @@ class JobManager:
                     self._workers[job.device] = worker
                     worker.start()
         return job, True
+
+    def _new_job(self, name, work, *, device, total, start_iteration, meta, key) -> Job:
+        """Under self._lock: a new job and its folder."""
+        job_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(12))
+        while job_id in self._jobs or os.path.exists(os.path.join(self.root, job_id)):
+            job_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(12))
+        job = Job(
+            id=job_id,
+            name=name,
+            device=str(device),
+            folder=os.path.join(self.root, job_id),
+            total=int(total),
+            iteration=int(start_iteration),
+            created=time.time(),
+            meta=json_safe(dict(meta or {})),
+            key=key,
+            start_iteration=int(start_iteration),
+        )
+        os.makedirs(job.folder)
+        self._jobs[job.id] = job
+        self._runs[job.id] = _Run(work, threading.Event(), threading.Event())
+        return job
+
+    def _requeue(self, job_id, work, *, name, device, total, meta, key) -> Job:
+        """Under self._lock: the stopped or failed job `job_id` queued again with `work` (same id, folder)."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise KeyError(f"job {job_id!r} to resume no longer exists (deleted)")
+        if job.state not in (JobState.STOPPED, JobState.FAILED) or not self._runs[job.id].done.is_set():
+            raise ValueError(f"job {job.id} is {job.state.value}: only a stopped or failed job can be resumed")
+        job.requeue(name, str(device), total, key, json_safe(dict(meta or {})))
+        self._runs[job.id] = _Run(work, threading.Event(), threading.Event())
+        return job
 
     def get(self, job_id: str) -> Job:
         """The job; ValueError for a malformed id (HTTP 400), KeyError for an unknown one (404)."""
@@ -210,6 +246,60 @@ class JobManager:
         for worker in workers:
             worker.join(max(0.0, deadline - time.monotonic()))
 
+    def delete(self, job_id: str) -> Job:
+        """Remove an ended job: from the manager, its record and its whole folder (checkpoint, plots, ...;
+        files written elsewhere, such as its LoRAs, stay). JobActiveError for a queued, running or stopping
+        job; ValueError / KeyError for a malformed / unknown id, as `get`."""
+        job = self.get(job_id)
+        with self._lock:
+            if job.id not in self._jobs:
+                raise KeyError(f"unknown job id {job.id!r}")
+            if not job.state.terminal or not self._runs[job.id].done.is_set():
+                raise JobActiveError(
+                    f"job {job.id} is {job.state.value}: stop it first (only a finished, stopped or failed job "
+                    f"can be deleted)"
+                )
+            del self._jobs[job.id], self._runs[job.id]
+        with self._io_lock:  # no record write of this job is under way (none starts: its folder is gone)
+            self._remove_folder(job.id)
+        self._notify(job.id, {"type": "deleted", "job_id": job.id})
+        return job
+
+    def clear_finished(self) -> list[str]:
+        """Delete every finished job (stopped and failed ones stay: they can be resumed); → their ids."""
+        with self._lock:
+            ids = [j.id for j in self._jobs.values() if j.state is JobState.FINISHED]
+        deleted = []
+        for job_id in ids:
+            try:
+                self.delete(job_id)
+            except KeyError:  # deleted meanwhile
+                continue
+            deleted.append(job_id)
+        return deleted
+
+    def _remove_folder(self, job_id: str) -> None:
+        """Rename `<root>/<id>` aside (one atomic step: the job is gone from disk), then remove it. The path
+        comes from the root and a validated id only, never from a record."""
+        if not ID_RE.fullmatch(job_id):
+            raise ValueError(f"malformed job id {job_id[:40]!r}")
+        folder = os.path.join(self.root, job_id)
+        if not os.path.lexists(folder):
+            return
+        aside = os.path.join(self.root, f"{DELETED_PREFIX}{job_id}-{secrets.token_hex(4)}")
+        os.replace(folder, aside)
+        self._remove_aside(aside)
+
+    @staticmethod
+    def _remove_aside(path: str) -> None:
+        try:
+            if os.path.islink(path):  # never follow a link out of the jobs folder
+                os.unlink(path)
+            else:
+                shutil.rmtree(path)
+        except OSError:
+            log.exception("could not remove the deleted job folder %s (removed on the next start)", path)
+
     def resumable(self, job_id: str) -> str:
         """The checkpoint folder of a stopped or failed job; ValueError saying why a job cannot be resumed."""
         job = self.get(job_id)
@@ -227,6 +317,9 @@ class JobManager:
         queued, running or stopping when the process ended becomes failed ("interrupted by a server restart")."""
         loaded = []
         for entry in sorted(os.listdir(self.root)):
+            if entry.startswith(DELETED_PREFIX):  # a delete that a kill interrupted: finish it
+                self._remove_aside(os.path.join(self.root, entry))
+                continue
             path = os.path.join(self.root, entry, RECORD_NAME)
             if not ID_RE.fullmatch(entry) or not os.path.isfile(path):
                 continue
@@ -307,7 +400,8 @@ class JobManager:
         job.record(event)
         if event["type"] in PERSIST_EVENTS:
             self._persist(job)
-        self._notify(job.id, {**event, "job_id": job.id, "job": job.to_dict()})
+        small = {k: v for k, v in event.items() if k != HISTORY_KEY}  # the history stays with the job
+        self._notify(job.id, {**small, "job_id": job.id, "job": job.to_dict()})
 
     def _changed(self, job: Job) -> None:
         """After a state change: write the record, tell the listener, release waiters once terminal."""
@@ -319,13 +413,14 @@ class JobManager:
     def _persist(self, job: Job) -> dict:
         """Write job.json atomically from a fresh snapshot; a failed write is logged, the job goes on."""
         with self._io_lock:
-            d = job.to_dict()
+            record = job.to_record()
             path = os.path.join(job.folder, RECORD_NAME)
-            try:
-                atomic_write_json(path, {**d, "traceback": job.traceback}, allow_nan=False)
-            except OSError:
-                log.exception("job %s: could not write %s", job.id, path)
-        return d
+            if os.path.isdir(job.folder):  # not when deleted meanwhile: never create its folder again
+                try:
+                    atomic_write_json(path, record, indent=None, allow_nan=False)
+                except OSError:
+                    log.exception("job %s: could not write %s", job.id, path)
+        return {k: v for k, v in record.items() if k not in ("traceback", "history")}
 
     def _notify(self, job_id: str, event: dict) -> None:
         if self.on_event is None:

@@ -1,5 +1,11 @@
 """One background job as data: its states, its record (what job.json holds) and the settings key that
-identifies a duplicate. The manager that runs jobs is jobs.py."""
+identifies a duplicate. The manager that runs jobs is manager.py.
+
+A job is one training run from iteration 1 on, however often it was stopped and resumed: a resume re-queues
+the same job (stopped/failed → queued), its "resumed" event brings back the run's history from the
+checkpoint and leaves a mark (`resumes`) where the curve continues. The record keeps the whole reward curve
+(`history`: iteration and reward of every metric and evaluation, not their large fields), so a reloaded job
+draws the same curve."""
 
 from __future__ import annotations
 
@@ -14,6 +20,8 @@ from dataclasses import dataclass, field
 
 MAX_RECORDS = 10_000  # metrics/evals kept per job: a long run's history in bounded memory
 LARGE_KEYS = frozenset({"rewards"})  # per-sample payloads: kept in `latest` only, not in every metric record
+HISTORY_KEY = "history"  # a "resumed" event's {"metrics": [...], "evals": [...]}: folded in, kept nowhere else
+CURVE_KEYS = ("iteration", "reward_mean", "eval_rewards")  # what the record's history keeps of each metric/eval
 RATE_WINDOW = 10  # iterations the seconds-per-iteration figure averages over
 
 
@@ -36,8 +44,8 @@ TRANSITIONS = {
     # a stop that arrives after the last iteration still ends the job finished
     JobState.STOPPING: {JobState.STOPPED, JobState.FAILED, JobState.FINISHED},
     JobState.FINISHED: set(),
-    JobState.STOPPED: set(),
-    JobState.FAILED: set(),
+    JobState.STOPPED: {JobState.QUEUED},  # resumed: the same job continues its run
+    JobState.FAILED: {JobState.QUEUED},
 }
 
 
@@ -63,9 +71,30 @@ def settings_key(settings) -> str:
 
 
 def _append_capped(records: list, record: dict) -> None:
+    """Append a record of iteration i, dropping any of iteration >= i first (a resumed run redoes the
+    iterations after its checkpoint), and keep the last MAX_RECORDS."""
+    it = record.get("iteration")
+    if isinstance(it, (int, float)):
+        while records and isinstance(records[-1].get("iteration"), (int, float)) and records[-1]["iteration"] >= it:
+            records.pop()
     records.append(record)
     if len(records) > MAX_RECORDS:
         del records[: len(records) - MAX_RECORDS]
+
+
+def _summary(event: dict) -> dict:
+    return {k: v for k, v in event.items() if k != "type" and k not in LARGE_KEYS and k != HISTORY_KEY}
+
+
+def _curve(records: list[dict]) -> list[dict]:
+    """The curve fields of each record (what job.json keeps of a history)."""
+    return [{k: r[k] for k in CURVE_KEYS if k in r} for r in records]
+
+
+def _history_list(value, what: str) -> list[dict]:
+    if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+        raise ValueError(f"a job history's {what!r} must be a list of records, got {str(value)[:80]}")
+    return value[-MAX_RECORDS:]
 
 
 @dataclass
@@ -86,7 +115,8 @@ class Job:
     evals: list[dict] = field(default_factory=list)  # "eval" events, the last MAX_RECORDS
     loras: list[str] = field(default_factory=list)  # LoRA files written ("lora" events), oldest first
     latest: dict = field(default_factory=dict)  # the latest event of each type, large payloads included
-    resumed_from: str | None = None  # id of the job this one resumes
+    resumed_from: str | None = None  # id of the job this one resumes (records written before resumes kept one id)
+    resumes: list[dict] = field(default_factory=list)  # {"iteration": k, "time": t} of each resume of this run
     meta: dict = field(default_factory=dict)  # the submitter's extra facts (advantage mode, LoRA folder, ...)
     key: str | None = None  # settings_key of the settings that define the job (dedupe)
     start_iteration: int = 0  # the iteration this run started at (a resume's checkpoint)
@@ -107,15 +137,36 @@ class Job:
             if new.terminal:
                 self.finished = time.time()
 
+    def requeue(self, name: str, device: str, total: int, key: str | None, meta: dict) -> None:
+        """A stopped or failed job queued again to continue its run (`total` iterations in all)."""
+        with self._lock:
+            self.transition(JobState.QUEUED)
+            self.name, self.device, self.total, self.key = name, device, int(total), key
+            self.meta = {**self.meta, **meta}
+            self.finished = self.error = self.traceback = None
+            self.start_iteration, self.recorded_rate = self.iteration, None
+            self._ticks.clear()
+
     def record(self, event: dict) -> None:
         """Fold one training event into the job: iteration count, metrics, evals, LoRA files, latest."""
         kind = event.get("type")
         if not isinstance(kind, str):
             raise ValueError(f"a job event needs a string 'type', got {str(event)[:200]}")
-        summary = {k: v for k, v in event.items() if k != "type" and k not in LARGE_KEYS}
+        summary = _summary(event)
         with self._lock:
-            self.latest[kind] = event
-            if kind == "iteration":
+            self.latest[kind] = {k: v for k, v in event.items() if k != HISTORY_KEY}
+            if kind == "resumed":  # the run continues from its checkpoint: its history up to there, a mark
+                k = int(event["iteration"])
+                history = event.get(HISTORY_KEY)
+                if history is not None:
+                    self.metrics = [_summary(m) for m in _history_list(history.get("metrics"), "metrics")]
+                    self.evals = [_summary(e) for e in _history_list(history.get("evals"), "evals")]
+                self.metrics = [m for m in self.metrics if m.get("iteration", 0) <= k]
+                self.evals = [e for e in self.evals if e.get("iteration", 0) <= k]
+                self.iteration = self.start_iteration = k
+                self._ticks.clear()
+                self.resumes.append({"iteration": k, "time": time.time()})
+            elif kind == "iteration":
                 self.iteration = int(event["iteration"])
                 self._ticks.append((time.time(), self.iteration))
                 _append_capped(self.metrics, summary)
@@ -160,6 +211,7 @@ class Job:
                 "error": self.error,
                 "loras": list(self.loras),
                 "resumed_from": self.resumed_from,
+                "resumes": [dict(r) for r in self.resumes],
                 "meta": self.meta,
                 "metrics_count": len(self.metrics),
                 "evals_count": len(self.evals),
@@ -173,9 +225,23 @@ class Job:
                 d.update(traceback=self.traceback, metrics=self.metrics, evals=self.evals, latest=self.latest)
             return json_safe(d)
 
+    def to_record(self) -> dict:
+        """What job.json holds: the summary, the traceback and the reward curve of the whole run."""
+        with self._lock:
+            d = self.to_dict()
+            d["traceback"] = self.traceback
+            d[HISTORY_KEY] = json_safe({"metrics": _curve(self.metrics), "evals": _curve(self.evals)})
+            return d
+
     @classmethod
     def from_record(cls, d: dict, folder: str) -> "Job":
-        """A job back from its job.json (which keeps only the last metric and eval of the lists)."""
+        """A job back from its job.json: the curve of its history, the last metric and eval in full."""
+        history = d.get(HISTORY_KEY) or {}
+        metrics = [dict(m) for m in _history_list(history.get("metrics", []), "metrics")]
+        evals = [dict(e) for e in _history_list(history.get("evals", []), "evals")]
+        for records, last in ((metrics, d.get("last_metric")), (evals, d.get("last_eval"))):
+            if last:
+                _append_capped(records, dict(last))
         return cls(
             id=d["id"],
             name=d["name"],
@@ -189,10 +255,11 @@ class Job:
             finished=d.get("finished"),
             error=d.get("error"),
             traceback=d.get("traceback"),
-            metrics=[d["last_metric"]] if d.get("last_metric") else [],
-            evals=[d["last_eval"]] if d.get("last_eval") else [],
+            metrics=metrics,
+            evals=evals,
             loras=list(d.get("loras") or []),
             resumed_from=d.get("resumed_from"),
+            resumes=[dict(r) for r in d.get("resumes") or []],
             meta=dict(d.get("meta") or {}),
             key=d.get("key"),
             recorded_rate=d.get("sec_per_iteration"),

@@ -4,7 +4,9 @@
 pipeline (a private model copy), resumes from a checkpoint if asked, trains until done or stopped, and at
 every checkpoint writes the LoRA atomically as `<lora_dir>/<name>_<iteration>.safetensors` (a new name
 each time: ComfyUI caches LoRAs by path) and `<name>_latest.safetensors`, plus status plots and sample
-images into the job folder. An exception ends the job; the LoRA files written before it stay.
+images into the job folder (each written beside and renamed over: a reader never sees half a PNG). A resume
+emits a "resumed" event with the run's history from the checkpoint, so the job's curve starts at iteration 1.
+An exception ends the job; the LoRA files written before it stay.
 """
 
 from __future__ import annotations
@@ -83,19 +85,22 @@ def save_status_plots(trainer: Trainer, folder: str, sample_prompts: Sequence[st
                     "iterations": [e["iteration"] for e in held],
                     "reward_mean": [e["eval_rewards"][name] for e in held],
                 }
-        paths["reward_curve"] = plot_reward_curves(curves, os.path.join(folder, REWARD_CURVE_FILE))
+        paths["reward_curve"] = _save_png(plot_reward_curves(curves), os.path.join(folder, REWARD_CURVE_FILE))
     R = getattr(trainer, "last_rewards", None)
     if R is not None and R.ndim == 2 and R.shape[1] > 1:
-        paths["dense_rewards"] = plot_dense_rewards(
-            R, os.path.join(folder, DENSE_REWARDS_FILE), title=f"iteration {trainer.iteration_done}"
+        paths["dense_rewards"] = _save_png(
+            plot_dense_rewards(R, title=f"iteration {trainer.iteration_done}"), os.path.join(folder, DENSE_REWARDS_FILE)
         )
     if sample_prompts:
         grid = sample_grid(trainer, sample_prompts)
         path = os.path.join(folder, SAMPLES_FILE)
-        image = Image.fromarray((grid.clamp(0, 1) * 255).round().byte().numpy())
-        atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
-        paths["samples"] = path
+        paths["samples"] = _save_png(Image.fromarray((grid.clamp(0, 1) * 255).round().byte().numpy()), path)
     return paths
+
+
+def _save_png(image, path: str) -> str:
+    """A PIL image as a PNG file, atomically."""
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def training_work(
@@ -144,6 +149,9 @@ def training_work(
         holder["trainer"] = trainer
         if resume_checkpoint:
             trainer.load_checkpoint(resume_checkpoint)
+            # the job continues its run: the history up to the checkpoint (the panel's curve from iteration 1)
+            history = {"metrics": trainer.metrics, "evals": trainer.evals}
+            ctx.emit({"type": "resumed", "iteration": trainer.iteration_done, "history": history})
         trainer.run()
 
     return work

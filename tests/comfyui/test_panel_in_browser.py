@@ -2,13 +2,15 @@
 
 One scenario (browser/panel_scenario.cjs) plays a new user: load a training workflow on the tiny SD3, press
 Run, open the DenseGRPO tab, watch the iteration rise without queueing again, press Run again with the same
-settings, add a LoRA to the workflow, press Stop, press Resume (and Stop), reload the page. The tests below check its
-observations.
+settings, add a LoRA to the workflow, press Stop, press Resume (the same row continues), open the large view,
+Stop, let a short job finish, reload the page, clear the finished jobs, delete the stopped job (Cancel once,
+then Delete) and reload. The tests below check its observations.
 
 Needs, besides $COMFYUI_PATH: `node`, the npm package playwright-core (a node_modules folder named by
 $DENSEGRPO_PLAYWRIGHT, or tests/comfyui/browser/node_modules from `npm install playwright-core` there) and a
 Chromium ($DENSEGRPO_CHROMIUM, else chromium on PATH); skipped with the reason when one is missing.
-$DENSEGRPO_SCREENSHOT_DIR keeps the screenshots (comfyui_panel_running.png, comfyui_panel_stopped.png).
+$DENSEGRPO_SCREENSHOT_DIR keeps the screenshots (comfyui_panel_running.png, comfyui_panel_stopped.png,
+comfyui_panel_large.png, comfyui_panel_delete.png; docs/img has the first three).
 """
 
 import json
@@ -22,6 +24,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCENARIO = os.path.join(HERE, "browser", "panel_scenario.cjs")
 NAME = "browser_panel"
+SHORT = "browser_short"  # a 2-iteration job that finishes (for "Clear finished")
 TRAIN = "7"
 
 
@@ -52,10 +55,11 @@ TOOLS, MISSING = browser_tools()
 pytestmark = [pytest.mark.comfyui, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 
 
-def train_workflow() -> dict:
+def train_workflow(name: str = NAME, iterations: int = 100000) -> dict:
     """API-format workflow: tiny SD3 → Passthrough (a nonce to make ComfyUI run the Train node again on the
-    same MODEL) → DenseGRPO Train LoRA, a long run that the test stops. The training reward is a constant (no
-    signal: the health warning must show), JPEG compressibility scores every evaluation as a held-out reward."""
+    same MODEL) → DenseGRPO Train LoRA, by default a long run that the test stops. The training reward is a
+    constant (no signal: the health warning must show), JPEG compressibility scores every evaluation as a
+    held-out reward. The one place the scenario's Train node is spelled out."""
     return {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny_sd3.safetensors", "weight_dtype": "default"}},
         "2": {"class_type": "DenseGRPOTest_TinyCLIP", "inputs": {}},
@@ -78,8 +82,8 @@ def train_workflow() -> dict:
                 "prompts": "a red cube\na blue ball",
                 "negative_prompt": "",
                 "latent_image": ["6", 0],
-                "lora_name": NAME,
-                "iterations": 100000,
+                "lora_name": name,
+                "iterations": iterations,
                 "group_size": 2,
                 "steps": 3,
                 "cfg": 2.0,
@@ -111,6 +115,8 @@ def seen(comfy, tmp_path_factory):
             {
                 "url": comfy.url,
                 "prompt": train_workflow(),
+                "short_prompt": train_workflow(SHORT, iterations=2),
+                "short_name": SHORT,
                 "train_node": TRAIN,
                 "playwright": modules,
                 "chromium": chromium,
@@ -123,7 +129,7 @@ def seen(comfy, tmp_path_factory):
         res = subprocess.run([node, SCENARIO, str(config)], capture_output=True, text=True, timeout=900)
     finally:  # never leave a training job running for the next tests
         for job in comfy.get("/densegrpo/jobs")["jobs"]:
-            if job["name"] == NAME and job["state"] in ("queued", "running"):
+            if job["name"] in (NAME, SHORT) and job["state"] in ("queued", "running"):
                 comfy.post(f"/densegrpo/jobs/{job['id']}/stop")
     try:
         out = json.loads(res.stdout)
@@ -192,16 +198,77 @@ def test_stop_in_the_panel_stops_the_job_and_a_toast_says_so(seen):
     assert "DenseGRPO training stopped" in seen["toast"] and seen["job_id"] in seen["toast"]
 
 
-def test_resume_in_the_panel_continues_the_stopped_job_with_its_settings(seen):
-    assert seen["resumed"]["resumed_from"] == seen["job_id"]
-    assert seen["resumed"]["iteration"] >= seen["stopped_iteration"]
-    assert seen["resumed"]["total"] == 100000
+def test_resume_in_the_panel_continues_the_same_job_in_its_row(seen):
+    assert seen["rows_after_resume"] == [seen["job_id"]]
+    assert seen["resumed"]["id"] == seen["job_id"] and seen["resumed"]["total"] == 100000
+    assert [r["iteration"] for r in seen["resumed"]["resumes"]] == [seen["stopped_iteration"]]
 
 
-def test_after_a_page_reload_the_job_is_listed_with_its_final_state(seen):
-    assert seen["after_reload"]["id"] == seen["job_id"]
+def curve_is_whole_with_one_resume_mark(curve, resumed_at):
+    """The curve's points are iterations 1, 2, ..., last (no gap at the resume) and one mark sits at the resume."""
+    return (
+        curve["first"] == 1
+        and curve["points"] == curve["last"]
+        and curve["last"] > resumed_at
+        and curve["marks"] == [resumed_at]
+        and curve["resumes"] == str(resumed_at)
+    )
+
+
+def test_the_resumed_jobs_curve_starts_at_iteration_1_with_a_mark_at_the_resume(seen):
+    assert curve_is_whole_with_one_resume_mark(seen["curve_after_resume"], seen["stopped_iteration"]), seen[
+        "curve_after_resume"
+    ]
+
+
+def test_the_large_view_shows_the_curve_signs_and_samples_larger_than_the_panel(seen):
+    large = seen["large"]
+    assert large["role"] == "dialog" and large["bars"]
+    assert seen["large_curve"]["width"] > 2 * large["panel_chart_width"] > 0
+    assert curve_is_whole_with_one_resume_mark(seen["large_curve"], seen["stopped_iteration"])
+    samples = next(i for i in large["images"] if i["file"] == "samples.png")
+    assert samples["width"] > 1.5 * samples["panel_width"] > 0, large["images"]
+
+
+def test_after_a_page_reload_the_job_is_one_row_with_its_final_state_and_whole_curve(seen):
+    assert seen["after_reload"]["id"] == seen["job_id"] and seen["rows_after_reload"] == [seen["job_id"]]
     assert seen["after_reload"]["state"] == "stopped"
-    assert seen["after_reload"]["iteration"] == seen["stopped_iteration"]
+    assert seen["after_reload"]["iteration"] == seen["resumed_stopped_iteration"]
+    curve = seen["curve_after_reload"]
+    assert curve_is_whole_with_one_resume_mark(curve, seen["stopped_iteration"]), curve
+    assert curve["last"] == seen["resumed_stopped_iteration"]
+
+
+def test_the_list_shows_the_recent_jobs_until_show_all_with_the_selected_jobs_details(seen):
+    """With "Recent jobs" set to 1, the newest ended job is listed (and selected), the older one behind "Show all"."""
+    listed = seen["list_before_show_all"]
+    assert listed["rows"] == [seen["short_job"]["id"]] and listed["hidden"] == 1
+    assert listed["button"] == "Show all 2 jobs (1 more)" and listed["detail"] == seen["short_job"]["id"]
+
+
+def test_clear_finished_asks_first_then_deletes_the_finished_job_only(seen):
+    assert "LoRA files in models/loras stay" in seen["clear_confirm"] and SHORT in seen["clear_confirm"]
+    listed = {j["id"]: j["state"] for j in seen["after_clear"]}
+    assert seen["short_job"]["id"] not in listed and listed[seen["job_id"]] == "stopped"
+
+
+def test_cancel_keeps_the_job_and_delete_removes_it_for_good(comfy, seen):
+    assert seen["job_id"] in [j["id"] for j in seen["after_cancel"]]
+    assert seen["job_id"] in seen["delete_confirm"] and "LoRA files in models/loras stay" in seen["delete_confirm"]
+    assert seen["job_id"] not in [j["id"] for j in seen["after_delete"]]
+    assert seen["job_id"] not in seen["rows_after_delete_reload"]
+    assert not os.path.exists(os.path.join(comfy.output_dir, "densegrpo", "jobs", seen["job_id"]))
+
+
+def test_deleting_jobs_keeps_their_lora_files(comfy, seen):
+    folder = os.path.join(comfy.models_dir, "loras", "densegrpo")
+    for name in (NAME, SHORT):
+        assert os.path.isfile(os.path.join(folder, f"{name}_latest.safetensors")), name
+
+
+def test_rows_leave_out_values_that_do_not_exist_yet(seen):
+    assert seen["row_texts"]
+    assert not [t for t in seen["row_texts"] if "–" in t or "— s/it" in t or "reward —" in t]
 
 
 def test_the_console_has_no_unknown_message_type(seen):
@@ -221,6 +288,11 @@ def test_websocket_events_name_no_absolute_server_paths(comfy, seen):
     assert re.fullmatch(rf"densegrpo/{NAME}_\d{{5}}\.safetensors", lora["path"])
 
 
-def test_screenshots_of_the_running_and_stopped_panel_are_saved(seen):
-    for name in ("comfyui_panel_running.png", "comfyui_panel_stopped.png"):
+def test_screenshots_of_the_running_stopped_and_large_panel_and_the_delete_dialog_are_saved(seen):
+    for name in (
+        "comfyui_panel_running.png",
+        "comfyui_panel_stopped.png",
+        "comfyui_panel_large.png",
+        "comfyui_panel_delete.png",
+    ):
         assert os.path.getsize(os.path.join(seen["screenshots"], name)) > 10_000

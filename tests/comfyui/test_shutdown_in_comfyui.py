@@ -46,8 +46,11 @@ def test_ctrl_c_stops_the_job_with_a_checkpoint_and_a_restart_can_resume_it(tmp_
         listed = client.get(f"/densegrpo/jobs/{job_id}")
         assert listed["state"] == "stopped"
         done = listed["iteration"]
-        new_id = job_id_of(client.run(train_prompt("shutdown", iterations=done + 1, resume=job_id)))
-        final = wait_for_job(client, new_id, lambda j: j["state"] in ("finished", "failed", "stopped"))
+        assert job_id_of(client.run(train_prompt("shutdown", iterations=done + 1, resume=job_id))) == job_id
+        final = wait_for_job(client, job_id, lambda j: j["state"] in ("finished", "failed", "stopped"))
         assert final["state"] == "finished" and final["iteration"] == done + 1, final
+        full = client.get(f"/densegrpo/jobs/{job_id}?full=1")  # one run: the curve from iteration 1
+        assert [m["iteration"] for m in full["metrics"]] == list(range(1, done + 2))
+        assert [r["iteration"] for r in full["resumes"]] == [done]
     finally:
         server.stop(remove=False)

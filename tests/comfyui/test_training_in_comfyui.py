@@ -222,15 +222,45 @@ def test_a_psi_calibrated_on_another_grid_is_refused_naming_both(comfy, tmp_path
         comfy.run(p)
 
 
-def test_resume_continues_the_iteration_count(comfy, stopped_job):
+def test_resume_continues_the_same_job_with_its_whole_curve(comfy, stopped_job):
     done = stopped_job["final"]["iteration"]
-    entry = comfy.run(train_prompt("x", iterations=done + 2, resume=stopped_job["id"]))
-    new_id = job_id_of(entry)
-    final = wait_for(comfy, new_id, lambda j: j["state"] in ("finished", "failed", "stopped"))
+    entry = comfy.run(train_prompt("x", iterations=100000, resume=stopped_job["id"]))
+    assert job_id_of(entry) == stopped_job["id"]  # one run, one job
+    running = wait_for(comfy, stopped_job["id"], lambda j: j["state"] == "running" and j["iteration"] >= done + 2)
+    status, body = comfy.request("DELETE", f"/densegrpo/jobs/{stopped_job['id']}")  # a running job stays
+    assert status == 409 and "stop it first" in body["error"], (status, body)
+    comfy.post(f"/densegrpo/jobs/{stopped_job['id']}/stop")  # stopped again for the tests below
+    final = wait_for(comfy, stopped_job["id"], lambda j: j["state"] in ("finished", "failed", "stopped"))
+    assert final["state"] == "stopped" and final["iteration"] >= running["iteration"], final
+    full = comfy.get(f"/densegrpo/jobs/{stopped_job['id']}?full=1")
+    assert [m["iteration"] for m in full["metrics"]] == list(range(1, final["iteration"] + 1))
+    assert [r["iteration"] for r in full["resumes"]] == [done]
+
+
+def test_deleting_an_ended_job_over_http_removes_its_folder_and_keeps_its_loras(comfy):
+    job_id = job_id_of(comfy.run(train_prompt("deleted", iterations=1)))
+    final = wait_for(comfy, job_id, lambda j: j["state"] in ("finished", "failed", "stopped"))
     assert final["state"] == "finished", final
-    full = comfy.get(f"/densegrpo/jobs/{new_id}?full=1")
-    assert [m["iteration"] for m in full["metrics"]] == [done + 1, done + 2]
-    assert full["resumed_from"] == stopped_job["id"]
+    folder = os.path.join(comfy.output_dir, "densegrpo", "jobs", job_id)
+    assert os.path.isdir(folder)
+    assert comfy.request("DELETE", f"/densegrpo/jobs/{job_id}")[0] == 200
+    assert not os.path.exists(folder)
+    assert os.path.isfile(os.path.join(comfy.models_dir, "loras", "densegrpo", "deleted_latest.safetensors"))
+    for method, path, expected in [
+        ("GET", f"/densegrpo/jobs/{job_id}", (404,)),
+        ("DELETE", f"/densegrpo/jobs/{job_id}", (404,)),
+        ("DELETE", "/densegrpo/jobs/ABCDEF012345", (400,)),
+        ("DELETE", "/densegrpo/jobs/..%2F..%2Fetc", (400, 404)),
+    ]:
+        assert comfy.request(method, path)[0] in expected, (method, path)
+
+
+def test_clear_finished_over_http_deletes_the_finished_jobs_only(comfy, stopped_job):
+    finished = [j["id"] for j in comfy.get("/densegrpo/jobs")["jobs"] if j["state"] == "finished"]
+    deleted = comfy.post("/densegrpo/jobs/clear_finished")["deleted"]
+    assert sorted(deleted) == sorted(finished)
+    states = {j["id"]: j["state"] for j in comfy.get("/densegrpo/jobs")["jobs"]}
+    assert "finished" not in states.values() and states[stopped_job["id"]] == "stopped"
 
 
 def test_job_routes_answer_404_for_unknown_and_400_for_malformed_ids(comfy, stopped_job):

@@ -1,7 +1,10 @@
 // Drives ComfyUI's real front-end in headless Chromium like a new user: load a training workflow, press Run,
-// open the DenseGRPO sidebar tab, watch the job's iteration rise, press Run again, press Stop, reload.
+// open the DenseGRPO sidebar tab, watch the job's iteration rise, press Run again, press Stop, Resume (the same
+// row goes on, its curve from iteration 1 with a resume mark), open the large view, Stop, run a short job to its
+// end, reload, clear the finished jobs, delete the stopped one (cancel once, then confirm), reload.
 // Run by tests/comfyui/test_panel_in_browser.py:  node panel_scenario.cjs CONFIG.json
-// CONFIG: {url, prompt (API format), train_node, playwright (node_modules dir), chromium, screenshots, timeout_ms}
+// CONFIG: {url, prompt (API format), short_prompt (a 2-iteration run), short_name (its LoRA name), train_node,
+//          playwright (node_modules dir), chromium, screenshots, timeout_ms}
 // Prints one JSON object of observations on stdout; every wait is for a DOM/page condition, never a sleep.
 "use strict";
 const fs = require("fs");
@@ -27,6 +30,8 @@ async function openUI(page) {
   // ComfyUI shows a first-visit templates dialog (over everything) to a user whose settings lack
   // Comfy.TutorialCompleted, at a moment of its own choosing: record the visit as done, as that dialog does
   await fetch(`${cfg.url}/api/settings/Comfy.TutorialCompleted`, { method: "POST", body: "true" });
+  // list one ended job before "Show all" (default 5), so two ended jobs already show the cap
+  await fetch(`${cfg.url}/api/settings/DenseGRPO.Panel.RecentJobs`, { method: "POST", body: "1" });
   await page.goto(cfg.url);
   await page.waitForFunction(() => window.app?.graph && window.app.extensionManager && window.comfyAPI?.api?.api,
     null, { timeout: T });
@@ -55,7 +60,38 @@ async function jobRow(page, predicate, arg) {
     return row ? { id: row.dataset.jobId, state: row.dataset.state, iteration: Number(row.dataset.iteration),
                    text: row.textContent } : null;
   }, [predicate.toString(), arg], { timeout: T, polling: "raf" });
+  const row = await handle.jsonValue();
+  out.row_texts = [...(out.row_texts ?? []), ...await page.evaluate(() => [...document.querySelectorAll(".densegrpo-job")]
+    .map((r) => r.textContent))];
+  return row;
+}
+
+// the selected job's reward curve as the panel drew it: data of its points and the resume marks over it
+async function curve(page, scope, minLast) {
+  const handle = await page.waitForFunction(([sel, last]) => {
+    const c = document.querySelector(`${sel} .densegrpo-chart`);
+    if (!c || !c.querySelector("canvas") || Number(c.dataset.lastIteration) < last) return null;
+    const marks = [...c.querySelectorAll(".densegrpo-resume-mark")].map((m) => Number(m.dataset.iteration));
+    if (c.dataset.resumes && marks.length !== c.dataset.resumes.split(",").length) return null;   // not drawn yet
+    return { points: Number(c.dataset.points), first: Number(c.dataset.firstIteration),
+             last: Number(c.dataset.lastIteration), resumes: c.dataset.resumes, marks,
+             width: c.querySelector("canvas").getBoundingClientRect().width };
+  }, [scope, minLast], { timeout: T, polling: "raf" });
   return handle.jsonValue();
+}
+
+async function rowsNamed(page, name) {
+  return page.evaluate((n) => [...document.querySelectorAll(".densegrpo-job")]
+    .filter((r) => r.querySelector(".densegrpo-name")?.textContent === n).map((r) => r.dataset.jobId), name);
+}
+
+async function listedJobs(page) {
+  return page.evaluate(async () => (await (await fetch("/densegrpo/jobs")).json()).jobs
+    .map((j) => ({ id: j.id, name: j.name, state: j.state })));
+}
+
+async function gone(page, id) {
+  await page.waitForFunction((i) => !document.querySelector(`.densegrpo-job[data-job-id="${i}"]`), id, { timeout: T });
 }
 
 async function historyDone(page) {
@@ -130,7 +166,6 @@ async function waitHistory(page, n) {
       const w = node?.widgets?.find((x) => x.name === "$$node-text-preview");
       return w && /iteration \d+\/\d+/.test(String(w.value)) ? String(w.value) : null;
     }, null, { timeout: T }).then((h) => h.jsonValue());
-    await shot(page, "comfyui_panel_running.png");
 
     // Run again with the same settings; a new nonce upstream makes ComfyUI execute the Train node again
     // (without it ComfyUI would just reuse the cached output) on the same MODEL: no second job
@@ -170,27 +205,100 @@ async function waitHistory(page, n) {
       .some((t) => /stopped/i.test(t.textContent)), null, { timeout: T });
     out.toast = await page.locator(".p-toast-message").last().textContent();
     out.stop_toasts = await page.locator(".p-toast-message", { hasText: "training stopped" }).count();
-    await shot(page, "comfyui_panel_stopped.png");
     step("stopped", stopped);
 
     out.events = await page.evaluate(() => window.__dgEvents);
 
-    // Resume: the job's own workflow is queued again with resume_job set; the new job continues the count
+    // Resume: the job's own workflow is queued again with resume_job set; the same job (one row) continues
     await page.locator('.densegrpo-detail button[data-action="resume"]').click();
-    const resumed = await jobRow(page, (r, id) => r.dataset.jobId !== id && r.dataset.state === "running"
-      && r.textContent.includes("browser_panel"), out.job_id);
-    out.resumed = await page.evaluate(async (id) => (await fetch(`/densegrpo/jobs/${id}`)).json(), resumed.id);
-    await page.locator('.densegrpo-detail button[data-action="stop"]').click();
-    await jobRow(page, (r, id) => r.dataset.jobId === id && r.dataset.state === "stopped", resumed.id);
-    step("resumed and stopped", resumed);
+    const resumed = await jobRow(page, (r, a) => r.dataset.jobId === a.id && r.dataset.state === "running"
+      && Number(r.dataset.iteration) >= a.it + 2, { id: out.job_id, it: out.stopped_iteration });
+    out.rows_after_resume = await rowsNamed(page, "browser_panel");
+    out.curve_after_resume = await curve(page, ".densegrpo-detail", resumed.iteration);
+    out.resumed = await page.evaluate(async (id) => (await fetch(`/densegrpo/jobs/${id}`)).json(), out.job_id);
+    await shot(page, "comfyui_panel_running.png");   // docs/img: the resumed run, one row, its mark on the curve
+    step("resumed", resumed);
 
-    // Reload: the job is still listed, with its final state
+    // The large view: the curve, ΔR signs and samples in a dialog, larger than in the sidebar
+    await page.locator('.densegrpo-detail button[data-action="enlarge"]').click();
+    out.large_curve = await curve(page, ".densegrpo-modal", resumed.iteration);
+    await page.waitForFunction(() => [...document.querySelectorAll(".densegrpo-modal .densegrpo-figure img")]
+      .some((i) => i.complete && i.naturalWidth > 0), null, { timeout: T });
+    out.large = await page.evaluate(() => {
+      const m = document.querySelector(".densegrpo-modal");
+      return { role: m.getAttribute("role"), bars: !!m.querySelector(".densegrpo-bars.large"),
+               images: [...m.querySelectorAll(".densegrpo-figure img")].map((i) => ({ file: i.dataset.file,
+                 width: i.getBoundingClientRect().width, panel_width: document.querySelector(
+                   `.densegrpo-detail .densegrpo-figure img[data-file="${i.dataset.file}"]`)?.getBoundingClientRect().width ?? 0 })),
+               panel_chart_width: document.querySelector(".densegrpo-detail .densegrpo-chart canvas")?.getBoundingClientRect().width ?? 0 };
+    });
+    await shot(page, "comfyui_panel_large.png");
+    await page.keyboard.press("Escape");
+    await page.locator(".densegrpo-modal").waitFor({ state: "detached", timeout: T });
+    step("large view opened and closed", out.large);
+
+    await page.locator('.densegrpo-detail button[data-action="stop"]').click();
+    const stoppedAgain = await jobRow(page, (r, id) => r.dataset.jobId === id && r.dataset.state === "stopped", out.job_id);
+    out.resumed_stopped_iteration = stoppedAgain.iteration;
+    step("resumed and stopped", stoppedAgain);
+
+    // A short job runs to its end (a finished job for "Clear finished")
+    await page.evaluate(async (p) => {
+      const res = await fetch("/api/prompt", { method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ prompt: p, client_id: window.comfyAPI.api.api.clientId }) });
+      if (!res.ok) throw new Error(`short job refused: ${await res.text()}`);
+    }, cfg.short_prompt);
+    const short = await jobRow(page, (r, n) => r.querySelector(".densegrpo-name")?.textContent === n
+      && r.dataset.state === "finished", cfg.short_name);
+    out.short_job = short;
+    step("short job finished", short);
+
+    // Reload: the job is still one row, with its final state and its whole curve
     await page.reload();
     await openUI(page);
     await openPanel(page);
+    await jobRow(page, (r, id) => r.dataset.jobId === id, out.short_job.id);
+    out.list_before_show_all = await page.evaluate(() => {
+      const list = document.querySelector(".densegrpo-list");
+      return { rows: [...list.querySelectorAll(".densegrpo-job")].map((r) => r.dataset.jobId),
+               hidden: Number(list.dataset.hidden), button: list.querySelector('[data-action="show-all"]')?.textContent ?? null,
+               detail: document.querySelector(".densegrpo-detail")?.dataset.jobId ?? null };
+    });
+    await page.locator('.densegrpo-list button[data-action="show-all"]').click();
     const again = await jobRow(page, (r, id) => r.dataset.jobId === id, out.job_id);
     out.after_reload = again;
+    out.rows_after_reload = await rowsNamed(page, "browser_panel");
+    await page.locator(`.densegrpo-job[data-job-id="${out.job_id}"]`).click();
+    out.curve_after_reload = await curve(page, ".densegrpo-detail", again.iteration);
+    await shot(page, "comfyui_panel_stopped.png");   // docs/img: after a reload, stopped, Clear finished offered
     step("reloaded", again);
+
+    // Clear finished: a confirmation, then the finished job is gone and the stopped one stays
+    await page.locator('.densegrpo-header button[data-action="clear-finished"]').click();
+    out.clear_confirm = await page.locator(".densegrpo-confirm").textContent({ timeout: T });
+    await page.locator('.densegrpo-confirm button[data-action="confirm"]').click();
+    await gone(page, short.id);
+    out.after_clear = await listedJobs(page);
+    step("cleared finished", { jobs: out.after_clear.length });
+
+    // Delete the stopped job: Cancel keeps it; Delete removes it, also after a reload
+    await page.locator(`.densegrpo-job[data-job-id="${out.job_id}"]`).click();
+    await page.locator('.densegrpo-detail button[data-action="delete"]').click();
+    await page.locator('.densegrpo-confirm button[data-action="cancel"]').click();
+    await page.locator(".densegrpo-modal").waitFor({ state: "detached", timeout: T });
+    out.after_cancel = await listedJobs(page);
+    await page.locator('.densegrpo-detail button[data-action="delete"]').click();
+    out.delete_confirm = await page.locator(".densegrpo-confirm").textContent({ timeout: T });
+    await shot(page, "comfyui_panel_delete.png");
+    await page.locator('.densegrpo-confirm button[data-action="confirm"]').click();
+    await gone(page, out.job_id);
+    await page.reload();
+    await openUI(page);
+    await openPanel(page);
+    out.rows_after_delete_reload = await page.evaluate(() => [...document.querySelectorAll(".densegrpo-job")]
+      .map((r) => r.dataset.jobId));
+    out.after_delete = await listedJobs(page);
+    step("deleted and reloaded");
   } catch (e) {
     out.error = String(e && e.stack || e);
     await shot(page, "failure.png").catch(() => {});
