@@ -19,8 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CKPT = "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors"
 PROMPT = "a photo of a red fox sitting in a snowy forest, golden hour"
 NEGATIVE = ""
-TRAIN_SIZE = (360, 420)  # the compact Train node; its settings on a Training Options node below it
-OPTIONS_SIZE = (360, 560)
+TRAIN_SIZE = (360, 424)  # the compact Train node; its settings on a Training Options node below it
+OPTIONS_SIZE = (360, 540)
 TRAIN_PROMPTS = "\n".join(
     [
         "a photo of a red fox sitting in a snowy forest",
@@ -221,7 +221,7 @@ WORKFLOWS = {
             "id": 13,
             "type": "DenseGRPO_TrainingOptions",
             "widgets": {"beta": 0.04, "save_every": 10, "seed": 0},
-            "pos": (420, 160 + TRAIN_SIZE[1] + 40),
+            "pos": (420, 160 + TRAIN_SIZE[1] + 60),
             "size": OPTIONS_SIZE,
         },
         {

@@ -67,7 +67,7 @@ def old_values(node: dict) -> dict:
     return {name: v for name, v in zip(OLD_WIDGETS, node["widgets_values"]) if name != "(seed control)"}
 
 
-def migrate(workflow: dict, object_info: dict, train_size=None, options_size=(360, 560), gap: float = 40.0) -> dict:
+def migrate(workflow: dict, object_info: dict, train_size=None, options_size=(360, 540), gap: float = 60.0) -> dict:
     """A copy of `workflow` with every old Train node split into the compact Train node (resized to
     `train_size` when given) + an Options node below it."""
     wf = json.loads(json.dumps(workflow))

@@ -65,20 +65,23 @@ async function screenshotNodes(page, classes, file) {
   // frame the nodes: scale and offset of the canvas so that their boxes (with titles) fill the view
   const clip = await page.evaluate((names) => {
     const canvas = window.app.canvas;
+    canvas.show_info = false;  // no render statistics in the corner
     const nodes = window.app.graph.nodes.filter((n) => names.includes(n.comfyClass));
     const title = window.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
-    const pad = 40;
-    const x0 = Math.min(...nodes.map((n) => n.pos[0])) - pad - 160;  // a little of the links coming in
+    const pad = 30;
+    const x0 = Math.min(...nodes.map((n) => n.pos[0])) - pad - 60;  // a little of the links coming in
     const y0 = Math.min(...nodes.map((n) => n.pos[1] - title)) - pad;
-    const x1 = Math.max(...nodes.map((n) => n.pos[0] + n.size[0])) + pad;
+    const x1 = Math.max(...nodes.map((n) => n.pos[0] + n.size[0])) + pad + 60;
     const y1 = Math.max(...nodes.map((n) => n.pos[1] + n.size[1])) + pad;
+    // the part of the canvas that no tab bar, side bar or menu covers
     const rect = canvas.canvas.getBoundingClientRect();
-    const scale = Math.min(1, (rect.height - 20) / (y1 - y0), (rect.width - 20) / (x1 - x0));
+    const view = { left: rect.left + 70, top: rect.top + 90, width: rect.width - 90, height: rect.height - 110 };
+    const scale = Math.min(1, view.height / (y1 - y0), view.width / (x1 - x0));
     canvas.ds.scale = scale;
-    canvas.ds.offset[0] = -x0 + 10 / scale;
-    canvas.ds.offset[1] = -y0 + 10 / scale;
+    canvas.ds.offset[0] = (view.left - rect.left) / scale - x0;
+    canvas.ds.offset[1] = (view.top - rect.top) / scale - y0;
     canvas.setDirty(true, true);
-    return { x: rect.left + 10, y: rect.top + 10, width: (x1 - x0) * scale, height: (y1 - y0) * scale };
+    return { x: view.left, y: view.top, width: (x1 - x0) * scale, height: (y1 - y0) * scale };
   }, classes);
   await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
   fs.mkdirSync(path.dirname(file), { recursive: true });
@@ -110,7 +113,7 @@ async function imageStats(page, src) {
 (async () => {
   const userDir = fs.mkdtempSync(path.join(os.tmpdir(), "densegrpo_chromium_"));
   const context = await chromium.launchPersistentContext(userDir, {
-    executablePath: cfg.chromium, headless: true, viewport: { width: 1440, height: 1100 },
+    executablePath: cfg.chromium, headless: true, viewport: { width: 1440, height: 1240 },
     args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
            "--disable-component-update", "--disable-sync", "--no-first-run"],
   });
