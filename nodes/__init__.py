@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from . import dense_reward_nodes, psi_nodes, reward_nodes, routes, sampler_nodes, train_nodes, train_options
+from . import dense_reward_nodes, psi_nodes, reward_nodes, routes, sampler_nodes, train_nodes
 
-_MODULES = (psi_nodes, sampler_nodes, reward_nodes, dense_reward_nodes, train_nodes, train_options)
+_MODULES = (psi_nodes, sampler_nodes, reward_nodes, dense_reward_nodes, train_nodes)
 
 
 def _collect():

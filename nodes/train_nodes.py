@@ -25,9 +25,11 @@ from . import comfy_bridge as bridge
 from .job_service import PROMPT_FILE, client_id, get_manager, show_progress
 from .sockets import CFG, GROUP, JOB_TYPE, REWARD_TYPE, STEPS, psi_input, scheduler_input
 from .train_options import (
+    OPTIONS_NODE,
     OPTIONS_TYPE,
     check_prompts_file,
     check_resume_job,
+    option_defaults,
     option_inputs,
     resolve,
 )
@@ -530,8 +532,34 @@ class StopTraining(JobNode):
         return {"ui": {"text": [text]}, "result": (text,)}
 
 
+class TrainingOptions:
+    DESCRIPTION = (
+        "The DenseGRPO Train LoRA node's other settings (KL weight, save interval, seed, LoRA rank, batch sizes, "
+        "memory switches, SDE window, evaluations, resume). Connect its output to the Train node's `options` "
+        "input; without it the Train node uses these defaults."
+    )
+    CATEGORY = "DenseGRPO/training"
+    FUNCTION = "execute"
+    RETURN_TYPES = (OPTIONS_TYPE,)
+    RETURN_NAMES = ("options",)
+    OUTPUT_TOOLTIPS = ("connect to the `options` input of DenseGRPO Train LoRA",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}, "optional": option_inputs()}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, prompts_file=None, resume_job=None):
+        """Checked when the prompt is queued, before anything runs."""
+        return check_prompts_file(prompts_file, OPTIONS_NODE) or check_resume_job(resume_job, OPTIONS_NODE) or True
+
+    def execute(self, **values):
+        return ({**option_defaults(), **values, "type": OPTIONS_TYPE},)
+
+
 NODES = {
     "DenseGRPO_TrainLoRA": (TrainLoRA, "DenseGRPO Train LoRA (background)"),
     "DenseGRPO_TrainingStatus": (TrainingStatus, "DenseGRPO Training Status"),
     "DenseGRPO_StopTraining": (StopTraining, "DenseGRPO Stop Training"),
+    "DenseGRPO_TrainingOptions": (TrainingOptions, OPTIONS_NODE),
 }

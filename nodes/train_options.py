@@ -1,4 +1,5 @@
-"""DenseGRPO Training Options: the Train node's less-used settings on a node of their own.
+"""The settings of DenseGRPO Training Options (the node is in train_nodes.py): the Train node's less-used
+settings on a node of their own.
 
 The Train node keeps the essentials (model, clip, vae, reward, ψ, prompts, name, iterations, group size, steps,
 cfg, scheduler, learning rate, mode); everything else is an input of this node, with the same defaults, and
@@ -208,31 +209,3 @@ def check_resume_job(resume_job, node: str) -> str | None:
     except (KeyError, ValueError) as e:
         return f"{node}: input 'resume_job' {public_string(str(e).strip(chr(39) + chr(34)), comfy_roots())}"
     return None
-
-
-class TrainingOptions:
-    DESCRIPTION = (
-        "The DenseGRPO Train LoRA node's other settings (KL weight, save interval, seed, LoRA rank, batch sizes, "
-        "memory switches, SDE window, evaluations, resume). Connect its output to the Train node's `options` "
-        "input; without it the Train node uses these defaults."
-    )
-    CATEGORY = "DenseGRPO/training"
-    FUNCTION = "execute"
-    RETURN_TYPES = (OPTIONS_TYPE,)
-    RETURN_NAMES = ("options",)
-    OUTPUT_TOOLTIPS = ("connect to the `options` input of DenseGRPO Train LoRA",)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {}, "optional": option_inputs()}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, prompts_file=None, resume_job=None):
-        """Checked when the prompt is queued, before anything runs."""
-        return check_prompts_file(prompts_file, OPTIONS_NODE) or check_resume_job(resume_job, OPTIONS_NODE) or True
-
-    def execute(self, **values):
-        return ({**option_defaults(), **values, "type": OPTIONS_TYPE},)
-
-
-NODES = {"DenseGRPO_TrainingOptions": (TrainingOptions, OPTIONS_NODE)}
