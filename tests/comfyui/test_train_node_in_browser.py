@@ -18,7 +18,7 @@ import harness
 import pytest
 from test_panel_in_browser import MISSING, TOOLS
 from test_train_options_in_comfyui import MOVED_DEFAULTS, OLD_NODE_COMMIT, ROOT, old_workflow
-from test_training_in_comfyui import train_prompt
+from test_training_in_comfyui import train_prompt, wait_for
 from train_prompts import TRAIN_INPUTS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -77,10 +77,12 @@ def seen(comfy, old_pack_url, tmp_path_factory):
     )
     try:
         res = subprocess.run([node, SCENARIO, str(config)], capture_output=True, text=True, timeout=900)
-    finally:  # never leave a training job running for the next tests
+    finally:  # never leave a training job running (or its memory reserved) for the next tests
         for job in comfy.get("/densegrpo/jobs")["jobs"]:
             if job["name"] == NAME and job["state"] in ("queued", "running"):
                 comfy.post(f"/densegrpo/jobs/{job['id']}/stop")
+            if job["name"] == NAME:
+                wait_for(comfy, job["id"], lambda j: j["state"] in ("finished", "failed", "stopped"))
     try:
         out = json.loads(res.stdout)
     except ValueError:
