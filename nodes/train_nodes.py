@@ -1,4 +1,5 @@
-"""Background GRPO-LoRA training from a workflow: Train (starts a job, returns at once), Status, Stop.
+"""Background GRPO-LoRA training from a workflow: Train (starts a job, returns at once), Status, Stop. The
+Train node's less-used settings come from DenseGRPO Training Options (train_options.py).
 
 The Train node validates, encodes the prompts, takes private copies of the patched MODEL and the VAE on
 the executor thread and hands them to a background job (densegrpo_core.jobs.manager); ComfyUI's own copy of the
@@ -6,7 +7,7 @@ weights is offloaded and the job's memory reserved meanwhile (comfy_memory). LoR
 models/loras/densegrpo/ so LoraLoaderModelOnly lists them; job folders live in output/densegrpo/jobs/.
 
 Queueing the Train node again with the same settings while its job is queued or running returns that job
-(the settings key covers every widget, the prompts, the reward, ψ and a fingerprint of the MODEL). While
+(the settings key covers every setting, the prompts, the reward, ψ and a fingerprint of the MODEL). While
 a job runs, its Train node shows iteration / total, reward and ETA and every event goes to the browser as a
 websocket message (job_service: the JobManager, event forwarding, progress text; web/densegrpo.js draws the panel).
 """
@@ -22,14 +23,20 @@ from densegrpo_core.util.atomic import atomic_write_json
 
 from . import comfy_bridge as bridge
 from .job_service import PROMPT_FILE, client_id, get_manager, show_progress
-from .sockets import CFG, GROUP, JOB_TYPE, REWARD_TYPE, SEED, STEPS, psi_input, scheduler_input
+from .sockets import CFG, GROUP, JOB_TYPE, REWARD_TYPE, STEPS, psi_input, scheduler_input
+from .train_options import (
+    OPTIONS_NODE,
+    OPTIONS_TYPE,
+    check_prompts_file,
+    check_resume_job,
+    option_defaults,
+    option_inputs,
+    resolve,
+)
 from .web_contract import JOB_FILES
 
 TRAIN_NODE = "DenseGRPO Train LoRA"
-SEED_TOOLTIP = (
-    "seed of the prompt order, the start noise and the SDE noise; the DenseGRPO front-end keeps it "
-    "fixed after each run, so queueing again does not start another job"
-)
+NO_OPTIONS = object()  # VALIDATE_INPUTS: no options input at all (a connected one arrives as None)
 
 
 def lora_dir() -> str:
@@ -67,14 +74,6 @@ def read_prompts(text: str, prompts_file: str, node: str) -> list[str]:
     return bridge.parse_prompts(text, node)
 
 
-def input_txt_files() -> list[str]:
-    import folder_paths
-
-    folder = folder_paths.get_input_directory()
-    names = [f for f in os.listdir(folder) if f.lower().endswith(".txt")] if os.path.isdir(folder) else []
-    return ["(none)"] + sorted(names)
-
-
 class TrainLoRA:
     DESCRIPTION = (
         "Start DenseGRPO (or Flow-GRPO) LoRA training of this MODEL on your prompts and reward, in the "
@@ -90,6 +89,9 @@ class TrainLoRA:
 
     @classmethod
     def INPUT_TYPES(cls):
+        # The widgets keep the order of the first ten widgets of the 31-widget node this one replaced, so a
+        # saved UI workflow of that node (its widgets_values are matched by position) loads them where they
+        # belong; its other values take the defaults (they are on DenseGRPO Training Options now).
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "the flow model to train a LoRA for (with any LoRAs already applied)"}),
@@ -102,7 +104,7 @@ class TrainLoRA:
                     {
                         "multiline": True,
                         "default": "",
-                        "tooltip": "training prompts, one per line (or choose prompts_file)",
+                        "tooltip": "training prompts, one per line (or a prompts_file on DenseGRPO Training Options)",
                     },
                 ),
                 "negative_prompt": ("STRING", {"default": "", "tooltip": "negative prompt for CFG"}),
@@ -136,163 +138,32 @@ class TrainLoRA:
                         "tooltip": "AdamW learning rate of the LoRA",
                     },
                 ),
-                "beta": (
-                    "FLOAT",
-                    {
-                        "default": 0.04,
-                        "min": 0.0,
-                        "max": 10.0,
-                        "step": 0.001,
-                        "tooltip": "KL weight β to the base model (paper: 0.04 for text rewards)",
-                    },
-                ),
-                "save_every": (
-                    "INT",
-                    {
-                        "default": 10,
-                        "min": 1,
-                        "max": 100000,
-                        "tooltip": "save the LoRA and a checkpoint every N iterations (and at the end)",
-                    },
-                ),
-                "seed": ("INT", {**SEED[1], "tooltip": SEED_TOOLTIP}),
             },
             "optional": {
-                "prompts_file": (
-                    input_txt_files(),
+                "options": (
+                    OPTIONS_TYPE,
                     {
-                        "tooltip": "a .txt file in ComfyUI's input folder, one prompt "
-                        "per line (overrides the prompts text)"
-                    },
-                ),
-                "prompts_per_iteration": (
-                    "INT",
-                    {"default": 2, "min": 1, "max": 256, "tooltip": "prompts per iteration"},
-                ),
-                "lora_rank": ("INT", {"default": 32, "min": 1, "max": 512, "tooltip": "LoRA rank r"}),
-                "lora_alpha": ("FLOAT", {"default": 64.0, "min": 0.1, "max": 4096.0, "tooltip": "LoRA alpha α"}),
-                "clip_range": (
-                    "FLOAT",
-                    {
-                        "default": 1e-4,
-                        "min": 1e-6,
-                        "max": 1.0,
-                        "step": 1e-5,
-                        "tooltip": "PPO clip range ε (paper: 1e-4)",
-                    },
-                ),
-                "train_batch": (
-                    "INT",
-                    {"default": 8, "min": 1, "max": 1024, "tooltip": "trajectories per optimizer step"},
-                ),
-                "max_batch": ("INT", {"default": 32, "min": 1, "max": 4096, "tooltip": "most latents per model call"}),
-                "resume_job": (
-                    "STRING",
-                    {
-                        "default": "",
-                        "tooltip": "id of a stopped/failed job to continue (same settings); empty = a new job",
-                    },
-                ),
-                "allow_over_memory": (
-                    "BOOLEAN",
-                    {"default": False, "tooltip": "start even if the memory estimate exceeds the free memory"},
-                ),
-                "gradient_checkpointing": (
-                    "BOOLEAN",
-                    {
-                        "default": True,
-                        "tooltip": "recompute transformer blocks in "
-                        "the backward pass: far less memory, "
-                        "~30% slower updates",
-                    },
-                ),
-                "bf16_autocast": (
-                    "BOOLEAN",
-                    {
-                        "default": False,
-                        "tooltip": "run rollouts and updates under bfloat16 autocast (log-probs and rewards stay fp32)",
-                    },
-                ),
-                "offload_reward": (
-                    "BOOLEAN",
-                    {"default": False, "tooltip": "keep the VAE and reward model on the CPU except while scoring"},
-                ),
-                "free_cached_models": (
-                    "BOOLEAN",
-                    {"default": False, "tooltip": "unload ComfyUI's cached models first, to make room for the job"},
-                ),
-                "sde_window": (
-                    "INT",
-                    {
-                        "default": 0,
-                        "min": 0,
-                        "max": 1000,
-                        "tooltip": "SDE window W: only W consecutive steps are stochastic and trained, the others "
-                        "run as ODE (Flow-GRPO-Fast / MixGRPO); dense modes then complete only the window's "
-                        "latents, far fewer model calls. 0 = every step (off)",
-                    },
-                ),
-                "sde_window_schedule": (
-                    ["random", "sliding"],
-                    {
-                        "default": "random",
-                        "tooltip": "where the window sits: random = a new start each iteration in the first half "
-                        "of the steps (Flow-GRPO-Fast); sliding = moves one step every 25 iterations (MixGRPO)",
-                    },
-                ),
-                "guidance": (
-                    "FLOAT",
-                    {
-                        "default": -1.0,
-                        "min": -1.0,
-                        "max": 100.0,
-                        "step": 0.1,
-                        "tooltip": "guidance-embedding value of guidance-distilled models (FLUX.1-dev, FLUX.2-dev), as "
-                        "FluxGuidance sets it; -1 = the model family's default; ignored by models without one "
-                        "(those use cfg)",
-                    },
-                ),
-                "eval_every": (
-                    "INT",
-                    {
-                        "default": 0,
-                        "min": 0,
-                        "max": 100000,
-                        "tooltip": "evaluate every N iterations: plain ODE samples of the first 4 prompts scored by "
-                        "the training reward and eval_reward, drawn in the panel's curve; 0 = no evaluations",
-                    },
-                ),
-                "eval_reward": (
-                    REWARD_TYPE,
-                    {
-                        "tooltip": "a held-out reward (e.g. aesthetic next to PickScore) that also scores every "
-                        "evaluation, to see reward hacking: the training reward rises while this one falls",
+                        "tooltip": "the other settings (KL weight, seed, LoRA rank, batch sizes, memory switches, "
+                        "SDE window, evaluations, resume) from DenseGRPO Training Options; unconnected = defaults"
                     },
                 ),
             },
-            "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"},
+            # every option also under its old name, unseen in the UI: an API prompt of the 31-widget node
+            # (and the panel's Resume, which sets resume_job here) still passes its values
+            "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT", **option_inputs()},
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, prompts=None, prompts_file=None, resume_job=None):
-        """Checked when the prompt is queued, before anything runs (linked inputs arrive as None)."""
+    def VALIDATE_INPUTS(cls, prompts=None, options=NO_OPTIONS, prompts_file=None, resume_job=None):
+        """Checked when the prompt is queued, before anything runs (linked inputs arrive as None; prompts_file
+        and resume_job here are the old names on the Train node itself)."""
         node = TRAIN_NODE
-        if prompts_file not in (None, "", "(none)"):
-            import folder_paths
-
-            if prompts_file not in input_txt_files() or not os.path.isfile(
-                folder_paths.get_annotated_filepath(prompts_file)
-            ):
-                return f"{node}: input 'prompts_file' {prompts_file!r} is not a .txt file in ComfyUI's input folder"
-        elif prompts is not None and not str(prompts).strip():
+        problem = check_prompts_file(prompts_file, node) or check_resume_job(resume_job, node)
+        if problem:
+            return problem
+        no_file = prompts_file in (None, "", "(none)") and options is NO_OPTIONS  # else the options may name one
+        if no_file and prompts is not None and not str(prompts).strip():
             return f"{node}: input 'prompts' is empty: write one training prompt per line, or choose a prompts_file"
-        if resume_job is not None and str(resume_job).strip():
-            try:
-                get_manager().resumable(str(resume_job).strip())
-            except (KeyError, ValueError) as e:
-                from .public import comfy_roots, public_string
-
-                return f"{node}: input 'resume_job' {public_string(str(e).strip(chr(39) + chr(34)), comfy_roots())}"
         return True
 
     def execute(
@@ -313,29 +184,10 @@ class TrainLoRA:
         scheduler,
         advantage_mode,
         learning_rate,
-        beta,
-        save_every,
-        seed,
-        prompts_file="(none)",
-        prompts_per_iteration=2,
-        lora_rank=32,
-        lora_alpha=64.0,
-        clip_range=1e-4,
-        train_batch=8,
-        max_batch=32,
-        resume_job="",
-        allow_over_memory=False,
-        free_cached_models=False,
-        gradient_checkpointing=True,
-        bf16_autocast=False,
-        offload_reward=False,
-        guidance=-1.0,
-        sde_window=0,
-        sde_window_schedule="random",
-        eval_every=0,
-        eval_reward=None,
+        options=None,
         unique_id=None,
         prompt=None,
+        **on_node,
     ):
         from densegrpo_core.jobs.training_work import training_work
 
@@ -343,7 +195,10 @@ class TrainLoRA:
         from .comfy_training import clone_tensors, private_pipeline, train_targets, with_guidance
 
         node = TRAIN_NODE
-        prompt_list = read_prompts(prompts, prompts_file, node)
+        o = resolve(options, on_node, node)
+        resume_job = str(o["resume_job"] or "").strip()
+        eval_reward, guidance = o["eval_reward"], float(o["guidance"])
+        prompt_list = read_prompts(prompts, o["prompts_file"], node)
         bridge.check_group_size(group_size, node)
         ms = bridge.require_flow_model(model, node)
         targets = train_targets(model, node)  # the family's LoRA targets, or `auto` ones with a note
@@ -353,15 +208,15 @@ class TrainLoRA:
         name = bridge.sanitize_name(lora_name, "densegrpo_lora")
         manager = get_manager()
         resume_ckpt = None
-        if resume_job.strip():
+        if resume_job:
             try:
-                resume_ckpt = manager.resumable(resume_job.strip())
+                resume_ckpt = manager.resumable(resume_job)
             except (KeyError, ValueError) as e:
                 raise bridge.input_error(node, "resume_job", str(e).strip("'\"")) from None
         try:
             config = TrainConfig(
                 out_dir="(job folder)",
-                seed=int(seed),
+                seed=int(o["seed"]),
                 device=str(model.load_device),
                 iterations=int(iterations),
                 steps=int(steps),
@@ -370,26 +225,27 @@ class TrainLoRA:
                 scheduler=scheduler,
                 cfg_scale=float(cfg),
                 psi=psi_values,
-                max_batch=int(max_batch),
+                max_batch=int(o["max_batch"]),
                 advantage_mode=advantage_mode,
-                prompts_per_iteration=int(prompts_per_iteration),
+                prompts_per_iteration=int(o["prompts_per_iteration"]),
                 group_size=int(group_size),
-                clip_range=float(clip_range),
-                beta=float(beta),
+                clip_range=float(o["clip_range"]),
+                beta=float(o["beta"]),
                 lr=float(learning_rate),
-                train_batch=int(train_batch),
-                lora_rank=int(lora_rank),
-                lora_alpha=float(lora_alpha),
+                train_batch=int(o["train_batch"]),
+                lora_rank=int(o["lora_rank"]),
+                lora_alpha=float(o["lora_alpha"]),
                 reward=getattr(reward_model, "name", type(reward_model).__name__),
-                eval_every=int(eval_every),
+                eval_every=int(o["eval_every"]),
                 eval_seeds=(0,),
                 eval_rewards=(reward_name(eval_reward),) if eval_reward is not None else (),
-                save_every=int(save_every),
-                grad_checkpointing=bool(gradient_checkpointing),
-                dtype="bfloat16" if bf16_autocast else "float32",
-                offload_reward=bool(offload_reward),
-                sde_window=int(sde_window),
-                sde_window_schedule=str(sde_window_schedule),
+                save_every=int(o["save_every"]),
+                grad_checkpointing=bool(o["gradient_checkpointing"]),
+                dtype="bfloat16" if o["bf16_autocast"] else "float32",
+                offload_reward=bool(o["offload_reward"]),
+                sde_window=int(o["sde_window"]),
+                sde_window_schedule=str(o["sde_window_schedule"]),
+                uncond_grad=bool(o["uncond_grad"]),
             )
         except ValueError as e:
             raise bridge.NodeInputError(f"{node}: {e}") from None
@@ -397,9 +253,7 @@ class TrainLoRA:
             try:
                 check_resumable(config, resume_ckpt)
             except (ValueError, FileNotFoundError) as e:
-                raise bridge.input_error(
-                    node, "resume_job", f"{resume_job.strip()}: {e} (use the same settings)"
-                ) from None
+                raise bridge.input_error(node, "resume_job", f"{resume_job}: {e} (use the same settings)") from None
         samples = bridge.model_latent(model, latent_image["samples"], node)  # (B, 16, 1, H, W) for Qwen-Image
         from densegrpo_core.jobs.manager import settings_key
 
@@ -410,7 +264,7 @@ class TrainLoRA:
                 "negative": negative_prompt,
                 "guidance": float(guidance),
                 "name": name,
-                "resume": resume_job.strip(),
+                "resume": resume_job,
                 "latent": list(samples.shape[1:]),
                 "model": model_fingerprint(model),
                 "reward": config.reward,
@@ -427,12 +281,12 @@ class TrainLoRA:
         conds = {p: with_guidance(model, c, guidance) for p, c in conds.items()}
         negative = with_guidance(model, negative, guidance)
         context_tokens = max(int(c[0][0].shape[1]) for c in conds.values())
-        if free_cached_models:
+        if o["free_cached_models"]:
             import comfy.model_management
 
             comfy.model_management.unload_all_models()
             comfy.model_management.soft_empty_cache()
-        est = check_memory(model, config, samples.shape[1:], context_tokens, allow_over_memory, node, targets)
+        est = check_memory(model, config, samples.shape[1:], context_tokens, o["allow_over_memory"], node, targets)
         stored, computed = weight_dtypes(model)
         weights_text = f"base weights {stored}" + (f", computed in {computed} per layer" if computed else "")
         latent = clone_tensors(samples[:1].float().to(model.load_device))
@@ -448,7 +302,7 @@ class TrainLoRA:
                 lora_name=name,
                 resume_checkpoint=resume_ckpt,
                 sample_prompts=prompt_list[:4],
-                eval_prompts=prompt_list[:4] if int(eval_every) else (),
+                eval_prompts=prompt_list[:4] if int(o["eval_every"]) else (),
                 eval_rewards={reward_name(eval_reward): eval_reward} if eval_reward is not None else {},
             ),
             reserve_bytes=est.reserve_bytes,
@@ -460,8 +314,8 @@ class TrainLoRA:
             work,
             device=config.device,
             total=int(iterations),
-            resume_of=resume_job.strip() or None,
-            start_iteration=manager.get(resume_job.strip()).iteration if resume_ckpt else 0,
+            resume_of=resume_job or None,
+            start_iteration=manager.get(resume_job).iteration if resume_ckpt else 0,
             meta={
                 "advantage_mode": advantage_mode,
                 "lora_dir": lora_dir(),
@@ -477,7 +331,7 @@ class TrainLoRA:
         status = (
             f"job {job.id} {job.state.value}: {advantage_mode} LoRA '{name}', {iterations} iterations, "
             f"{len(prompt_list)} prompts, G={group_size}, T={steps}; estimate {est.summary()}; {weights_text}"
-            + (f", resuming {resume_job.strip()}" if resume_ckpt else "")
+            + (f", resuming {resume_job}" if resume_ckpt else "")
             + (f"; {targets.note}" if targets.note else "")
         )
         return {"ui": {"text": [status]}, "result": (job.id, status)}
@@ -565,14 +419,7 @@ class TrainingStatus(JobNode):
 
         j = find_job(job, job_id, "DenseGRPO Training Status")
         d = j.to_dict()
-        last = j.metrics[-1] if j.metrics else {}
-        text = (
-            f"job {j.id} [{d['state']}] {j.name}: iteration {j.iteration}/{j.total}"
-            + (f", reward {last['reward_mean']:.4f}" if "reward_mean" in last else "")
-            + (f"\nlatest LoRA: {os.path.basename(j.loras[-1])}" if j.loras else "")
-            + (f"\nerror: {j.error}" if j.error else "")
-            + (f"\n{j.meta['targets_note']}" if j.meta.get("targets_note") else "")
-        )
+        text = status_text(d) + (f"\n{j.meta['targets_note']}" if j.meta.get("targets_note") else "")
         images, ui = [], []
         for name in JOB_FILES:
             path = os.path.join(j.folder, name)
@@ -580,13 +427,25 @@ class TrainingStatus(JobNode):
                 with Image.open(path) as im:
                     images.append(pil_to_tensor(im))
                 ui.append(self.preview(path, f"{j.id}_{name}"))
-        plots = torch.zeros(1, 64, 64, 3)
-        if images:
-            h = max(i.shape[0] for i in images)
-            plots = torch.cat(
-                [torch.nn.functional.pad(i, (0, 0, 0, 0, 0, h - i.shape[0]), value=1.0) for i in images], dim=1
-            )[None]
+        if not images:  # nothing drawn yet: a readable card instead of an empty or black preview
+            card = placeholder_card(j.id, d["state"])
+            images.append(pil_to_tensor(card))
+            ui.append(self.preview_image(card, f"{j.id}_starting.png"))
+        h = max(i.shape[0] for i in images)
+        plots = torch.cat(
+            [torch.nn.functional.pad(i, (0, 0, 0, 0, 0, h - i.shape[0]), value=1.0) for i in images], dim=1
+        )[None]
         return {"ui": {"text": [text], "images": ui}, "result": (text, plots)}
+
+    @staticmethod
+    def preview_image(image, name: str) -> dict:
+        """Save a PIL image into ComfyUI's temp folder and describe it for the node's image preview."""
+        import folder_paths
+
+        folder = folder_paths.get_temp_directory()
+        os.makedirs(folder, exist_ok=True)
+        image.save(os.path.join(folder, name))
+        return {"filename": name, "subfolder": "", "type": "temp"}
 
     @staticmethod
     def preview(path: str, name: str) -> dict:
@@ -601,6 +460,66 @@ class TrainingStatus(JobNode):
         return {"filename": name, "subfolder": "", "type": "temp"}
 
 
+ABSENT = "—"  # a value a job does not have yet
+
+
+def _duration(seconds) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def status_text(d: dict) -> str:
+    """The Status node's text from a job's to_dict(): every field always shown, "—" for a value not there yet."""
+    last = d.get("last_metric") or {}
+    reward = last.get("reward_mean")
+    per, eta = d.get("sec_per_iteration"), d.get("eta_s")
+    fields = [
+        f"iteration {d['iteration']}/{d['total']}",
+        f"reward {reward:.4f}" if isinstance(reward, (int, float)) else f"reward {ABSENT}",
+        f"{per:.2f} s/it" if per else f"s/it {ABSENT}",
+    ]
+    if d["state"] in ("queued", "running"):
+        fields.append(f"ETA {_duration(eta)}" if eta is not None else f"ETA {ABSENT}")
+    loras = d.get("loras") or []
+    return (
+        f"job {d['id']} [{d['state']}] {d['name']}: "
+        + " · ".join(fields)
+        + f"\nlatest LoRA: {os.path.basename(loras[-1]) if loras else ABSENT}"
+        + (f"\nerror: {d['error']}" if d.get("error") else "")
+    )
+
+
+def placeholder_card(job_id: str, state: str, size: tuple[int, int] = (640, 220)):
+    """A light PIL image saying why there is nothing to show yet (for the Status node's preview and output)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    if state in ("queued", "running"):
+        lines = ["job starting", "live in the DenseGRPO panel", f"job {job_id}: plots appear here after iteration 1"]
+    else:
+        lines = [f"job {state}", "no plots were drawn", f"job {job_id}: see the DenseGRPO panel"]
+    image = Image.new("RGB", size, (238, 240, 244))
+    draw = ImageDraw.Draw(image)
+
+    def font(px: int, line: str):
+        try:  # Pillow's own FreeType font; shrunk until the line fits
+            while px > 10 and draw.textlength(line, font=ImageFont.load_default(size=px)) > size[0] - 40:
+                px -= 2
+            return ImageFont.load_default(size=px)
+        except (TypeError, OSError):  # Pillow < 10.1 or no FreeType: the small bitmap font
+            return ImageFont.load_default()
+
+    fonts = [font(px, line) for px, line in zip((34, 26, 18), lines)]
+    heights = [draw.textbbox((0, 0), line, font=f)[3] for line, f in zip(lines, fonts)]
+    gap = 14
+    y = (size[1] - sum(heights) - gap * (len(lines) - 1)) // 2
+    for line, f, h, color in zip(lines, fonts, heights, [(24, 28, 34), (40, 90, 170), (96, 102, 112)]):
+        draw.text(((size[0] - draw.textlength(line, font=f)) / 2, y), line, fill=color, font=f)
+        y += h + gap
+    return image
+
+
 class StopTraining(JobNode):
     DESCRIPTION = "Ask a DenseGRPO training job to stop: it finishes the current iteration, saves the LoRA and exits."
     RETURN_TYPES = ("STRING",)
@@ -613,8 +532,34 @@ class StopTraining(JobNode):
         return {"ui": {"text": [text]}, "result": (text,)}
 
 
+class TrainingOptions:
+    DESCRIPTION = (
+        "The DenseGRPO Train LoRA node's other settings (KL weight, save interval, seed, LoRA rank, batch sizes, "
+        "memory switches, SDE window, evaluations, resume). Connect its output to the Train node's `options` "
+        "input; without it the Train node uses these defaults."
+    )
+    CATEGORY = "DenseGRPO/training"
+    FUNCTION = "execute"
+    RETURN_TYPES = (OPTIONS_TYPE,)
+    RETURN_NAMES = ("options",)
+    OUTPUT_TOOLTIPS = ("connect to the `options` input of DenseGRPO Train LoRA",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}, "optional": option_inputs()}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, prompts_file=None, resume_job=None):
+        """Checked when the prompt is queued, before anything runs."""
+        return check_prompts_file(prompts_file, OPTIONS_NODE) or check_resume_job(resume_job, OPTIONS_NODE) or True
+
+    def execute(self, **values):
+        return ({**option_defaults(), **values, "type": OPTIONS_TYPE},)
+
+
 NODES = {
     "DenseGRPO_TrainLoRA": (TrainLoRA, "DenseGRPO Train LoRA (background)"),
     "DenseGRPO_TrainingStatus": (TrainingStatus, "DenseGRPO Training Status"),
     "DenseGRPO_StopTraining": (StopTraining, "DenseGRPO Stop Training"),
+    "DenseGRPO_TrainingOptions": (TrainingOptions, OPTIONS_NODE),
 }

@@ -19,6 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CKPT = "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors"
 PROMPT = "a photo of a red fox sitting in a snowy forest, golden hour"
 NEGATIVE = ""
+TRAIN_SIZE = (360, 424)  # the compact Train node; its settings on a Training Options node below it
+OPTIONS_SIZE = (360, 540)
 TRAIN_PROMPTS = "\n".join(
     [
         "a photo of a red fox sitting in a snowy forest",
@@ -202,9 +204,6 @@ WORKFLOWS = {
                 "scheduler": "normal",
                 "advantage_mode": "dense_grpo",
                 "learning_rate": 3e-4,
-                "beta": 0.04,
-                "save_every": 10,
-                "seed": 0,
             },
             "links": {
                 "model": (1, 0),
@@ -213,9 +212,17 @@ WORKFLOWS = {
                 "reward_model": (2, 0),
                 "psi": (10, 0),
                 "latent_image": (3, 0),
+                "options": (13, 0),
             },
             "pos": (420, 160),
-            "size": (360, 640),
+            "size": TRAIN_SIZE,
+        },
+        {
+            "id": 13,
+            "type": "DenseGRPO_TrainingOptions",
+            "widgets": {"beta": 0.04, "save_every": 10, "seed": 0},
+            "pos": (420, 160 + TRAIN_SIZE[1] + 60),
+            "size": OPTIONS_SIZE,
         },
         {
             "id": 12,

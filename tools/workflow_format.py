@@ -32,7 +32,8 @@ def is_widget(spec: list) -> bool:
 
 def has_control_value(name: str, spec: list) -> bool:
     opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-    return spec[0] == "INT" and (bool(opts.get("control_after_generate")) or name in ("seed", "noise_seed"))
+    control = opts.get("control_after_generate")  # the front end: unset → only seed and noise_seed have one
+    return spec[0] == "INT" and bool(name in ("seed", "noise_seed") if control is None else control)
 
 
 def to_api(workflow: dict, object_info: dict) -> dict:

@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+from train_prompts import train_nodes
 
 pytestmark = pytest.mark.comfyui
 TEST_NODES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "test_nodes")
@@ -87,9 +88,8 @@ def train_prompt(family: str, name: str) -> dict:
         "reward": {"class_type": "DenseGRPO_LoadJPEGCompressibility", "inputs": {"device": "cpu"}},
         "psi": {"class_type": "DenseGRPO_PsiUniform", "inputs": {"a": 0.7}},
         "latent": {"class_type": settings.LATENT_NODE, "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "train": {
-            "class_type": "DenseGRPO_TrainLoRA",
-            "inputs": {
+        **train_nodes(
+            {
                 "model": ["tiny", 0],
                 "clip": ["tiny", 1],
                 "vae": ["tiny", 2],
@@ -113,8 +113,8 @@ def train_prompt(family: str, name: str) -> dict:
                 "lora_rank": 4,
                 "lora_alpha": 4.0,
                 "train_batch": 2,
-            },
-        },
+            }
+        ),
     }
 
 

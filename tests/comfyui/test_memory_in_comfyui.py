@@ -10,6 +10,7 @@ import re
 import pytest
 import torch
 from test_training_in_comfyui import job, job_id_of, latent, sample_prompt, train_prompt, wait_for
+from train_prompts import set_train
 
 pytestmark = pytest.mark.comfyui
 TERMINAL = ("finished", "failed", "stopped")
@@ -122,7 +123,7 @@ def test_a_run_that_cannot_fit_is_refused_naming_the_settings_that_would_fit(com
 
     p = train_prompt("too_big_options", iterations=10)
     p["latent"]["inputs"].update(width=1024, height=1024)  # rollout chunks of 1280 rows: ~26 GiB
-    p["train"]["inputs"].update(group_size=32, steps=20, lora_name="too_big_options", max_batch=4096)
+    set_train(p, group_size=32, steps=20, lora_name="too_big_options", max_batch=4096)
     with pytest.raises(ComfyError, match=r"it would fit with .*max_batch \d+ \(~[\d.]+ GiB\)"):
         comfy.run(p)
     assert not os.path.exists(

@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+from train_prompts import set_train, train_nodes
 
 pytestmark = pytest.mark.comfyui
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -73,9 +74,8 @@ def train_prompt(name: str, iterations: int, resume: str = "") -> dict:
         "reward": {"class_type": "DenseGRPO_LoadJPEGCompressibility", "inputs": {"device": "cpu"}},
         "psi": {"class_type": "DenseGRPO_PsiUniform", "inputs": {"a": 0.7}},
         "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "train": {
-            "class_type": "DenseGRPO_TrainLoRA",
-            "inputs": {
+        **train_nodes(
+            {
                 "model": ["unet", 0],
                 "clip": ["clip", 0],
                 "vae": ["vae", 0],
@@ -100,8 +100,8 @@ def train_prompt(name: str, iterations: int, resume: str = "") -> dict:
                 "lora_alpha": 4.0,
                 "train_batch": 2,
                 "resume_job": resume,
-            },
-        },
+            }
+        ),
     }
 
 
@@ -314,7 +314,7 @@ def test_a_run_whose_memory_estimate_exceeds_free_memory_is_refused_before_it_st
 
     p = train_prompt("too_big", iterations=10)
     p["latent"]["inputs"].update(width=1024, height=1024)
-    p["train"]["inputs"].update(group_size=256, steps=100, lora_name="too_big")
+    set_train(p, group_size=256, steps=100, lora_name="too_big")
     with pytest.raises(ComfyError, match="input 'allow_over_memory' is off and the estimated peak memory"):
         comfy.run(p)
     assert not glob.glob(os.path.join(comfy.models_dir, "loras", "densegrpo", "too_big_*"))
@@ -322,7 +322,7 @@ def test_a_run_whose_memory_estimate_exceeds_free_memory_is_refused_before_it_st
 
 def test_train_status_text_shows_the_estimate(comfy):
     p = train_prompt("estimate_shown", iterations=1)
-    p["train"]["inputs"]["free_cached_models"] = True
+    set_train(p, free_cached_models=True)
     entry = comfy.run(p)
     text = " ".join(entry["outputs"]["train"]["text"])
     assert re.search(r"estimate ~[\d.]+ GiB peak .* s / iteration", text), text
@@ -333,7 +333,7 @@ def test_resume_with_other_settings_is_refused_naming_the_setting(comfy, stopped
     from harness import ComfyError
 
     p = train_prompt("x", iterations=50, resume=stopped_job["id"])
-    p["train"]["inputs"]["group_size"] = 3
+    set_train(p, group_size=3)
     with pytest.raises(ComfyError, match="input 'resume_job'.*group_size=2"):
         comfy.run(p)
 

@@ -19,6 +19,7 @@ import time
 import harness
 import pytest
 import torch
+from train_prompts import train_nodes
 
 pytestmark = pytest.mark.comfyui
 IN_PROCESS = importlib.util.find_spec("einops") is not None  # ComfyUI's requirements importable here
@@ -240,9 +241,8 @@ def train_prompt(name: str) -> dict:
         "reward": {"class_type": "DenseGRPO_LoadJPEGCompressibility", "inputs": {"device": "cpu"}},
         "psi": {"class_type": "DenseGRPO_PsiUniform", "inputs": {"a": 0.7}},
         "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "train": {
-            "class_type": "DenseGRPO_TrainLoRA",
-            "inputs": {
+        **train_nodes(
+            {
                 "model": ["tiny", 0],
                 "clip": ["tiny", 1],
                 "vae": ["tiny", 2],
@@ -266,8 +266,8 @@ def train_prompt(name: str) -> dict:
                 "lora_rank": 4,
                 "lora_alpha": 4.0,
                 "train_batch": 2,
-            },
-        },
+            }
+        ),
     }
 
 

@@ -68,8 +68,18 @@ def test_empty_training_prompts_are_refused_when_queued(comfy):
 
     p = train_prompt("empty_prompts", iterations=1)
     p["train"]["inputs"]["prompts"] = "  \n "
+    del p["train"]["inputs"]["options"], p["train_options"]  # no options node: no prompts_file can come
     with pytest.raises(ComfyError, match=r"(?s)prompt refused.*input 'prompts' is empty"):
         comfy.queue(p)
+
+
+def test_empty_training_prompts_with_an_options_node_are_refused_when_the_train_node_runs(comfy):
+    from test_training_in_comfyui import train_prompt
+
+    p = train_prompt("empty_prompts_options", iterations=1)  # the options node might have named a prompts_file
+    p["train"]["inputs"]["prompts"] = "  \n "
+    with pytest.raises(ComfyError, match=r"DenseGRPO Train LoRA: input 'prompts' is empty"):
+        comfy.run(p)
 
 
 def test_resuming_an_unknown_job_is_refused_when_queued(comfy):
