@@ -1,9 +1,9 @@
 // DenseGRPO front-end extension: a sidebar panel with every training job, live from the `densegrpo.job`
-// websocket events (initial state from GET /densegrpo/jobs), toasts when a job ends, and a fixed seed on
-// new Train nodes. The panel lists the active jobs and the most recent ended ones ("show all" for the rest)
-// above the selected job's details, deletes ended jobs (with a confirmation), clears the finished ones and
-// opens a large view of the curve, ΔR signs and samples. A resumed job is the same job: one row, one curve
-// from iteration 1 with a mark where each resume continued it.
+// websocket events (initial state from GET /densegrpo/jobs) and toasts when a job ends. The panel lists the
+// active jobs and the most recent ended ones ("show all" for the rest) above the selected job's details,
+// deletes ended jobs (with a confirmation), clears the finished ones and opens a large view of the curve, ΔR
+// signs and samples. A resumed job is the same job: one row, one curve from iteration 1 with a mark where each
+// resume continued it.
 // Plain ES module, no build step; uPlot (MIT) is vendored in ./vendor/uplot/.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
@@ -12,7 +12,6 @@ import uPlot from "./vendor/uplot/uPlot.esm.js";
 // The event name, job states and job file names are defined once in nodes/web_contract.py;
 // tests/test_web_contract.py checks these lines against it.
 const EVENT = "densegrpo.job";
-const TRAIN_NODE = "DenseGRPO_TrainLoRA";
 const TAB_ID = "densegrpo";
 const TOAST_SETTING = "DenseGRPO.Panel.Toasts";
 const JOB_STATES = ["queued", "running", "stopping", "finished", "stopped", "failed"];
@@ -690,14 +689,6 @@ if (!window[LOADED]) {
         id: TAB_ID, icon: "pi pi-chart-line", title: "DenseGRPO", tooltip: "DenseGRPO training jobs",
         type: "custom", render: mount, destroy: unmount,
       });
-    },
-    nodeCreated(node) {
-      // A new Train node's seed stays fixed after each run, so queueing again does not start another job.
-      // A loaded workflow's saved choice is applied after this and wins.
-      if (node.comfyClass !== TRAIN_NODE) return;
-      const seed = node.widgets?.find((w) => w.name === "seed");
-      const control = seed?.linkedWidgets?.[0] ?? node.widgets?.find((w) => w.name === "control_after_generate");
-      if (control) control.value = "fixed";
     },
   });
 }

@@ -125,11 +125,6 @@ async function waitHistory(page, n) {
     out.empty_panel_text = await page.locator(".densegrpo-panel").textContent();
 
     await page.evaluate(([p]) => window.app.loadApiJson(p, "densegrpo_panel_test"), [cfg.prompt]);
-    out.seed_control = await page.evaluate(() => {
-      const node = window.app.graph.nodes.find((n) => n.comfyClass === "DenseGRPO_TrainLoRA");
-      const seed = node?.widgets?.find((w) => w.name === "seed");
-      return seed?.linkedWidgets?.[0]?.value ?? null;
-    });
     await page.locator('button[aria-label="Run"]').click();
     step("run clicked");
 
