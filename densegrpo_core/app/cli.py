@@ -107,6 +107,7 @@ def cmd_sample(args) -> int:
     from ..method.schedule import sde_noise_scales
     from ..models.pipeline import score_latents
 
+    reward = _reward(args.reward, args.reward_path, args.device, "sample")  # its errors before any work
     pipe, _, tau, cfg_scale = _model_and_grid(args, prompts=args.prompt)
     if args.lora:
         from ..models.lora import inject_lora, load_lora, read_lora_metadata
@@ -127,7 +128,7 @@ def cmd_sample(args) -> int:
         ).latents[:, -1]
     images = pipe.decode(x0)
     _save_images(images, args.out, ncol=args.num)
-    scores = score_latents(x0, prompts, pipe.decode, _reward(args.reward, args.reward_path, args.device, "sample"))
+    scores = score_latents(x0, prompts, pipe.decode, reward)
     for p in args.prompt:
         s = scores[[i for i, q in enumerate(prompts) if q == p]]
         print(f"{p!r}: reward {s.mean():.3f} ± {s.std(unbiased=False):.3f} over {len(s)} samples")
@@ -140,6 +141,7 @@ def cmd_calibrate(args) -> int:
     from ..models.pipeline import dense_reward_sampler, fused_rollout_rewards
     from ..util.plots import plot_psi_history
 
+    reward = _reward(args.reward, args.reward_path, args.device, "calibration")  # its errors before any work
     os.makedirs(args.out, exist_ok=True)
     pipe, train_prompts, tau, cfg_scale = _model_and_grid(args)
     psi0 = _psi_arg(args.psi0, tau)
@@ -152,13 +154,7 @@ def cmd_calibrate(args) -> int:
         delta=args.delta,
         average_last=args.average_last,
     )
-    rewards = fused_rollout_rewards(
-        pipe,
-        _reward(args.reward, args.reward_path, args.device, "calibration"),
-        tau,
-        cfg_scale=cfg_scale,
-        device=args.device,
-    )
+    rewards = fused_rollout_rewards(pipe, reward, tau, cfg_scale=cfg_scale, device=args.device)
     sampler = dense_reward_sampler(
         rewards, train_prompts, prompts_per_iteration=args.prompts, group_size=args.group_size, seed=args.seed
     )
@@ -188,6 +184,7 @@ def cmd_visualize(args) -> int:
     from ..models.pipeline import latent_rewards
     from ..util.plots import plot_dense_rewards
 
+    reward = _reward(args.reward, args.reward_path, args.device, "visualize")  # its errors before any work
     os.makedirs(args.out, exist_ok=True)
     pipe, train_prompts, tau, cfg_scale = _model_and_grid(args)
     psi = _psi_arg(args.psi, tau)
@@ -197,7 +194,7 @@ def cmd_visualize(args) -> int:
     ro = fused_rollout(
         pipe.guide(prompts, cfg_scale, device=args.device), x_T, tau, sde_noise_scales(psi.tensor(), tau), generator=gen
     )
-    R = latent_rewards(ro, prompts, pipe.decode, _reward(args.reward, args.reward_path, args.device, "visualize"))
+    R = latent_rewards(ro, prompts, pipe.decode, reward)
     pos, neg = sign_counts(dense_rewards(R))
     plot_dense_rewards(
         R, os.path.join(args.out, "dense_rewards.png"), title=f"{prompts[0]!r}, psi={psi.values[0]:.2f}…"

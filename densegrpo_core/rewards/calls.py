@@ -112,9 +112,8 @@ def _run_in_thread(fn: Callable, timeout_s: float, device_type: str, name: str, 
     worker.join(timeout_s)
     if worker.is_alive():
         raise RewardTimeoutError(
-            f"reward {name!r} did not return within reward_timeout_s = {timeout_s:g} s ({where}); the iteration "
-            f"failed, the run can resume from its last checkpoint (the stuck call is left running in a "
-            f"background thread)"
+            f"reward {name!r} did not return within reward_timeout_s = {timeout_s:g} s ({where}); the run stops "
+            f"here and can resume from its last checkpoint (the stuck call is left running in a background thread)"
         )
     if "error" in box:
         raise box["error"]
