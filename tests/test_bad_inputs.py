@@ -164,7 +164,7 @@ DEVICE_MESSAGES = {  # what a machine without that device says (the test machine
     "device-sample": "error: device 'cuda:7' is not available: no CUDA device is visible; use --device cpu",
 }
 PREFIXES = {
-    "unknown-key": "error: unknown config keys ['learning_rate']; valid keys: ['adam_betas', ",
+    "unknown-key": "error: unknown config keys ['learning_rate']; valid keys: ['adam_betas',",
     "reward-path-missing": "error: reward 'hpsv2': /no/such/folder does not exist",
 }
 

@@ -13,8 +13,9 @@ image (`check_scores`). Every failure names the reward and the call, e.g. "(iter
 Time limit: with `timeout_s` (TrainConfig.reward_timeout_s) the reward runs in a worker thread while the caller
 waits at most that long. Python cannot stop a thread, so a call that overruns is abandoned: its thread is a
 daemon and keeps running (and holding whatever memory it holds) until it returns or the process exits, which
-it does not delay. The worker thread sees the caller's grad / inference mode, autocast and CUDA device (torch
-keeps those per thread). `timeout_s` None or 0 calls the reward directly, in the caller's thread.
+it does not delay. The worker thread gets the caller's grad / inference mode and CUDA device, which torch keeps
+per thread (not autocast: rewards score in their own dtype, as BatchedReward does). `timeout_s` None or 0
+calls the reward directly, in the caller's thread.
 """
 
 from __future__ import annotations
@@ -85,12 +86,10 @@ def one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-def _run_in_thread(fn: Callable, timeout_s: float, device_type: str, name: str, where: str):
+def _run_in_thread(fn: Callable, timeout_s: float, name: str, where: str):
     """fn() in a daemon thread with the caller's torch thread state; its result, its exception, or
     RewardTimeoutError after `timeout_s` seconds (the thread is abandoned)."""
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
-    autocast = torch.is_autocast_enabled(device_type)
-    autocast_dtype = torch.get_autocast_dtype(device_type) if autocast else None
     cuda_device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
     box: dict = {}
 
@@ -98,11 +97,7 @@ def _run_in_thread(fn: Callable, timeout_s: float, device_type: str, name: str, 
         try:
             if cuda_device is not None:
                 torch.cuda.set_device(cuda_device)
-            with (
-                torch.inference_mode(inference),
-                torch.set_grad_enabled(grad),
-                torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast),
-            ):
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
                 box["value"] = fn()
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
             box["error"] = e
@@ -140,7 +135,7 @@ def call_reward(
     prompts = list(prompts)
     try:
         if timeout_s:
-            out = _run_in_thread(lambda: reward(images, prompts), timeout_s, images.device.type, name, where)
+            out = _run_in_thread(lambda: reward(images, prompts), timeout_s, name, where)
         else:
             out = reward(images, prompts)
         return check_scores(out, images.shape[0], name).to(images.device)
