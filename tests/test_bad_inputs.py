@@ -2,6 +2,7 @@
 the input, the value and what was expected. Each case here is a row of docs/bad_inputs.md, which a test keeps
 in step with this list."""
 
+import json
 import os
 import re
 import subprocess
@@ -10,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -263,3 +265,24 @@ def test_the_docs_table_has_a_row_for_every_case_with_its_exit_code_and_message(
         shown = PREFIXES.get(name) or DEVICE_MESSAGES.get(name) or message
         assert f"| {code} |" in row, row
         assert shown.removeprefix("error: ").replace("|", "\\|")[:60] in row, (name, row)
+
+
+def test_a_config_read_back_from_json_is_the_same_config():
+    from densegrpo_core.training.config import TrainConfig
+
+    config = TrainConfig(sde_window=1, sde_window_range=(0, 2), grid=[1.0, 0.5, 0.0], steps=2, psi=[0.5, 0.4])
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config  # lists back to tuples
+
+
+def test_numpy_integers_count_as_integers():
+    from densegrpo_core.training.config import TrainConfig
+
+    config = TrainConfig(group_size=np.int64(4), eval_seeds=[np.int32(0)])
+    assert type(config.group_size) is int and type(config.eval_seeds[0]) is int
+
+
+def test_the_train_nodes_label_of_nested_combined_rewards_is_a_valid_reward_setting():
+    from densegrpo_core.training.config import TrainConfig
+
+    label = "pickscore=1,aesthetic=0.5=1,jpeg_compressibility=2"  # WeightedReward of a WeightedReward
+    assert TrainConfig(reward=label).reward == label

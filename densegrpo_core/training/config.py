@@ -19,7 +19,6 @@ from ..method.advantages import ADVANTAGE_MODE_RECORDS, ADVANTAGE_MODES
 from ..method.schedule import GRIDS, as_psi, validate_grid
 from ..method.window import WINDOW_SCHEDULES, default_window_range, random_window_start, sliding_window_start
 from ..models.lora import LORA_INITS
-from ..rewards.registry import parse_reward_spec
 from ..util.fields import ConfigError, Rule, check_fields
 from .optimizer import OPTIMIZERS
 from .tensorboard_log import LOGGERS
@@ -68,7 +67,7 @@ FIELD_RULES: dict[str, Rule] = {
     "lora_targets": Rule("non-empty"),
     "lora_init": Rule(choices=tuple(LORA_INITS)),
     "init_lora": Rule("non-empty"),
-    "reward": Rule(what="a reward name, 'module:function', 'name=weight,…' or a table {name: weight}"),
+    "reward": Rule("non-empty", what="a reward name, 'module:function', 'name=weight,…' or a table {name: weight}"),
     "reward_path": Rule(what="a file or folder path, a table {name: path} or unset"),
     "eval_every": Rule(">= 0", note="0 = only at the end"),
     "eval_steps": COUNT,
@@ -193,7 +192,6 @@ class TrainConfig:
             raise ConfigError("eval_seeds must hold at least one seed (each evaluation prompt is sampled per seed)")
         if not all(self.eval_rewards):
             raise ConfigError(f"eval_rewards must be reward names, got {self.eval_rewards!r}")
-        parse_reward_spec(self.reward)
         for key, paths in (("reward_path", self.reward_path), ("eval_reward_path", self.eval_reward_path)):
             bad = {k: v for k, v in paths.items() if not isinstance(v, str) or not v} if isinstance(paths, dict) else {}
             if bad:
