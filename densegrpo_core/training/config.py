@@ -41,7 +41,7 @@ FIELD_RULES: dict[str, Rule] = {
     "ode_steps": COUNT,
     "sde_window": Rule(what="an integer in [0, steps] (0 = no window)"),
     "sde_window_range": Rule(what="two integers [lo, hi) or unset"),
-    "sde_window_schedule": Rule(choices=WINDOW_SCHEDULES),
+    "sde_window_schedule": Rule(choices=tuple(WINDOW_SCHEDULES)),
     "sde_window_stride": COUNT,
     "sde_window_every": COUNT,
     "max_batch": COUNT,
@@ -69,6 +69,7 @@ FIELD_RULES: dict[str, Rule] = {
     "init_lora": Rule("non-empty"),
     "reward": Rule("non-empty", what="a reward name, 'module:function', 'name=weight,…' or a table {name: weight}"),
     "reward_path": Rule(what="a file or folder path, a table {name: path} or unset"),
+    "reward_timeout_s": Rule(">= 0", note="0 or unset = no limit"),
     "eval_every": Rule(">= 0", note="0 = only at the end"),
     "eval_steps": COUNT,
     "eval_seeds": COUNT_OR_ZERO,
@@ -78,7 +79,6 @@ FIELD_RULES: dict[str, Rule] = {
     "logger": Rule(choices=tuple(LOGGERS)),
     "optimizer": Rule(choices=tuple(OPTIMIZERS)),
     "rollout_memory_gb": Rule("> 0"),
-    "reward_timeout_s": Rule(">= 0", note="0 or unset = no limit"),
 }
 
 
@@ -143,6 +143,9 @@ class TrainConfig:
     # --- reward, evaluation, saving ---
     reward: str | dict = "toy"  # reward name, "module:function", or weighted {name: weight} / "a=1,b=0.5"
     reward_path: str | dict | None = None  # file/folder of the reward model (or {name: path} for weighted sums)
+    reward_timeout_s: float | None = 600.0  # seconds one reward call may take before the iteration fails with a
+    # message naming the reward (the run stays resumable from its last checkpoint); 0 or None = no limit
+    # (rewards.call_reward: the call runs in a worker thread, a stuck one is abandoned)
     eval_every: int = 10  # evaluate every N iterations (and at the end); 0 = only at the end
     eval_steps: int = 10  # ODE steps for evaluation (paper: 40)
     eval_seeds: tuple[int, ...] = (0, 1)  # initial-noise seeds per evaluation prompt
@@ -160,10 +163,6 @@ class TrainConfig:
     optimizer: str = "adamw"  # "adamw" (torch) or "adamw8bit" (optional bitsandbytes: 8-bit moments)
     rollout_memory_gb: float | None = None  # cap rows per no-grad forward so their activations fit this many GiB
     # (estimate.py); None = max_batch alone sets the chunk size
-
-    reward_timeout_s: float | None = 600.0  # seconds one reward call may take before the iteration fails with a
-    # message naming the reward (the run stays resumable from its last checkpoint); 0 or None = no limit
-    # (rewards.call_reward: the call runs in a worker thread, a stuck one is abandoned)
 
     def __post_init__(self):
         if isinstance(self.eval_rewards, str):  # "aesthetic,clipscore", as the command line gives them

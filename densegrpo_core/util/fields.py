@@ -66,7 +66,7 @@ def _describe(tp) -> str:
     if tp is type(None):
         return "unset"
     names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a table"}
-    names.update({list: "a list", tuple: "a list"})
+    names |= {list: "a list", tuple: "a list"}
     if tp in names:
         return names[tp]
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -74,10 +74,8 @@ def _describe(tp) -> str:
     if origin is list or (origin is tuple and len(args) == 2 and args[1] is Ellipsis):
         return f"a list of {plural.get(args[0], 'values')}"
     if origin is tuple:
-        same = len(set(args)) == 1
-        if same and args[0] in plural:
-            return f"{['', 'one', 'two', 'three', 'four'][len(args)] or len(args)} {plural[args[0]]}"
-        return f"a list of {len(args)} values"
+        count = {2: "two", 3: "three"}.get(len(args), str(len(args)))
+        return f"{count} {plural[args[0]]}" if len(set(args)) == 1 and args[0] in plural else f"{count} values"
     if origin is dict:
         return "a table"
     return getattr(tp, "__name__", str(tp))
