@@ -31,11 +31,14 @@ def _psi_arg(text: str | None, tau):
     return as_psi(psi.values[0] if psi.steps == 1 else psi, steps)
 
 
-def _reward(spec, path=None, device: str | None = None):
-    """The reward named by --reward / TrainConfig.reward with its model files (--reward-path / reward_path)."""
-    from ..rewards import get_reward, parse_reward_paths
+def _reward(spec, path=None, device: str | None = None, checked: str | None = None):
+    """The reward named by --reward / TrainConfig.reward with its model files (--reward-path / reward_path);
+    with `checked` (what the command does) every call is checked and a failure names the reward and the call
+    (the trainer checks its own calls)."""
+    from ..rewards import CheckedReward, get_reward, parse_reward_paths
 
-    return get_reward(spec, parse_reward_paths(path) if isinstance(path, str) else path, device=device)
+    reward = get_reward(spec, parse_reward_paths(path) if isinstance(path, str) else path, device=device)
+    return CheckedReward(reward, checked) if checked else reward
 
 
 def _reward_path_arg(text: str):
@@ -81,8 +84,9 @@ def _model_and_grid(args, prompts=None):
 
     A diffusers folder encodes `prompts` (sample's --prompt) or the --prompts file once at load time."""
     from ..method.schedule import flow_grid
-    from ..models.spec import ModelSpec
+    from ..models.spec import ModelSpec, check_model_path
 
+    check_model_path(args.model)
     given = prompts or getattr(args, "prompts_file", None)
     if args.model == "toy":
         spec = ModelSpec(train_prompts=given)
@@ -103,6 +107,7 @@ def cmd_sample(args) -> int:
     from ..method.schedule import sde_noise_scales
     from ..models.pipeline import score_latents
 
+    reward = _reward(args.reward, args.reward_path, args.device, "sample")  # its errors before any work
     pipe, _, tau, cfg_scale = _model_and_grid(args, prompts=args.prompt)
     if args.lora:
         from ..models.lora import inject_lora, load_lora, read_lora_metadata
@@ -123,7 +128,7 @@ def cmd_sample(args) -> int:
         ).latents[:, -1]
     images = pipe.decode(x0)
     _save_images(images, args.out, ncol=args.num)
-    scores = score_latents(x0, prompts, pipe.decode, _reward(args.reward, args.reward_path, args.device))
+    scores = score_latents(x0, prompts, pipe.decode, reward)
     for p in args.prompt:
         s = scores[[i for i, q in enumerate(prompts) if q == p]]
         print(f"{p!r}: reward {s.mean():.3f} ± {s.std(unbiased=False):.3f} over {len(s)} samples")
@@ -136,6 +141,7 @@ def cmd_calibrate(args) -> int:
     from ..models.pipeline import dense_reward_sampler, fused_rollout_rewards
     from ..util.plots import plot_psi_history
 
+    reward = _reward(args.reward, args.reward_path, args.device, "calibration")  # its errors before any work
     os.makedirs(args.out, exist_ok=True)
     pipe, train_prompts, tau, cfg_scale = _model_and_grid(args)
     psi0 = _psi_arg(args.psi0, tau)
@@ -148,9 +154,7 @@ def cmd_calibrate(args) -> int:
         delta=args.delta,
         average_last=args.average_last,
     )
-    rewards = fused_rollout_rewards(
-        pipe, _reward(args.reward, args.reward_path, args.device), tau, cfg_scale=cfg_scale, device=args.device
-    )
+    rewards = fused_rollout_rewards(pipe, reward, tau, cfg_scale=cfg_scale, device=args.device)
     sampler = dense_reward_sampler(
         rewards, train_prompts, prompts_per_iteration=args.prompts, group_size=args.group_size, seed=args.seed
     )
@@ -180,6 +184,7 @@ def cmd_visualize(args) -> int:
     from ..models.pipeline import latent_rewards
     from ..util.plots import plot_dense_rewards
 
+    reward = _reward(args.reward, args.reward_path, args.device, "visualize")  # its errors before any work
     os.makedirs(args.out, exist_ok=True)
     pipe, train_prompts, tau, cfg_scale = _model_and_grid(args)
     psi = _psi_arg(args.psi, tau)
@@ -189,7 +194,7 @@ def cmd_visualize(args) -> int:
     ro = fused_rollout(
         pipe.guide(prompts, cfg_scale, device=args.device), x_T, tau, sde_noise_scales(psi.tensor(), tau), generator=gen
     )
-    R = latent_rewards(ro, prompts, pipe.decode, _reward(args.reward, args.reward_path, args.device))
+    R = latent_rewards(ro, prompts, pipe.decode, reward)
     pos, neg = sign_counts(dense_rewards(R))
     plot_dense_rewards(
         R, os.path.join(args.out, "dense_rewards.png"), title=f"{prompts[0]!r}, psi={psi.values[0]:.2f}…"
@@ -239,13 +244,14 @@ def cmd_train(args) -> int:
     import torch
 
     from ..models.spec import ModelSpec
+    from ..training.config import check_device_available
     from ..training.trainer import TrainConfig, Trainer
     from ..util.atomic import atomic_write_json
 
     raw = _load_toml(args.config) if args.config else {}
     if args.model is not None:
         raw["model"] = args.model
-    spec = ModelSpec.pop_from(raw)  # model and data keys; the rest are TrainConfig fields
+    spec = ModelSpec.pop_from(raw, check_path=True)  # model and data keys; the rest are TrainConfig fields
     if args.resume and not args.out:
         raw["out_dir"] = os.path.dirname(os.path.abspath(args.resume.rstrip("/")))
     for key in ("out", "reward", "reward_path", "device", "iterations", "sde_window", "eval_rewards", "logger"):
@@ -256,12 +262,14 @@ def cmd_train(args) -> int:
         raw.setdefault("dtype", _default_dtype(spec.model, raw.get("device", "cpu")))
         raw.setdefault("eval_images", True)
     config = TrainConfig.from_dict(raw)
+    check_device_available(config.device)  # before any work: a clear error, not the driver's
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         backend = "nccl" if config.device.startswith("cuda") else "gloo"
         torch.distributed.init_process_group(backend)
         if config.device.startswith("cuda"):
             config.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
             torch.cuda.set_device(config.device)
+    reward = _reward(config.reward, config.reward_path, config.device)  # its errors before the model loads
     pipe, train_prompts, eval_prompts = spec.load(config.device, config.dtype)
     if int(os.environ.get("RANK", 0)) == 0:
         os.makedirs(config.out_dir, exist_ok=True)
@@ -270,7 +278,7 @@ def cmd_train(args) -> int:
     trainer = Trainer(
         config,
         pipe,
-        _reward(config.reward, config.reward_path, config.device),
+        reward,
         train_prompts,
         eval_prompts,
         should_stop=stop.is_set,
@@ -612,6 +620,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "device", None) is not None:  # train checks its config's device (TOML or --device)
+            from ..training.config import check_device_available
+
+            check_device_available(args.device)
         return args.fn(args)
     except (InputError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

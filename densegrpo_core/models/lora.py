@@ -458,6 +458,12 @@ def load_lora(
                     f"the model expects {tuple(target.shape)}"
                 )
         alpha_key = f"{bases[name]}.alpha"
+        for key in (down_key, up_key, alpha_key):
+            if key in tensors and not torch.isfinite(tensors[key].float()).all():
+                raise ValueError(
+                    f"LoRA file {path!r}: {key!r} holds NaN or Inf values; the file is damaged or was saved "
+                    f"from a run that diverged"
+                )
         file_alpha = float(tensors[alpha_key]) if alpha_key in tensors else float(rank)
         if not math.isclose(file_alpha, alpha, rel_tol=1e-6):
             raise ValueError(

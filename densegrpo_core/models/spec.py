@@ -12,6 +12,32 @@ import os
 from dataclasses import dataclass
 from typing import Sequence
 
+from ..util.fields import Rule, check_fields
+
+PROMPTS = Rule(what="a .txt file (one prompt a line) or a list of prompts")
+SIDE = Rule(">= 1", what="a positive integer")
+# what each field accepts beyond its annotated type (util/fields.py)
+SPEC_RULES: dict[str, Rule] = {
+    "model": Rule("non-empty", note="'toy' or a diffusers pipeline folder"),
+    "transformer_file": Rule("non-empty"),
+    "train_prompts": PROMPTS,
+    "eval_prompts": PROMPTS,
+    "resolution": SIDE,
+    "height": SIDE,
+    "width": SIDE,
+    "guidance": Rule(">= 0"),
+    "max_sequence_length": SIDE,
+}
+
+
+def check_model_path(model: str) -> None:
+    """FileNotFoundError unless `model` is "toy" or a path that exists (before anything asks it for prompts)."""
+    if model != "toy" and not os.path.exists(model):
+        raise FileNotFoundError(
+            f"model {model!r} does not exist: expected 'toy' or the path of a diffusers pipeline folder "
+            f"(the folder with model_index.json)"
+        )
+
 
 def load_prompts(value: str | Sequence[str] | None, key: str = "prompts") -> list[str] | None:
     """Prompts from a .txt file (one prompt a line, blank lines skipped: Flow-GRPO's train.txt / test.txt) or a
@@ -46,14 +72,11 @@ class ModelSpec:
     max_sequence_length: int | None = None  # T5 tokens per prompt; None = 128 for SD3 (Flow-GRPO), 512 for FLUX
 
     def __post_init__(self):
+        check_fields(self, SPEC_RULES)
         if self.resolution is not None and (self.height is not None or self.width is not None):
             raise ValueError("give either resolution (square) or height and width, not both")
         if (self.height is None) != (self.width is None):
             raise ValueError("height and width go together (or use resolution for square images)")
-        for key in ("resolution", "height", "width", "max_sequence_length"):
-            v = getattr(self, key)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                raise ValueError(f"{key} must be a positive integer, got {v!r}")
         if self.model == "toy":
             extra = [k for k in ("transformer_file", "resolution", "height") if getattr(self, k) is not None]
             if extra:
@@ -62,8 +85,11 @@ class ModelSpec:
             raise ValueError(f"model {self.model!r} needs train_prompts (a .txt file, one prompt a line, or a list)")
 
     @classmethod
-    def pop_from(cls, raw: dict) -> "ModelSpec":
-        """The spec from a TOML dict, removing its keys from `raw` (what remains is TrainConfig's)."""
+    def pop_from(cls, raw: dict, check_path: bool = False) -> "ModelSpec":
+        """The spec from a TOML dict, removing its keys from `raw` (what remains is TrainConfig's); with
+        `check_path`, a model path that does not exist is the first error (`check_model_path`)."""
+        if check_path and isinstance(raw.get("model"), str):
+            check_model_path(raw["model"])
         return cls(**{f.name: raw.pop(f.name) for f in dataclasses.fields(cls) if f.name in raw})
 
     def loader_options(self, dtype: str) -> dict:

@@ -7,6 +7,8 @@ aesthetic, clipscore, jpeg_compressibility, jpeg_incompressibility, toy), as a u
 until `release_rewards()`. Importing this package loads no model library (transformers, open_clip, PIL).
 
 - `base`, `combine`, `cache`  the protocol, batching, weighted sums, the per-process model cache
+- `calls`                     one checked, time-limited reward call (`call_reward`, `CheckedReward`): errors name
+                              the reward and the call
 - `registry`                  one spec record per built-in reward (the ComfyUI loader nodes are made from them)
 - `pickscore`, `hpsv2`, `aesthetic`, `clipscore`, `jpeg`  the built-in reward models
 - `hf_clip`, `clip_preprocess`, `model_files`  CLIP loading, preprocessing, reading model files (weights only)
@@ -19,6 +21,15 @@ jobs or app.
 from ..models.protocols import IMAGE_VALUE_TOLERANCE, check_reward_inputs
 from .base import DEFAULT_BATCH_SIZE, BatchedReward, CallableReward, RewardModel, check_reward_output, load_callable
 from .cache import release_rewards
+from .calls import (
+    CheckedReward,
+    RewardCallError,
+    RewardOutputError,
+    RewardTimeoutError,
+    call_reward,
+    check_scores,
+    reward_name,
+)
 from .combine import WeightedReward
 from .model_files import COMFY_FOLDER
 from .registry import REWARD_REGISTRY, RewardSpec, get_reward, list_rewards, parse_reward_paths, parse_reward_spec
@@ -30,15 +41,22 @@ __all__ = [
     "REWARD_REGISTRY",
     "BatchedReward",
     "CallableReward",
+    "CheckedReward",
+    "RewardCallError",
     "RewardModel",
+    "RewardOutputError",
     "RewardSpec",
+    "RewardTimeoutError",
     "WeightedReward",
+    "call_reward",
     "check_reward_inputs",
     "check_reward_output",
+    "check_scores",
     "get_reward",
     "list_rewards",
     "load_callable",
     "parse_reward_paths",
     "parse_reward_spec",
     "release_rewards",
+    "reward_name",
 ]

@@ -11,6 +11,7 @@ from typing import Callable, Protocol, Sequence
 import torch
 
 from ..models.protocols import check_reward_inputs
+from .calls import check_scores
 
 DEFAULT_BATCH_SIZE = 32  # images per forward pass of a reward model
 
@@ -20,10 +21,8 @@ class RewardModel(Protocol):
 
 
 def check_reward_output(scores, batch: int, name: str) -> torch.Tensor:
-    scores = torch.as_tensor(scores).float().flatten()
-    if scores.numel() != batch:
-        raise ValueError(f"reward {name!r} returned {scores.numel()} scores for {batch} images")
-    return scores
+    """(batch,) float32 of one finite score per image, or RewardOutputError naming the reward (calls.py)."""
+    return check_scores(scores, batch, name)
 
 
 def load_callable(spec: str) -> Callable:

@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 
 from .base import check_reward_inputs, check_reward_output
+from .calls import RewardCallError, RewardOutputError, one_line
 
 
 class WeightedReward:
@@ -24,9 +25,17 @@ class WeightedReward:
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         check_reward_inputs(images, prompts)
-        terms = {
-            name: check_reward_output(reward(images, prompts), images.shape[0], name).to(images.device)
-            for name, (_, reward) in self.terms.items()
-        }  # name → (B,)
-        self.last_terms = terms
+        terms = {name: self._term(name, reward, images, prompts) for name, (_, reward) in self.terms.items()}
+        self.last_terms = terms  # name → (B,)
         return sum(self.weights[name] * r for name, r in terms.items()).float()
+
+    @staticmethod
+    def _term(name: str, reward, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """One term's scores (B,), its failures named by the term."""
+        try:
+            scores = reward(images, prompts)
+        except (RewardOutputError, RewardCallError):
+            raise
+        except Exception as e:  # noqa: BLE001 - named by the term, the original as __cause__
+            raise RewardCallError(f"reward term {name!r} raised {one_line(e)}") from e
+        return check_reward_output(scores, images.shape[0], name).to(images.device)

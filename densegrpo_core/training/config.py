@@ -16,11 +16,70 @@ from dataclasses import dataclass
 import torch
 
 from ..method.advantages import ADVANTAGE_MODE_RECORDS, ADVANTAGE_MODES
-from ..method.schedule import GRIDS, validate_grid
+from ..method.schedule import GRIDS, as_psi, validate_grid
 from ..method.window import WINDOW_SCHEDULES, default_window_range, random_window_start, sliding_window_start
 from ..models.lora import LORA_INITS
+from ..util.fields import ConfigError, Rule, check_fields
 from .optimizer import OPTIMIZERS
 from .tensorboard_log import LOGGERS
+
+__all__ = ["FIELD_RULES", "ConfigError", "TrainConfig", "check_device_available", "check_resumable", "trained_steps"]
+
+COUNT, COUNT_OR_ZERO = Rule(">= 1"), Rule(">= 0")
+# What each field accepts beyond the type its annotation names (util/fields.py checks both, in field order);
+# the cross-field checks (window vs steps, grid vs steps, ψ vs steps) follow in TrainConfig.__post_init__.
+FIELD_RULES: dict[str, Rule] = {
+    "seed": COUNT_OR_ZERO,
+    "device": Rule("non-empty", note="cpu, cuda, cuda:N or mps"),
+    "dtype": Rule(choices=("float32", "bfloat16")),
+    "iterations": COUNT,
+    "steps": COUNT,
+    "shift": Rule("> 0"),
+    "scheduler": Rule("non-empty"),
+    "cfg_scale": Rule(">= 0"),
+    "psi": Rule(what="a number >= 0, a list of one number >= 0 per step, or a psi.json path"),
+    "ode_steps": COUNT,
+    "sde_window": Rule(what="an integer in [0, steps] (0 = no window)"),
+    "sde_window_range": Rule(what="two integers [lo, hi) or unset"),
+    "sde_window_schedule": Rule(choices=tuple(WINDOW_SCHEDULES)),
+    "sde_window_stride": COUNT,
+    "sde_window_every": COUNT,
+    "max_batch": COUNT,
+    "reward_batch": COUNT,
+    "prompts_per_iteration": COUNT,
+    "group_size": Rule(">= 2", note="GRPO compares samples of one prompt"),
+    "global_std": Rule(what="true, false or unset (the mode's own)"),
+    "adv_clip": Rule("> 0"),
+    "clip_range": Rule("> 0", note="the PPO clip ε"),
+    "beta": Rule(">= 0", note="the KL weight; 0 = no KL term"),
+    "train_fraction": Rule("in (0, 1]"),
+    "lr": Rule("> 0"),
+    "adam_betas": Rule("in [0, 1)"),
+    "weight_decay": Rule(">= 0"),
+    "train_batch": COUNT,
+    "grad_accum": COUNT,
+    "inner_epochs": COUNT,
+    "grad_clip": Rule("> 0"),
+    "ema_decay": Rule("in (0, 1)"),
+    "ema_every": COUNT,
+    "lora_rank": COUNT,
+    "lora_alpha": Rule("> 0"),
+    "lora_targets": Rule("non-empty"),
+    "lora_init": Rule(choices=tuple(LORA_INITS)),
+    "init_lora": Rule("non-empty"),
+    "reward": Rule("non-empty", what="a reward name, 'module:function', 'name=weight,…' or a table {name: weight}"),
+    "reward_path": Rule(what="a file or folder path, a table {name: path} or unset"),
+    "reward_timeout_s": Rule(">= 0", note="0 or unset = no limit"),
+    "eval_every": Rule(">= 0", note="0 = only at the end"),
+    "eval_steps": COUNT,
+    "eval_seeds": COUNT_OR_ZERO,
+    "save_every": Rule(">= 0", note="0 = only at the end"),
+    "eval_rewards": Rule(what="reward names"),
+    "eval_reward_path": Rule(what="a table {name: path} or unset"),
+    "logger": Rule(choices=tuple(LOGGERS)),
+    "optimizer": Rule(choices=tuple(OPTIMIZERS)),
+    "rollout_memory_gb": Rule("> 0"),
+}
 
 
 @dataclass
@@ -84,6 +143,9 @@ class TrainConfig:
     # --- reward, evaluation, saving ---
     reward: str | dict = "toy"  # reward name, "module:function", or weighted {name: weight} / "a=1,b=0.5"
     reward_path: str | dict | None = None  # file/folder of the reward model (or {name: path} for weighted sums)
+    reward_timeout_s: float | None = 600.0  # seconds one reward call may take before the iteration fails with a
+    # message naming the reward (the run stays resumable from its last checkpoint); 0 or None = no limit
+    # (rewards.call_reward: the call runs in a worker thread, a stuck one is abandoned)
     eval_every: int = 10  # evaluate every N iterations (and at the end); 0 = only at the end
     eval_steps: int = 10  # ODE steps for evaluation (paper: 40)
     eval_seeds: tuple[int, ...] = (0, 1)  # initial-noise seeds per evaluation prompt
@@ -103,87 +165,48 @@ class TrainConfig:
     # (estimate.py); None = max_batch alone sets the chunk size
 
     def __post_init__(self):
+        if isinstance(self.eval_rewards, str):  # "aesthetic,clipscore", as the command line gives them
+            self.eval_rewards = tuple(r for r in self.eval_rewards.split(",") if r)
+        check_fields(self, FIELD_RULES)
+        check_device_name(self.device)
         if self.advantage_mode not in ADVANTAGE_MODES:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown advantage mode {self.advantage_mode!r}; expected one of {', '.join(ADVANTAGE_MODES)}"
             )
-        if self.group_size < 2:
-            raise ValueError(f"group_size must be >= 2 (GRPO compares samples of one prompt), got {self.group_size}")
-        for name in (
-            "iterations",
-            "steps",
-            "prompts_per_iteration",
-            "train_batch",
-            "grad_accum",
-            "inner_epochs",
-            "lora_rank",
-            "ema_every",
-            "max_batch",
-            "reward_batch",
-        ):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.rollout_memory_gb is not None and not self.rollout_memory_gb > 0:
-            raise ValueError(f"rollout_memory_gb must be > 0 or None, got {self.rollout_memory_gb}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
-        if not 0 < self.train_fraction <= 1:
-            raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
-        if self.logger not in LOGGERS:
-            raise ValueError(f"logger must be one of {', '.join(LOGGERS)}, got {self.logger!r}")
-        if self.lora_init not in LORA_INITS:
-            raise ValueError(f"lora_init must be one of {', '.join(LORA_INITS)}, got {self.lora_init!r}")
-        if self.global_std is not None and not isinstance(self.global_std, bool):
-            raise ValueError(f"global_std must be true, false or unset (the mode's own), got {self.global_std!r}")
         self._check_window()
         if isinstance(self.grid, str):
             if self.grid not in GRIDS:
-                raise ValueError(
+                raise ConfigError(
                     f"grid must be one of {', '.join(GRIDS)} or a list of steps+1 flow times, got {self.grid!r}"
                 )
         else:
             self.grid = validate_grid(torch.as_tensor(self.grid), "grid").tolist()
             if len(self.grid) != self.steps + 1:
-                raise ValueError(
+                raise ConfigError(
                     f"grid has {len(self.grid)} flow times but steps = {self.steps} needs {self.steps + 1}"
                 )
-        self.adam_betas = tuple(self.adam_betas)
-        self.eval_seeds = tuple(self.eval_seeds)
-        if isinstance(self.eval_rewards, str):
-            self.eval_rewards = tuple(r for r in self.eval_rewards.split(",") if r)
-        self.eval_rewards = tuple(self.eval_rewards)
-        if not all(isinstance(r, str) and r for r in self.eval_rewards):
-            raise ValueError(f"eval_rewards must be reward names, got {self.eval_rewards!r}")
-        if self.eval_reward_path is not None and not isinstance(self.eval_reward_path, dict):
-            raise ValueError(f"eval_reward_path must be a table {{name: path}}, got {self.eval_reward_path!r}")
+        if not isinstance(self.psi, str):  # a psi.json path is read (and checked) by the trainer
+            as_psi(self.psi, self.steps)
+        if not self.eval_seeds:
+            raise ConfigError("eval_seeds must hold at least one seed (each evaluation prompt is sampled per seed)")
+        if not all(self.eval_rewards):
+            raise ConfigError(f"eval_rewards must be reward names, got {self.eval_rewards!r}")
+        for key, paths in (("reward_path", self.reward_path), ("eval_reward_path", self.eval_reward_path)):
+            bad = {k: v for k, v in paths.items() if not isinstance(v, str) or not v} if isinstance(paths, dict) else {}
+            if bad:
+                raise ConfigError(f"{key} must map reward names to file or folder paths, got {bad!r}")
 
     def _check_window(self) -> None:
-        """Every sde_window_* field, with an error naming the field (docs/method.md §10)."""
-        W, T = self.sde_window, int(self.steps)
-        if isinstance(W, bool) or not isinstance(W, int) or not 0 <= W <= T:
-            raise ValueError(f"sde_window must be an integer in [0, steps={T}] (0 = no window), got {W!r}")
-        if self.sde_window_schedule not in WINDOW_SCHEDULES:
-            raise ValueError(
-                f"sde_window_schedule must be one of {', '.join(WINDOW_SCHEDULES)}, got {self.sde_window_schedule!r}"
-            )
-        for name in ("sde_window_stride", "sde_window_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        """The window's size and range against `steps`, with an error naming the field (docs/method.md §10)."""
+        W, T = self.sde_window, self.steps
+        if not 0 <= W <= T:
+            raise ConfigError(f"sde_window must be an integer in [0, steps={T}] (0 = no window), got {W!r}")
         if self.sde_window_range is not None:
-            r = self.sde_window_range
-            if len(r) != 2 or any(isinstance(x, bool) or not isinstance(x, int) for x in r):
-                raise ValueError(f"sde_window_range must be two integers [lo, hi), got {r!r}")
-            lo, hi = r
+            lo, hi = self.sde_window_range
             if not 0 <= lo < hi <= T:
-                raise ValueError(f"sde_window_range must satisfy 0 <= lo < hi <= steps={T}, got {list(r)}")
+                raise ConfigError(f"sde_window_range must satisfy 0 <= lo < hi <= steps={T}, got {[lo, hi]}")
             if W and hi - lo < W:
-                raise ValueError(f"sde_window_range {list(r)} is shorter than sde_window = {W}")
-            self.sde_window_range = (lo, hi)
+                raise ConfigError(f"sde_window_range {[lo, hi]} is shorter than sde_window = {W}")
 
     @property
     def std_over_batch(self) -> bool:
@@ -240,13 +263,47 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        d = {k: v for k, v in self.to_dict().items() if k not in ("out_dir", "iterations", "device", "reward_path")}
+        d = {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED}
         if not self.sde_window:  # inert without a window: runs without one keep the hash they had before
             d = {k: v for k, v in d.items() if not k.startswith("sde_window")}
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
+NOT_HASHED = ("out_dir", "iterations", "device", "reward_path", "reward_timeout_s")  # where and how long, not what
 RESUME_KEYS = ("advantage_mode", "steps", "grid", "lora_rank", "group_size", "prompts_per_iteration", "seed")
+
+
+def check_device_name(device: str) -> None:
+    """ConfigError unless torch can parse `device` ("cpu", "cuda", "cuda:1", "mps", …); nothing is initialised."""
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device must be cpu, cuda, cuda:N or mps, got {device!r}") from None
+
+
+def check_device_available(device: str) -> None:
+    """ConfigError unless `device` exists on this machine: a CUDA build with that many visible devices for
+    cuda / cuda:N, an MPS-capable Mac for mps. For the command line, before any model is loaded."""
+    check_device_name(device)
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.backends.cuda.is_built():
+            raise ConfigError(
+                f"device {device!r} is not available: this PyTorch ({torch.__version__}) is built without CUDA; "
+                f"use --device cpu"
+            )
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ConfigError(f"device {device!r} is not available: no CUDA device is visible; use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            visible = ", ".join(f"cuda:{i}" for i in range(count))
+            raise ConfigError(f"device {device!r} does not exist: {count} CUDA device(s) visible ({visible})")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} is not available on this machine (no Apple MPS); use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        backend = getattr(torch, dev.type, None)
+        if backend is None or not getattr(backend, "is_available", lambda: False)():
+            raise ConfigError(f"device {device!r} is not available on this machine; use cpu, cuda or mps")
 
 
 def check_resumable(config: TrainConfig, checkpoint: str) -> None:

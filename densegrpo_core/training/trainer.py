@@ -29,6 +29,7 @@ from ..models import lora
 from ..models.pipeline import FlowPipeline, evaluate_ode, latent_rewards, score_images, score_latents
 from ..resources.estimate import model_info, rollout_max_batch
 from ..resources.memory import StageMeter, enable_gradient_checkpointing, offloaded
+from ..rewards.calls import CheckedReward
 from . import checkpoint, distributed, ema, export, health
 from .checkpoint import CHECKPOINT_FORMAT
 from .config import TrainConfig, check_resumable, trained_steps
@@ -226,16 +227,16 @@ class Trainer:
                 ro = sde_chain(guide, x_T, self.tau, self.sigmas, self.noise_gen)
 
         with self.meter.stage("reward"):
+            # every call checked (one finite score per image) and time-limited; errors name the reward and call
+            reward = CheckedReward(self.reward, f"iteration {self.iteration_done + 1}", config.reward_timeout_s)
             if W and dense:  # R_c of the completed latents, R_0 after the window, the rest filled (§10)
-                R_done = latent_rewards(ro, prompts, self.pipe.decode, self.reward, config.reward_batch)  # (B, C+1)
+                R_done = latent_rewards(ro, prompts, self.pipe.decode, reward, config.reward_batch)  # (B, C+1)
                 known = {k: R_done[:, i] for i, k in enumerate(ro.completed)}
                 R_local = fill_window_rewards(known, R_done[:, -1], start, W, T)  # (B, T+1)
             elif dense:
-                R_local = latent_rewards(ro, prompts, self.pipe.decode, self.reward, config.reward_batch)  # (B, T+1)
+                R_local = latent_rewards(ro, prompts, self.pipe.decode, reward, config.reward_batch)  # (B, T+1)
             else:  # only R_0 is known; it fills every column so the advantage code sees (B, T+1)
-                R0 = score_latents(
-                    ro.latents[:, -1].float(), prompts, self.pipe.decode, self.reward, config.reward_batch
-                )
+                R0 = score_latents(ro.latents[:, -1].float(), prompts, self.pipe.decode, reward, config.reward_batch)
                 R_local = R0[:, None].expand(B, T + 1).contiguous()
 
         R = self._gather(R_local)  # (B_all, T+1)
@@ -371,10 +372,13 @@ class Trainer:
         """Mean reward of plain-ODE samples on the evaluation prompts (EMA weights when enabled); with
         `eval_images`, rank 0 saves their grid as out_dir/samples/eval_<iteration>.png (a row per prompt)."""
         config = self.config
+        where = (
+            f"evaluation after iteration {self.iteration_done}" if self.iteration_done else "evaluation before training"
+        )
         with self.ema_weights():
             res = evaluate_ode(
                 self.pipe,
-                self.reward,
+                CheckedReward(self.reward, where, config.reward_timeout_s),
                 self.eval_prompts,
                 seeds=config.eval_seeds,
                 tau=self.grid(config.eval_steps),
@@ -399,7 +403,8 @@ class Trainer:
         if self.eval_rewards:
             prompts = [p for p in self.eval_prompts for _ in config.eval_seeds]
             for name, reward in self.eval_rewards.items():
-                held_out[name] = score_images(images, prompts, reward, config.reward_batch).mean().item()
+                checked = CheckedReward(reward, f"held-out {where}", config.reward_timeout_s)
+                held_out[name] = score_images(images, prompts, checked, config.reward_batch).mean().item()
         result = {
             "iteration": self.iteration_done,
             "reward_mean": res["reward_mean"],
