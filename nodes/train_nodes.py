@@ -246,6 +246,7 @@ class TrainLoRA:
                 sde_window=int(o["sde_window"]),
                 sde_window_schedule=str(o["sde_window_schedule"]),
                 uncond_grad=bool(o["uncond_grad"]),
+                reward_timeout_s=float(o["reward_timeout_s"]) or None,
             )
         except ValueError as e:
             raise bridge.NodeInputError(f"{node}: {e}") from None

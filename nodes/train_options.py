@@ -162,6 +162,17 @@ def option_inputs() -> dict[str, tuple]:
             "STRING",
             {"default": "", "tooltip": "id of a stopped/failed job to continue (same settings); empty = a new job"},
         ),
+        "reward_timeout_s": (
+            "FLOAT",
+            {
+                "default": 600.0,
+                "min": 0.0,
+                "max": 86400.0,
+                "step": 10.0,
+                "tooltip": "seconds one reward call may take before the job fails with a message naming the reward "
+                "(it stays resumable); 0 = no limit",
+            },
+        ),
     }
 
 

@@ -80,9 +80,10 @@ def test_the_train_node_has_the_essentials_and_the_options_node_the_rest_with_th
     assert (order["required"], order["optional"]) == (list(TRAIN_INPUTS), ["options"])
     assert train["input"]["optional"]["options"][0] == options["output"][0] == "DENSEGRPO_TRAIN_OPTIONS"
     specs = options["input"]["optional"]
-    assert set(specs) == set(MOVED_DEFAULTS) | {"eval_reward", "uncond_grad"} and not options["input"]["required"]
+    new = {"eval_reward", "uncond_grad", "reward_timeout_s"}  # options the 31-widget node did not have
+    assert set(specs) == set(MOVED_DEFAULTS) | new and not options["input"]["required"]
     assert {k: specs[k][1].get("default", specs[k][0][0]) for k in MOVED_DEFAULTS} == MOVED_DEFAULTS
-    assert specs["uncond_grad"][1]["default"] is True
+    assert specs["uncond_grad"][1]["default"] is True and specs["reward_timeout_s"][1]["default"] == 600.0
     assert specs["seed"][1]["control_after_generate"] is False  # a randomised seed would start a job per queue
 
 
@@ -147,3 +148,15 @@ def test_the_migration_tool_keeps_every_value_of_an_old_workflow(comfy):
         assert {**train, **options["inputs"]}.items() >= saved.items()
         before = to_api({**old, "nodes": [n for n in old["nodes"] if n["type"] != TRAIN]}, info)
         assert {k: v for k, v in prompt.items() if k in before} == before  # every other node as it was
+
+
+def test_the_reward_time_limit_of_the_options_node_reaches_the_job(comfy):
+    p = train_prompt("reward_timeout", iterations=1)
+    set_train(p, reward_timeout_s=0.0)  # 0 = no limit
+    job = run_to_end(comfy, p)
+    assert job["state"] == "finished"
+    folder = os.path.join(comfy.output_dir, "densegrpo", "jobs", job["id"])
+    configs = [os.path.join(d, "config.json") for d, _, files in os.walk(folder) if "config.json" in files]
+    assert configs  # the checkpoint's copy of the job's TrainConfig
+    with open(configs[0]) as f:
+        assert json.load(f)["reward_timeout_s"] is None
