@@ -22,6 +22,8 @@ from ..models.lora import LORA_INITS
 from .optimizer import OPTIMIZERS
 from .tensorboard_log import LOGGERS
 
+RUN_ONLY_KEYS = ("out_dir", "iterations", "device", "reward_path", "dist_timeout_s")  # not in the config hash
+
 
 @dataclass
 class TrainConfig:
@@ -31,6 +33,8 @@ class TrainConfig:
     device: str = "cpu"  # "cpu" or "cuda" (or "cuda:N")
     dtype: str = "float32"  # model compute: "float32" or "bfloat16" (autocast); log-probs stay fp32
     iterations: int = 100  # GRPO iterations (rollout + update)
+    dist_timeout_s: float = 600.0  # under torchrun: the longest any collective waits for the other ranks; a frozen
+    # or hung rank ends the run after this many seconds with a message naming it (docs/robustness.md)
     # --- sampling (docs/method.md §1-§3) ---
     steps: int = 10  # T, sampling steps of the rollout (paper: 10)
     shift: float | None = None  # grid shift; None = the model's default (SD3: 3)
@@ -123,6 +127,8 @@ class TrainConfig:
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (isinstance(self.dist_timeout_s, (int, float)) and self.dist_timeout_s > 0):
+            raise ValueError(f"dist_timeout_s must be a number of seconds > 0, got {self.dist_timeout_s!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.rollout_memory_gb is not None and not self.rollout_memory_gb > 0:
@@ -240,7 +246,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        d = {k: v for k, v in self.to_dict().items() if k not in ("out_dir", "iterations", "device", "reward_path")}
+        d = {k: v for k, v in self.to_dict().items() if k not in RUN_ONLY_KEYS}
         if not self.sde_window:  # inert without a window: runs without one keep the hash they had before
             d = {k: v for k, v in d.items() if not k.startswith("sde_window")}
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
