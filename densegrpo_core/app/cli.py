@@ -264,14 +264,16 @@ def cmd_train(args) -> int:
     from ..util.atomic import atomic_write_json
 
     raw = _load_toml(args.config) if args.config else {}
+    resume_dir = None  # the out_dir of the checkpoint --resume names
+    if args.resume:  # the run's own settings, then the TOML's and the flags' over them
+        found = resolve_checkpoint(args.resume)
+        resume_dir = os.path.dirname(os.path.abspath(found))
+        raw = {**_saved_settings(found, resume_dir), **raw}
+        if not args.out:
+            raw["out_dir"] = resume_dir
     if args.model is not None:
         raw["model"] = args.model
     spec = ModelSpec.pop_from(raw)  # model and data keys; the rest are TrainConfig fields
-    resume_dir = None  # the out_dir of the checkpoint --resume names
-    if args.resume:
-        resume_dir = os.path.dirname(os.path.abspath(resolve_checkpoint(args.resume)))
-        if not args.out:
-            raw["out_dir"] = resume_dir
     for key in (
         "out",
         "reward",
@@ -301,6 +303,23 @@ def cmd_train(args) -> int:
     finally:
         if lock is not None:
             lock.release()
+
+
+def _saved_settings(checkpoint: str, out_dir: str) -> dict:
+    """The settings of the run a checkpoint belongs to: its config.json and out_dir/model.json (keys that are
+    still TrainConfig or ModelSpec fields; not out_dir)."""
+    import dataclasses
+
+    from ..models.spec import ModelSpec
+    from ..training.config import TrainConfig
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)} | {f.name for f in dataclasses.fields(ModelSpec)}
+    saved = {}
+    for path in (os.path.join(out_dir, "model.json"), os.path.join(checkpoint, "config.json")):
+        if os.path.isfile(path):
+            with open(path) as f:
+                saved.update(json.load(f))
+    return {k: v for k, v in saved.items() if k in known and k != "out_dir"}
 
 
 def _check_previous_run(out_dir: str, resume_dir: str | None, overwrite: bool) -> None:
@@ -346,6 +365,8 @@ def _train(args, spec, config, lock, torch, distributed, Trainer, atomic_write_j
     if args.resume:
         trainer.load_checkpoint(args.resume)
     res = trainer.run(progress=not args.no_progress)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # saved and exported: a late signal must not turn the exit
+        signal.signal(sig, signal.SIG_IGN)  # code into an abort (SIGKILL still ends a hung exit)
     if trainer.rank == 0:
         print(
             json.dumps(
@@ -364,6 +385,8 @@ def _train(args, spec, config, lock, torch, distributed, Trainer, atomic_write_j
                 f"checkpoint saved: continue with --resume {config.out_dir} (exit code {EXIT_STOPPED})",
                 file=sys.stderr,
             )
+    elif res.stopped:
+        print(f"[densegrpo] rank {trainer.rank}: stopped after iteration {trainer.iteration_done}", file=sys.stderr)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return EXIT_STOPPED if res.stopped else EXIT_OK

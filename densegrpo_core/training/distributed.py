@@ -114,18 +114,19 @@ def _collective(what: str, world: int, fn, *args):
     _state["seq"] += 1
     seq = _state["seq"]
     _mark(what)
+    t0 = time.monotonic()
     try:
         return fn(*args)
     except RuntimeError as e:
         if isinstance(e, RankTimeout):
             raise
-        raise RankTimeout(_describe_failure(what, seq, world, e)) from e
+        raise RankTimeout(_describe_failure(what, seq, world, e, time.monotonic() - t0)) from e
 
 
-def _describe_failure(what: str, seq: int, world: int, error: BaseException) -> str:
+def _describe_failure(what: str, seq: int, world: int, error: BaseException, waited: float) -> str:
     rank = torch.distributed.get_rank()
     limit = _state["timeout_s"]
-    within = f" within dist_timeout_s = {limit:g} s" if limit is not None else ""
+    within = f" (waited {waited:.0f} s" + (f"; dist_timeout_s = {limit:g} s)" if limit is not None else ")")
     late = _laggards(seq, world)
     if not late:
         return f"rank {rank}: the collective '{what}' failed ({error}); every rank had reached it and responds"

@@ -86,7 +86,8 @@ def read_holder(out_dir: str) -> dict | None:
 
 
 def check_out_dir(out_dir: str) -> None:
-    """OutDirError unless `out_dir` is a folder this process can write in (created if missing)."""
+    """OutDirError unless `out_dir` is a folder or can be made one (created if missing); whether it can be
+    written is what creating the lock file finds out."""
     path = os.path.abspath(out_dir)
     probe = path
     while not os.path.exists(probe):  # the deepest existing ancestor decides
@@ -101,8 +102,6 @@ def check_out_dir(out_dir: str) -> None:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
         raise OutDirError(f"cannot create out_dir {out_dir!r}: {e.strerror or e}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise OutDirError(f"out_dir {out_dir!r} is not writable by this user; choose another folder")
 
 
 def previous_run(out_dir: str) -> list[str]:
@@ -160,7 +159,10 @@ class RunLock:
         try:
             (self._acquire_flock if fcntl is not None else self._acquire_exclusive)()
         except OSError as e:  # read-only file system, no permission, disk full
-            raise OutDirError(f"cannot write the lock file {self.path!r} in out_dir: {e.strerror or e}") from None
+            raise OutDirError(
+                f"cannot write in out_dir {self.out_dir!r} (creating its lock file {LOCK_NAME}): {e.strerror or e}; "
+                f"choose a writable folder"
+            ) from None
         return self
 
     def _acquire_flock(self) -> None:

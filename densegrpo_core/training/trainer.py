@@ -138,6 +138,7 @@ class Trainer:
         self.prompt_gen = torch.Generator().manual_seed(config.seed)  # same on every rank
         self.noise_gen = torch.Generator().manual_seed(config.seed * 1000 + 1 + self.rank)
         self.iteration_done = 0
+        self.saved_iteration = None  # the iteration this process last checkpointed
         self.lora_path = None
         self.last_rewards = None  # R (B_all, T+1) of the last iteration
         if self.rank == 0:
@@ -438,6 +439,7 @@ class Trainer:
         """A new complete checkpoint (LoRA, optimizer, RNG, ψ, config, metrics) reached by `out_dir/checkpoint`,
         never a moment without one (checkpoint.py, docs/robustness.md)."""
         final = checkpoint.save_checkpoint(self)
+        self.saved_iteration = self.iteration_done
         if final is not None:
             self._emit({"type": "checkpoint", "iteration": self.iteration_done, "path": final})
         return final
@@ -529,7 +531,8 @@ class Trainer:
             bar.close()
         if self.tb is not None:
             self.tb.close()
-        self.save_checkpoint()
+        if self.saved_iteration != self.iteration_done:  # a stop right after a periodic save has nothing new
+            self.save_checkpoint()
         if self.rank == 0:
             path = os.path.join(config.out_dir, "lora.safetensors")
             try:
