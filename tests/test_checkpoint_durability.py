@@ -117,6 +117,24 @@ def test_a_checkpoint_folder_of_the_older_layout_loads_and_becomes_a_link(tmp_pa
     assert not [n for n in os.listdir(out) if n.startswith(".")]
 
 
+def test_without_symbolic_links_the_newest_numbered_folder_is_resumed(tmp_path, monkeypatch, uninterrupted):
+    """Windows without developer mode cannot make links: the numbered folders alone are kept, and an older
+    version's checkpoint/ folder is moved away so that it cannot shadow them."""
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copytree(os.path.realpath(os.path.join(uninterrupted.config.out_dir, "checkpoint")), out / "checkpoint")
+
+    def no_links(*a, **k):
+        raise OSError(1, "symbolic link privilege not held")
+
+    monkeypatch.setattr(os, "symlink", no_links)
+    t = make_trainer(out, iterations=4)
+    t.load_checkpoint(str(out))
+    assert t.run().metrics[-1]["iteration"] == 4
+    assert sorted(n for n in os.listdir(out) if "checkpoint" in n) == ["checkpoint-000004"]
+    assert resolve_checkpoint(str(out / "checkpoint")) == str(out / "checkpoint-000004")
+
+
 def test_a_save_that_fails_leaves_the_previous_checkpoint_and_names_the_folder(tmp_path, monkeypatch):
     t = make_trainer(tmp_path / "run", iterations=1)
     t.run()

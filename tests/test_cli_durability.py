@@ -97,6 +97,15 @@ def test_a_finished_run_exits_0(finished):
     assert not (finished / ".densegrpo.lock").exists()
 
 
+def test_every_evaluation_is_in_evals_jsonl_and_in_its_iterations_metrics_line(finished):
+    evals = [json.loads(x) for x in (finished / "evals.jsonl").read_text().splitlines()]
+    assert [e["iteration"] for e in evals] == [0, 2, 4]  # eval_every = 2, and the one before training
+    by_iteration = {m["iteration"]: m for m in metrics(finished)}
+    for e in evals[1:]:
+        assert by_iteration[e["iteration"]]["eval"] == {k: v for k, v in e.items() if k != "iteration"}
+    assert "eval" not in by_iteration[1] and "eval" not in by_iteration[3]
+
+
 def test_two_runs_into_one_out_dir_give_one_refusal_naming_the_holder(tmp_path):
     out = tmp_path / "run"
     first = start(tmp_path, "--out", out, "--iterations", 3, DENSEGRPO_TEST_SLEEP=0.3)

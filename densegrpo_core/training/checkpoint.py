@@ -146,14 +146,14 @@ def _point_to(out: str, name: str) -> bool:
     cannot be made. A `checkpoint/` folder of an older version is set aside first (the numbered `name` is
     complete by then, so a kill in between still leaves a checkpoint `resolve_checkpoint` finds)."""
     pointer, tmp = os.path.join(out, POINTER), os.path.join(out, f".checkpoint.link{os.getpid()}")
+    if os.path.isdir(pointer) and not os.path.islink(pointer):
+        os.rename(pointer, os.path.join(out, f".checkpoint.legacy{os.getpid()}"))
     if os.path.lexists(tmp):
         os.remove(tmp)
     try:
         os.symlink(name, tmp, target_is_directory=True)
     except (OSError, NotImplementedError):
         return False
-    if os.path.isdir(pointer) and not os.path.islink(pointer):
-        os.rename(pointer, os.path.join(out, f".checkpoint.legacy{os.getpid()}"))
     os.replace(tmp, pointer)
     _fsync(out)
     return True
