@@ -71,10 +71,11 @@ def _wait_lock(out: str, p: subprocess.Popen, timeout: float = 300) -> float:
     return time.monotonic()
 
 
-def drill(out_root: str, runs: int = 20, seed: int = 0, iterations: int = 6, log=print) -> dict:
+def drill(out_root: str, runs: int = 20, seed: int = 0, iterations: int = 12, log=None) -> dict:
     """Run the drill; → {"baseline_train_s", "runs": [...], "all_equal"}."""
     from densegrpo_core.training.checkpoint import resolve_checkpoint
 
+    log = log or (lambda *a: print(*a, flush=True))
     os.makedirs(out_root, exist_ok=True)
     config = os.path.join(out_root, "toy.toml")
     with open(config, "w") as f:
@@ -152,7 +153,7 @@ def main() -> int:
     ap.add_argument("--out", default="kill_drill_out", help="working folder (drill.json goes here)")
     ap.add_argument("--runs", type=int, default=20, help="killed runs")
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill times")
-    ap.add_argument("--iterations", type=int, default=6, help="iterations per run (a checkpoint after each)")
+    ap.add_argument("--iterations", type=int, default=12, help="iterations per run (a checkpoint after each)")
     args = ap.parse_args()
     summary = drill(args.out, args.runs, args.seed, args.iterations)
     n = sum(r["equal"] for r in summary["runs"])
