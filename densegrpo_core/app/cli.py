@@ -255,13 +255,10 @@ def _default_dtype(model: str, device: str) -> str:
 
 
 def cmd_train(args) -> int:
-    import torch
-
     from ..models.spec import ModelSpec
-    from ..training import distributed, run_lock
+    from ..training import run_lock
     from ..training.checkpoint import resolve_checkpoint
-    from ..training.trainer import TrainConfig, Trainer
-    from ..util.atomic import atomic_write_json
+    from ..training.config import TrainConfig
 
     raw = _load_toml(args.config) if args.config else {}
     resume_dir = None  # the out_dir of the checkpoint --resume names
@@ -299,7 +296,7 @@ def cmd_train(args) -> int:
     try:
         if rank0:
             _check_previous_run(config.out_dir, resume_dir, args.overwrite)
-        return _train(args, spec, config, lock, torch, distributed, Trainer, atomic_write_json)
+        return _train(args, spec, config, lock)
     finally:
         if lock is not None:
             lock.release()
@@ -342,7 +339,14 @@ def _check_previous_run(out_dir: str, resume_dir: str | None, overwrite: bool) -
     )
 
 
-def _train(args, spec, config, lock, torch, distributed, Trainer, atomic_write_json) -> int:
+def _train(args, spec, config, lock) -> int:
+    """Load the model, train (resuming if asked), report; rank 0 holds `lock` on out_dir. → the exit code."""
+    import torch
+
+    from ..training import distributed
+    from ..training.trainer import Trainer
+    from ..util.atomic import atomic_write_json
+
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         backend = "nccl" if config.device.startswith("cuda") else "gloo"
         distributed.init_process_group(backend, config.dist_timeout_s)
