@@ -218,6 +218,7 @@ def test_the_second_save_renames_links_and_prunes(tmp_path, monkeypatch):
     assert ops.index(prune) > ops.index(link)  # the old one goes only once the new one is reachable
 
 
+@pytest.mark.slow
 def test_a_kill_before_any_filesystem_change_of_a_save_leaves_a_resumable_run_with_the_same_metrics(
     tmp_path, monkeypatch, uninterrupted
 ):

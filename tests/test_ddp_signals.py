@@ -27,7 +27,10 @@ lr = 1e-2
 """
 ITERATIONS = 5
 
-pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the workers through /proc (Linux)")
+pytestmark = [
+    pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the workers through /proc (Linux)"),
+    pytest.mark.slow,
+]
 
 
 def torchrun(tmp_path, *args, reward="durability_rewards:slow_toy", **extra):
