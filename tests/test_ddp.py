@@ -38,5 +38,5 @@ def test_two_ranks_stay_in_sync_and_only_rank0_writes(tmp_path):
     assert r0["lora"].abs().sum() > 0
     torch.testing.assert_close(r0["lora"], r1["lora"], atol=0, rtol=0)  # all-reduced gradients
     assert r0["nfe"] == [2 * 2 * 6] * 2  # all ranks' trajectories: 4 × T(T+1)/2
-    assert sorted(os.listdir(out)) == ["checkpoint", "lora.safetensors", "metrics.jsonl"]
+    assert sorted(os.listdir(out)) == ["checkpoint", "checkpoint-000002", "lora.safetensors", "metrics.jsonl"]
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]

@@ -318,7 +318,7 @@ def test_two_gloo_ranks_under_torchrun_keep_identical_loras(folders, tmp_path):
     r0, r1 = (torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in (0, 1))
     assert r0["world"] == r1["world"] == 2 and r0["lora"].abs().sum() > 0
     torch.testing.assert_close(r0["lora"], r1["lora"], atol=0, rtol=0)
-    assert sorted(os.listdir(out)) == ["checkpoint", "lora.safetensors", "metrics.jsonl"]
+    assert sorted(os.listdir(out)) == ["checkpoint", "checkpoint-000002", "lora.safetensors", "metrics.jsonl"]
 
 
 def test_the_paper_config_is_a_valid_train_config():

@@ -1,6 +1,7 @@
 """`python -m densegrpo_core <command>`: demo, sample, calibrate, visualize, train, bench.
 
-Exit codes: 0 success, 2 bad arguments or inputs (one-line reason on stderr), 1 failure during work.
+Exit codes (docs/robustness.md): 0 success, 2 bad arguments or inputs (one-line reason on stderr), 1 failure
+during work, 3 `train` stopped by a signal after saving (resumable), 130 aborted by a second signal.
 """
 
 from __future__ import annotations
@@ -11,6 +12,11 @@ import os
 import signal
 import sys
 import threading
+import time
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_STOPPED, EXIT_ABORTED = 0, 1, 2, 3, 130
+REPEAT_WINDOW_S = 2.0  # a signal this soon after the first is the same request (torchrun or a scheduler
+# forwarding the terminal's Ctrl-C to a worker that already got it), not a second one
 
 
 class InputError(Exception):
@@ -65,14 +71,27 @@ def _save_images(images, path: str, scale: int = 8, ncol: int | None = None) -> 
 
 
 def _stop_flag() -> threading.Event:
-    """SIGINT/SIGTERM ask the trainer to finish its iteration, save and exit."""
+    """SIGINT/SIGTERM ask the trainer to finish its iteration, save and exit (EXIT_STOPPED); a signal within
+    REPEAT_WINDOW_S of the first counts as the same request, a later one aborts (KeyboardInterrupt)."""
     flag = threading.Event()
+    first = []
+    rank0 = os.environ.get("RANK", "0") == "0"
 
     def handler(signum, frame):
+        now = time.monotonic()
         if flag.is_set():
+            if now - first[0] < REPEAT_WINDOW_S:
+                return
             raise KeyboardInterrupt
-        print(f"\n[densegrpo] signal {signum}: finishing this iteration, then saving (again to abort)", file=sys.stderr)
+        first.append(now)
         flag.set()
+        if rank0:
+            print(
+                f"\n[densegrpo] {signal.Signals(signum).name}: finishing this iteration, then saving "
+                f"(signal again after {REPEAT_WINDOW_S:g} s to abort without saving)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
@@ -241,20 +260,33 @@ def _default_dtype(model: str, device: str) -> str:
 
 
 def cmd_train(args) -> int:
-    import torch
-
     from ..models.spec import ModelSpec
-    from ..training.config import check_device_available
-    from ..training.trainer import TrainConfig, Trainer
-    from ..util.atomic import atomic_write_json
+    from ..training import run_lock
+    from ..training.checkpoint import resolve_checkpoint
+    from ..training.config import TrainConfig, check_device_available
 
     raw = _load_toml(args.config) if args.config else {}
+    resume_dir = None  # the out_dir of the checkpoint --resume names
+    if args.resume:  # the run's own settings, then the TOML's and the flags' over them
+        found = resolve_checkpoint(args.resume)
+        resume_dir = os.path.dirname(os.path.abspath(found))
+        raw = {**_saved_settings(found, resume_dir), **raw}
+        if not args.out:
+            raw["out_dir"] = resume_dir
     if args.model is not None:
         raw["model"] = args.model
     spec = ModelSpec.pop_from(raw, check_path=True)  # model and data keys; the rest are TrainConfig fields
-    if args.resume and not args.out:
-        raw["out_dir"] = os.path.dirname(os.path.abspath(args.resume.rstrip("/")))
-    for key in ("out", "reward", "reward_path", "device", "iterations", "sde_window", "eval_rewards", "logger"):
+    for key in (
+        "out",
+        "reward",
+        "reward_path",
+        "device",
+        "iterations",
+        "sde_window",
+        "eval_rewards",
+        "logger",
+        "dist_timeout_s",
+    ):
         val = getattr(args, key)
         if val is not None:
             raw["out_dir" if key == "out" else key] = val
@@ -263,16 +295,74 @@ def cmd_train(args) -> int:
         raw.setdefault("eval_images", True)
     config = TrainConfig.from_dict(raw)
     check_device_available(config.device)  # before any work: a clear error, not the driver's
+    rank0 = int(os.environ.get("RANK", 0)) == 0
+    lock = None
+    if rank0:  # before any work: the folder can take this run, no other run is in it, nothing is clobbered
+        lock = run_lock.RunLock(config.out_dir).acquire()
+    try:
+        if rank0:
+            _check_previous_run(config.out_dir, resume_dir, args.overwrite)
+        return _train(args, spec, config, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _saved_settings(checkpoint: str, out_dir: str) -> dict:
+    """The settings of the run a checkpoint belongs to: its config.json and out_dir/model.json (keys that are
+    still TrainConfig or ModelSpec fields; not out_dir)."""
+    import dataclasses
+
+    from ..models.spec import ModelSpec
+    from ..training.config import TrainConfig
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)} | {f.name for f in dataclasses.fields(ModelSpec)}
+    saved = {}
+    for path in (os.path.join(out_dir, "model.json"), os.path.join(checkpoint, "config.json")):
+        if os.path.isfile(path):
+            with open(path) as f:
+                saved.update(json.load(f))
+    return {k: v for k, v in saved.items() if k in known and k != "out_dir"}
+
+
+def _check_previous_run(out_dir: str, resume_dir: str | None, overwrite: bool) -> None:
+    """OutDirError if out_dir holds a run this command does not continue, unless --overwrite (which deletes
+    that run's outputs)."""
+    from ..training import run_lock
+
+    if resume_dir is not None and os.path.samefile(resume_dir, out_dir):
+        return
+    previous = run_lock.previous_run(out_dir)
+    if not previous:
+        return
+    if overwrite:
+        run_lock.remove_previous_run(out_dir)
+        print(f"[densegrpo] --overwrite: removed {', '.join(previous)} from {out_dir}", file=sys.stderr)
+        return
+    raise run_lock.OutDirError(
+        f"out_dir {out_dir!r} holds a previous run ({', '.join(previous)}): continue it with --resume "
+        f"{out_dir}, replace it with --overwrite, or choose another --out"
+    )
+
+
+def _train(args, spec, config, lock) -> int:
+    """Load the model, train (resuming if asked), report; rank 0 holds `lock` on out_dir. → the exit code."""
+    import torch
+
+    from ..training import distributed
+    from ..training.trainer import Trainer
+    from ..util.atomic import atomic_write_json
+
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         backend = "nccl" if config.device.startswith("cuda") else "gloo"
-        torch.distributed.init_process_group(backend)
+        distributed.init_process_group(backend, config.dist_timeout_s)
         if config.device.startswith("cuda"):
             config.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
             torch.cuda.set_device(config.device)
     reward = _reward(config.reward, config.reward_path, config.device)  # its errors before the model loads
+    reward = _reward(config.reward, config.reward_path, config.device)  # its errors before the model loads
     pipe, train_prompts, eval_prompts = spec.load(config.device, config.dtype)
-    if int(os.environ.get("RANK", 0)) == 0:
-        os.makedirs(config.out_dir, exist_ok=True)
+    if lock is not None:
         atomic_write_json(os.path.join(config.out_dir, "model.json"), spec.to_dict())
     stop = _stop_flag()
     trainer = Trainer(
@@ -282,10 +372,13 @@ def cmd_train(args) -> int:
         train_prompts,
         eval_prompts,
         should_stop=stop.is_set,
+        run_lock=lock,
     )
     if args.resume:
         trainer.load_checkpoint(args.resume)
     res = trainer.run(progress=not args.no_progress)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # saved and exported: a late signal must not turn the exit
+        signal.signal(sig, signal.SIG_IGN)  # code into an abort (SIGKILL still ends a hung exit)
     if trainer.rank == 0:
         print(
             json.dumps(
@@ -298,9 +391,17 @@ def cmd_train(args) -> int:
                 }
             )
         )
+        if res.stopped:
+            print(
+                f"[densegrpo] stopped after iteration {trainer.iteration_done} of {config.iterations}; "
+                f"checkpoint saved: continue with --resume {config.out_dir} (exit code {EXIT_STOPPED})",
+                file=sys.stderr,
+            )
+    elif res.stopped:
+        print(f"[densegrpo] rank {trainer.rank}: stopped after iteration {trainer.iteration_done}", file=sys.stderr)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-    return 0
+    return EXIT_STOPPED if res.stopped else EXIT_OK
 
 
 def cmd_time_to_reward(args) -> int:
@@ -517,7 +618,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="GRPO-train a LoRA (config in TOML; keys = TrainConfig fields + the model/data keys of data.ModelSpec)",
     )
     sp.add_argument("--config", default=None, help="TOML file with TrainConfig fields")
-    sp.add_argument("--resume", default=None, help="checkpoint folder to continue from")
+    sp.add_argument(
+        "--resume",
+        default=None,
+        help="continue a run: its out_dir (the newest complete checkpoint in it) or a checkpoint folder "
+        "(out_dir/checkpoint); the run continues in that out_dir unless --out says otherwise",
+    )
+    sp.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="out_dir holds a previous run: delete its metrics, LoRA, checkpoints and samples and start afresh "
+        "(without it such an out_dir is refused)",
+    )
+    sp.add_argument(
+        "--dist-timeout-s",
+        type=float,
+        default=None,
+        help="under torchrun: seconds a collective waits for the other ranks before the run ends naming the "
+        "rank that did not arrive (overrides config; default 600)",
+    )
     sp.add_argument("--model", default=None, help=MODEL_HELP + " (overrides config)")
     sp.add_argument("--out", default=None, help="output folder (overrides out_dir)")
     sp.add_argument("--reward", default=None, help=REWARD_HELP + " (overrides config)")
@@ -618,6 +737,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from ..training.distributed import RankTimeout
+    from ..util.atomic import WriteFailed
+
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "device", None) is not None:  # train checks its config's device (TOML or --device)
@@ -627,10 +749,13 @@ def main(argv=None) -> int:
         return args.fn(args)
     except (InputError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 1
+        print("interrupted by a second signal: aborted without saving (the last checkpoint is intact)", file=sys.stderr)
+        return EXIT_ABORTED
+    except (WriteFailed, RankTimeout) as e:
+        print(f"failed: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as e:  # noqa: BLE001 - the CLI reports any failure as exit code 1
         print(f"failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED

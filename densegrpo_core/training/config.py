@@ -30,6 +30,7 @@ COUNT, COUNT_OR_ZERO = Rule(">= 1"), Rule(">= 0")
 # the cross-field checks (window vs steps, grid vs steps, ψ vs steps) follow in TrainConfig.__post_init__.
 FIELD_RULES: dict[str, Rule] = {
     "seed": COUNT_OR_ZERO,
+    "dist_timeout_s": Rule("> 0", note="seconds"),
     "device": Rule("non-empty", note="cpu, cuda, cuda:N or mps"),
     "dtype": Rule(choices=("float32", "bfloat16")),
     "iterations": COUNT,
@@ -90,6 +91,8 @@ class TrainConfig:
     device: str = "cpu"  # "cpu" or "cuda" (or "cuda:N")
     dtype: str = "float32"  # model compute: "float32" or "bfloat16" (autocast); log-probs stay fp32
     iterations: int = 100  # GRPO iterations (rollout + update)
+    dist_timeout_s: float = 600.0  # under torchrun: the longest any collective waits for the other ranks; a frozen
+    # or hung rank ends the run after this many seconds with a message naming it (docs/robustness.md)
     # --- sampling (docs/method.md §1-§3) ---
     steps: int = 10  # T, sampling steps of the rollout (paper: 10)
     shift: float | None = None  # grid shift; None = the model's default (SD3: 3)
@@ -269,7 +272,14 @@ class TrainConfig:
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
-NOT_HASHED = ("out_dir", "iterations", "device", "reward_path", "reward_timeout_s")  # where and how long, not what
+NOT_HASHED = (
+    "out_dir",
+    "iterations",
+    "device",
+    "reward_path",
+    "reward_timeout_s",
+    "dist_timeout_s",
+)  # where and how long, not what
 RESUME_KEYS = ("advantage_mode", "steps", "grid", "lora_rank", "group_size", "prompts_per_iteration", "seed")
 
 

@@ -30,10 +30,12 @@ from ..models.pipeline import FlowPipeline, evaluate_ode, latent_rewards, score_
 from ..resources.estimate import model_info, rollout_max_batch
 from ..resources.memory import StageMeter, enable_gradient_checkpointing, offloaded
 from ..rewards.calls import CheckedReward
+from ..util.atomic import WriteFailed, append_line
 from . import checkpoint, distributed, ema, export, health
 from .checkpoint import CHECKPOINT_FORMAT
 from .config import TrainConfig, check_resumable, trained_steps
 from .optimizer import build_optimizer
+from .run_lock import RunLock
 from .tensorboard_log import TensorBoardLog
 
 __all__ = ["CHECKPOINT_FORMAT", "TrainConfig", "TrainResult", "Trainer", "check_resumable"]
@@ -79,6 +81,8 @@ class Trainer:
     # (held-out rewards, to see reward hacking); None: built from config.eval_rewards
     metrics: list[dict] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)
+    run_lock: RunLock | None = None  # a lock on out_dir already held by the caller (the CLI takes it before
+    # loading anything); None: run() takes one on rank 0 (a second run into the same out_dir is refused)
 
     def __post_init__(self):
         config = self.config
@@ -135,6 +139,7 @@ class Trainer:
         self.prompt_gen = torch.Generator().manual_seed(config.seed)  # same on every rank
         self.noise_gen = torch.Generator().manual_seed(config.seed * 1000 + 1 + self.rank)
         self.iteration_done = 0
+        self.saved_iteration = None  # the iteration this process last checkpointed
         self.lora_path = None
         self.last_rewards = None  # R (B_all, T+1) of the last iteration
         if self.rank == 0:
@@ -183,8 +188,8 @@ class Trainer:
         rows = rollout_max_batch(config.rollout_memory_gb * 2**30, info, config, kind=self.device.type)
         return min(config.max_batch, rows)
 
-    def _gather(self, t: torch.Tensor) -> torch.Tensor:
-        return distributed.gather(t, self.world, self.device)
+    def _gather(self, t: torch.Tensor, what: str) -> torch.Tensor:
+        return distributed.gather(t, self.world, self.device, f"{what} (iteration {self.iteration_done + 1})")
 
     def _draw_prompts(self) -> tuple[list[str], torch.Tensor]:
         """This rank's prompts, each repeated G times, and the group ids of the whole batch (B_all,).
@@ -239,8 +244,8 @@ class Trainer:
                 R0 = score_latents(ro.latents[:, -1].float(), prompts, self.pipe.decode, reward, config.reward_batch)
                 R_local = R0[:, None].expand(B, T + 1).contiguous()
 
-        R = self._gather(R_local)  # (B_all, T+1)
-        lat_all = self._gather(ro.latents.float()) if mode.needs_latents else None
+        R = self._gather(R_local, "gather rewards")  # (B_all, T+1)
+        lat_all = self._gather(ro.latents.float(), "gather latents") if mode.needs_latents else None
         A_all = group_advantages(
             R,
             groups_all,
@@ -297,7 +302,12 @@ class Trainer:
         active = (A[:, steps] != 0).any(dim=1).nonzero().flatten() if steps else A.new_zeros(0, dtype=torch.long)
         stats = {"loss": [], "policy_loss": [], "kl": [], "ratio_mean": [], "clip_frac": []}
         n_opt, grad_norms = 0, []
-        n_mb = self._max_over_ranks(-(-len(active) // config.train_batch))  # every rank takes as many steps
+        n_mb = distributed.max_over_ranks(  # every rank takes as many steps
+            -(-len(active) // config.train_batch),
+            self.world,
+            self.device,
+            f"minibatch count (iteration {self.iteration_done + 1})",
+        )
         if n_mb == 0:
             return {"skipped_samples": B, "optimizer_steps": 0, **{k: 0.0 for k in stats}, "grad_norm": 0.0}
         guide = self.pipe.guide(
@@ -351,11 +361,10 @@ class Trainer:
             for key in stats:
                 stats[key].append(s[key])
 
-    def _max_over_ranks(self, n: int) -> int:
-        return distributed.max_over_ranks(n, self.world, self.device)
-
     def _optimizer_step(self) -> float:
-        distributed.average_gradients(self.params, self.world)
+        distributed.average_gradients(
+            self.params, self.world, f"average gradients (iteration {self.iteration_done + 1})"
+        )
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip).item()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -432,22 +441,60 @@ class Trainer:
         return export.export_lora(self, path)
 
     def save_checkpoint(self) -> str | None:
-        """Atomic checkpoint folder `out_dir/checkpoint`: LoRA, optimizer, RNG, ψ, config, metrics (checkpoint.py)."""
+        """A new complete checkpoint (LoRA, optimizer, RNG, ψ, config, metrics) reached by `out_dir/checkpoint`,
+        never a moment without one (checkpoint.py, docs/robustness.md)."""
         final = checkpoint.save_checkpoint(self)
+        self.saved_iteration = self.iteration_done
         if final is not None:
             self._emit({"type": "checkpoint", "iteration": self.iteration_done, "path": final})
         return final
 
-    def load_checkpoint(self, path: str) -> None:
-        """Continue from a checkpoint folder: same curves as an uninterrupted run (checkpoint.py)."""
-        checkpoint.load_checkpoint(self, path)
+    def load_checkpoint(self, path: str) -> str:
+        """Continue from a checkpoint: a checkpoint folder, `out_dir/checkpoint` or an out_dir (the newest complete
+        save); same curves as an uninterrupted run (checkpoint.py). → the folder it loaded."""
+        return checkpoint.load_checkpoint(self, path)
 
     # -------------------------------------------------------------------- run
     def run(self, progress: bool = False) -> TrainResult:
-        """Train until `iterations` or a stop request; evaluate, checkpoint and export along the way."""
+        """Train until `iterations` or a stop request; evaluate, checkpoint and export along the way.
+
+        Rank 0 holds the lock on out_dir throughout (RunLockedError, naming the holder, if another live run
+        has it). A stop request (`should_stop`, polled at each iteration boundary) is shared by all ranks, so
+        every rank stops after the same iteration; the run then saves a checkpoint and returns `stopped`."""
+        lock = None
+        if self.rank == 0 and (self.run_lock is None or not self.run_lock.held):
+            lock = RunLock(self.config.out_dir).acquire()
+        try:
+            return self._run(progress)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _log(self, name: str, record: dict) -> None:
+        """Append `record` to out_dir/`name` (rank 0); WriteFailed naming the file, no partial line, on failure."""
+        if self.rank == 0:
+            path = os.path.join(self.config.out_dir, name)
+            try:
+                append_line(path, json.dumps(record))
+            except WriteFailed as e:
+                raise WriteFailed(path, e.error, hint=checkpoint._resume_hint(self.config.out_dir)) from e.error
+
+    def _stop_requested(self) -> bool:
+        """The stop request of any rank, the same answer on every rank (one all-reduce per iteration)."""
+        local = bool(self.should_stop is not None and self.should_stop())
+        if self.world == 1:
+            return local
+        what = f"stop flag (after iteration {self.iteration_done})"
+        return distributed.any_rank(local, self.world, self.device, what)
+
+    def _run(self, progress: bool) -> TrainResult:
         config = self.config
         start = time.perf_counter()
-        metrics_path = os.path.join(config.out_dir, "metrics.jsonl")
+        if self.rank == 0:  # the logs hold this run's history: empty, or a resumed checkpoint's
+            try:
+                checkpoint.write_logs(self)
+            except OSError as e:
+                raise WriteFailed(os.path.join(config.out_dir, "metrics.jsonl"), e) from e
         bar = None
         if progress and self.rank == 0:
             from tqdm.auto import tqdm
@@ -456,10 +503,11 @@ class Trainer:
         self.tb = TensorBoardLog(config.out_dir) if config.logger == "tensorboard" and self.rank == 0 else None
         if self.eval_prompts and not self.evals:
             self.evals.append(self.evaluate())
+            self._log("evals.jsonl", self.evals[-1])
             self._emit({"type": "eval", **self.evals[-1]})
         stopped = False
         while self.iteration_done < config.iterations:
-            if self.should_stop is not None and self.should_stop():
+            if self._stop_requested():
                 stopped = True
                 break
             m = self.iteration()
@@ -471,9 +519,9 @@ class Trainer:
                 self.evals.append(self.evaluate())
                 m["eval"] = {k: v for k, v in self.evals[-1].items() if k != "iteration"}
             self.metrics.append(m)
-            if self.rank == 0:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(m) + "\n")
+            self._log("metrics.jsonl", m)
+            if evaluated:
+                self._log("evals.jsonl", self.evals[-1])
             self._emit({"type": "iteration", **m, "rewards": self.last_rewards.tolist()})
             if self.tb is not None:
                 self.tb.iteration(m)
@@ -488,9 +536,14 @@ class Trainer:
             bar.close()
         if self.tb is not None:
             self.tb.close()
-        self.save_checkpoint()
+        if self.saved_iteration != self.iteration_done:  # a stop right after a periodic save has nothing new
+            self.save_checkpoint()
         if self.rank == 0:
-            self.lora_path = self.export_lora(os.path.join(config.out_dir, "lora.safetensors"))
+            path = os.path.join(config.out_dir, "lora.safetensors")
+            try:
+                self.lora_path = self.export_lora(path)
+            except Exception as e:  # noqa: BLE001 - disk full, read-only: name the file (the checkpoint is saved)
+                raise WriteFailed(path, e, "the LoRA", checkpoint._resume_hint(config.out_dir)) from e
         wall = time.perf_counter() - start
         self._emit({"type": "done", "iteration": self.iteration_done, "stopped": stopped, "wall_s": wall})
         return TrainResult(self.metrics, self.evals, config.out_dir, self.lora_path, stopped, wall)

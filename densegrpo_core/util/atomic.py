@@ -55,3 +55,50 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> str:
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1, **kwargs) -> str:
     """A JSON file, atomically (`kwargs` go to json.dumps, e.g. allow_nan=False)."""
     return atomic_write_text(path, json.dumps(obj, indent=indent, **kwargs))
+
+
+class WriteFailed(RuntimeError):
+    """A file of the run could not be written (disk full, read-only, gone): the message names the path and the
+    cause; what was written before stays as it was (the writers here never leave a partial file)."""
+
+    def __init__(self, path: str, error: BaseException, what: str = "", hint: str = ""):
+        self.path, self.error = path, error
+        cause = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        free = free_bytes(path)
+        space = f"; {_size(free)} free on that disk" if free is not None and free < 16 << 20 else ""
+        super().__init__(f"could not write {what + ' ' if what else ''}{path!r}: {cause}{space}{hint}")
+
+
+def free_bytes(path: str) -> int | None:
+    """Free bytes on the file system holding `path` (or its nearest existing parent); None if unknown."""
+    import shutil
+
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append one line to a log file; on failure the file is cut back to what it was (no partial line) and
+    WriteFailed names it."""
+    path = os.fspath(path)
+    size = os.path.getsize(path) if os.path.exists(path) else 0
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line.rstrip("\n") + "\n")
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.truncate(path, size)
+        raise WriteFailed(path, e) from e
