@@ -291,8 +291,12 @@ def test_load_records_marks_an_interrupted_running_job_failed(tmp_path, manager)
 
 
 def test_resumable_requires_a_stopped_or_failed_job_with_a_checkpoint(manager):
-    def with_checkpoint(ctx):
-        os.makedirs(os.path.join(ctx.job.folder, "checkpoint"))
+    def with_checkpoint(ctx):  # a complete numbered checkpoint whose `checkpoint` link was never made
+        from densegrpo_core.training.checkpoint import FILES
+
+        os.makedirs(os.path.join(ctx.job.folder, "checkpoint-000003"))
+        for name in FILES:
+            open(os.path.join(ctx.job.folder, "checkpoint-000003", name), "w").close()
         raise RuntimeError("out of memory")
 
     started, release = threading.Event(), threading.Event()
@@ -305,7 +309,7 @@ def test_resumable_requires_a_stopped_or_failed_job_with_a_checkpoint(manager):
         manager.resumable(finished.id)
     with pytest.raises(ValueError, match="no checkpoint"):
         manager.resumable(never_saved.id)
-    assert manager.resumable(failed.id) == os.path.join(failed.folder, "checkpoint")
+    assert manager.resumable(failed.id) == os.path.join(failed.folder, "checkpoint-000003")
 
 
 def test_shutdown_stops_running_and_queued_jobs_and_refuses_new_ones(tmp_path, rec):

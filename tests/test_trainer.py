@@ -310,3 +310,9 @@ def test_resume_with_a_window_continues_the_same_curves(tmp_path):
     resumed.run()
     assert [m["sde_window_start"] for m in resumed.metrics] == [m["sde_window_start"] for m in full.metrics]
     torch.testing.assert_close(lora_vector(resumed), lora_vector(full), atol=1e-6, rtol=1e-5)
+
+
+def test_any_64_bit_seed_trains(tmp_path):
+    # ComfyUI seeds go up to 2**64 - 1; the per-rank noise and window seeds derived from them wrap, not overflow
+    res = make_trainer(tmp_path, seed=2**64 - 1, iterations=1, sde_window=2).run()
+    assert [m["iteration"] for m in res.metrics] == [1]

@@ -305,12 +305,14 @@ class JobManager:
         job = self.get(job_id)
         if job.state not in (JobState.STOPPED, JobState.FAILED):
             raise ValueError(f"job {job.id} is {job.state.value}: only a stopped or failed job can be resumed")
-        path = os.path.join(job.folder, "checkpoint")
-        if not os.path.isdir(path):
+        from ..training.checkpoint import resolve_checkpoint
+
+        try:  # the newest complete checkpoint, also where the `checkpoint` link is missing (docs/robustness.md)
+            return resolve_checkpoint(job.folder)
+        except FileNotFoundError:
             raise ValueError(
-                f"job {job.id} has no checkpoint to resume from ({path} does not exist: it ended before its first save)"
-            )
-        return path
+                f"job {job.id} has no checkpoint to resume from (none in {job.folder}: it ended before its first save)"
+            ) from None
 
     def load_records(self) -> list[Job]:
         """Read the job.json records under root into the manager (known ids are skipped). A job that was

@@ -29,7 +29,7 @@ def default_window_range(steps: int, size: int, schedule: str = "random") -> tup
 def random_window_start(lo: int, hi: int, size: int, seed: int, iteration: int) -> int:
     """Flow-GRPO-Fast's draw: start uniform in [lo, hi − W], from a generator seeded by (seed, iteration),
     so every rank draws the same start and a resumed run the same sequence (docs/method.md §10)."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + iteration)
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + iteration) % 2**64)  # any 64-bit seed
     return lo + int(torch.randint(hi - size - lo + 1, (1,), generator=gen))
 
 

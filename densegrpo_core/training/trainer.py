@@ -136,8 +136,8 @@ class Trainer:
         self.meter = StageMeter(self.device)  # seconds per stage; peak memory on CUDA
         self.ema = ema.init_ema(self.params, config.ema_decay)
         self.optimizer_steps_done = 0  # over the whole run (Flow-GRPO's global_step: the EMA schedule reads it)
-        self.prompt_gen = torch.Generator().manual_seed(config.seed)  # same on every rank
-        self.noise_gen = torch.Generator().manual_seed(config.seed * 1000 + 1 + self.rank)
+        self.prompt_gen = torch.Generator().manual_seed(config.seed % 2**64)  # same on every rank
+        self.noise_gen = torch.Generator().manual_seed((config.seed * 1000 + 1 + self.rank) % 2**64)  # any 64-bit seed
         self.iteration_done = 0
         self.saved_iteration = None  # the iteration this process last checkpointed
         self.lora_path = None
