@@ -44,9 +44,8 @@ def _send(job_id: str, event: dict) -> None:
         PromptServer.instance.send_progress_text(progress_text(event["job"]), target[0], target[1])
 
 
-def _duration(seconds) -> str:
-    if seconds is None:
-        return "?"
+def format_duration(seconds: float) -> str:
+    """A duration as 1h02m, 3m05s or 42s."""
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
@@ -62,7 +61,7 @@ def progress_text(job: dict) -> str:
     if job.get("sec_per_iteration"):
         parts.append(f"{job['sec_per_iteration']:.2f} s/it")
     if job["state"] in ("queued", "running") and job.get("eta_s") is not None:
-        parts.append(f"ETA {_duration(job['eta_s'])}")
+        parts.append(f"ETA {format_duration(job['eta_s'])}")
     if job.get("error"):
         parts.append(f"error: {job['error']}")
     for warning in last.get("warnings") or []:  # the run's health (densegrpo_core/training/health.py)

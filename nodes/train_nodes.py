@@ -22,7 +22,7 @@ from densegrpo_core.training.trainer import TrainConfig, check_resumable
 from densegrpo_core.util.atomic import atomic_write_json
 
 from . import comfy_bridge as bridge
-from .job_service import PROMPT_FILE, client_id, get_manager, show_progress
+from .job_service import PROMPT_FILE, client_id, format_duration, get_manager, show_progress
 from .sockets import CFG, GROUP, JOB_TYPE, REWARD_TYPE, STEPS, psi_input, scheduler_input
 from .train_options import (
     OPTIONS_NODE,
@@ -464,13 +464,6 @@ class TrainingStatus(JobNode):
 ABSENT = "—"  # a value a job does not have yet
 
 
-def _duration(seconds) -> str:
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
 def status_text(d: dict) -> str:
     """The Status node's text from a job's to_dict(): every field always shown, "—" for a value not there yet."""
     last = d.get("last_metric") or {}
@@ -482,7 +475,7 @@ def status_text(d: dict) -> str:
         f"{per:.2f} s/it" if per else f"s/it {ABSENT}",
     ]
     if d["state"] in ("queued", "running"):
-        fields.append(f"ETA {_duration(eta)}" if eta is not None else f"ETA {ABSENT}")
+        fields.append(f"ETA {format_duration(eta)}" if eta is not None else f"ETA {ABSENT}")
     loras = d.get("loras") or []
     return (
         f"job {d['id']} [{d['state']}] {d['name']}: "

@@ -14,18 +14,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.dirname(os.path.abspath(__file__))
-TOY = """steps = 3
-prompts_per_iteration = 2
-group_size = 2
-train_batch = 2
-lora_rank = 2
-lora_alpha = 4
-eval_every = 2
-eval_seeds = [0]
-eval_steps = 3
-save_every = 1
-lr = 1e-2
-"""
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from kill_drill import TOY  # noqa: E402  (the small toy run every drill uses)
+
 ITERATIONS = 4
 
 

@@ -111,7 +111,7 @@ def test_the_new_workflow_shows_the_train_node_with_its_options_node_connected(s
     train, options = seen["new_workflow"]["train"], seen["new_workflow"]["options"]
     assert set(train["widgets"]) == set(TRAIN_INPUTS) - {"model", "clip", "vae", "reward_model", "psi", "latent_image"}
     assert next(i for i in train["inputs"] if i["name"] == "options")["from"] == options["id"]
-    assert set(options["widgets"]) == set(MOVED_DEFAULTS) | {"uncond_grad"}
+    assert set(options["widgets"]) == set(MOVED_DEFAULTS) | {"uncond_grad", "reward_timeout_s"}
     assert "control_after_generate" not in options["widgets"]  # the seed stays as set
     assert train["size"][1] >= train["min_size"][1] - 1  # nothing drawn outside the node
 

@@ -253,9 +253,11 @@ async function waitHistory(page, n) {
     await openUI(page);
     await openPanel(page);
     await jobRow(page, (r, id) => r.dataset.jobId === id, out.short_job.id);
-    out.list_before_show_all = await page.evaluate(() => {
+    out.list_before_show_all = await page.evaluate(async () => {
       const list = document.querySelector(".densegrpo-list");
-      return { rows: [...list.querySelectorAll(".densegrpo-job")].map((r) => r.dataset.jobId),
+      const jobs = (await (await fetch("/densegrpo/jobs")).json()).jobs;  // other suites' jobs may share the server
+      return { jobs: jobs.length, active: jobs.filter((j) => ["queued", "running", "stopping"].includes(j.state)).length,
+               rows: [...list.querySelectorAll(".densegrpo-job")].map((r) => r.dataset.jobId),
                hidden: Number(list.dataset.hidden), button: list.querySelector('[data-action="show-all"]')?.textContent ?? null,
                detail: document.querySelector(".densegrpo-detail")?.dataset.jobId ?? null };
     });
