@@ -52,6 +52,42 @@ def browser_tools():
 
 
 TOOLS, MISSING = browser_tools()
+
+
+def run_scenario(comfy, scenario: str, folder, settings: dict, job_names) -> dict:
+    """Run a browser scenario (.cjs) against `comfy` with `settings` (+ the server URL and the browser tools) in
+    its config.json; stop the training jobs named `job_names` it left and wait until they end (their memory
+    reservations must not reach the next tests); → the observations it printed (also in observations.json)."""
+    from test_training_in_comfyui import wait_for
+
+    node, modules, chromium = TOOLS
+    config = os.path.join(folder, "config.json")
+    with open(config, "w") as f:
+        json.dump({"url": comfy.url, "playwright": modules, "chromium": chromium, "timeout_ms": 180_000, **settings}, f)
+    try:
+        res = subprocess.run([node, scenario, config], capture_output=True, text=True, timeout=900)
+    finally:  # never leave a training job running (or its memory reserved) for the next tests
+        for job in comfy.get("/densegrpo/jobs")["jobs"]:
+            if job["name"] in job_names and job["state"] in ("queued", "running"):
+                comfy.post(f"/densegrpo/jobs/{job['id']}/stop")
+            if job["name"] in job_names:
+                wait_for(comfy, job["id"], lambda j: j["state"] in ("finished", "failed", "stopped"))
+    try:
+        out = json.loads(res.stdout)
+    except ValueError:
+        raise AssertionError(
+            f"the browser scenario printed no result (rc {res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}"
+        ) from None
+    if out.get("error"):
+        raise AssertionError(
+            f"browser scenario failed: {out['error']}\nsteps: {out.get('steps')}\n"
+            f"console: {out.get('console', [])[-30:]}\n(screenshot: {settings.get('screenshots', '')}/failure.png)"
+        )
+    with open(os.path.join(folder, "observations.json"), "w") as f:  # for a look after a failure
+        json.dump(out, f, indent=1)
+    return out
+
+
 # skipped before the session's ComfyUI starts when a browser tool is missing
 pytestmark = [pytest.mark.comfyui, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 
@@ -107,45 +143,17 @@ def train_workflow(name: str = NAME, iterations: int = 100000) -> dict:
 @pytest.fixture(scope="module")
 def seen(comfy, tmp_path_factory):
     """The scenario's observations (JSON printed by panel_scenario.cjs)."""
-    node, modules, chromium = TOOLS
     folder = tmp_path_factory.mktemp("browser")
     shots = os.environ.get("DENSEGRPO_SCREENSHOT_DIR") or str(folder / "screenshots")
-    config = folder / "config.json"
-    config.write_text(
-        json.dumps(
-            {
-                "url": comfy.url,
-                "prompt": train_workflow(),
-                "short_prompt": train_workflow(SHORT, iterations=2),
-                "short_name": SHORT,
-                "train_node": TRAIN,
-                "playwright": modules,
-                "chromium": chromium,
-                "screenshots": shots,
-                "timeout_ms": 180_000,
-            }
-        )
-    )
-    try:
-        res = subprocess.run([node, SCENARIO, str(config)], capture_output=True, text=True, timeout=900)
-    finally:  # never leave a training job running for the next tests
-        for job in comfy.get("/densegrpo/jobs")["jobs"]:
-            if job["name"] in (NAME, SHORT) and job["state"] in ("queued", "running"):
-                comfy.post(f"/densegrpo/jobs/{job['id']}/stop")
-    try:
-        out = json.loads(res.stdout)
-    except ValueError:
-        raise AssertionError(
-            f"the browser scenario printed no result (rc {res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}"
-        ) from None
-    if out.get("error"):
-        raise AssertionError(
-            f"browser scenario failed: {out['error']}\nsteps: {out.get('steps')}\n"
-            f"console: {out.get('console', [])[-30:]}\n(screenshot: {shots}/failure.png)"
-        )
+    settings = {
+        "prompt": train_workflow(),
+        "short_prompt": train_workflow(SHORT, iterations=2),
+        "short_name": SHORT,
+        "train_node": TRAIN,
+        "screenshots": shots,
+    }
+    out = run_scenario(comfy, SCENARIO, folder, settings, job_names=(NAME, SHORT))
     out["screenshots"] = shots
-    with open(os.path.join(folder, "observations.json"), "w") as f:  # for a look after a failure
-        json.dump(out, f, indent=1)
     return out
 
 

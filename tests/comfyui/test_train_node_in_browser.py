@@ -16,9 +16,9 @@ import tarfile
 
 import harness
 import pytest
-from test_panel_in_browser import MISSING, TOOLS
+from test_panel_in_browser import MISSING, run_scenario
 from test_train_options_in_comfyui import MOVED_DEFAULTS, OLD_NODE_COMMIT, ROOT, old_workflow
-from test_training_in_comfyui import train_prompt, wait_for
+from test_training_in_comfyui import train_prompt
 from train_prompts import TRAIN_INPUTS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -54,46 +54,19 @@ def old_pack_url(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def seen(comfy, old_pack_url, tmp_path_factory):
-    node, modules, chromium = TOOLS
     folder = tmp_path_factory.mktemp("browser_train_node")
     shots = os.environ.get("DENSEGRPO_SCREENSHOT_DIR") or str(folder / "screenshots")
     with open(os.path.join(ROOT, "workflows", "densegrpo_train_lora.json")) as f:
         new_workflow = json.load(f)
-    config = folder / "config.json"
-    config.write_text(
-        json.dumps(
-            {
-                "url": comfy.url,
-                "old_url": old_pack_url,
-                "old_workflow": old_workflow(),
-                "new_workflow": new_workflow,
-                "status_prompt": status_prompt(),
-                "playwright": modules,
-                "chromium": chromium,
-                "screenshot": os.path.join(shots, "comfyui_train_node.png"),
-                "timeout_ms": 180_000,
-            }
-        )
-    )
-    try:
-        res = subprocess.run([node, SCENARIO, str(config)], capture_output=True, text=True, timeout=900)
-    finally:  # never leave a training job running (or its memory reserved) for the next tests
-        for job in comfy.get("/densegrpo/jobs")["jobs"]:
-            if job["name"] == NAME and job["state"] in ("queued", "running"):
-                comfy.post(f"/densegrpo/jobs/{job['id']}/stop")
-            if job["name"] == NAME:
-                wait_for(comfy, job["id"], lambda j: j["state"] in ("finished", "failed", "stopped"))
-    try:
-        out = json.loads(res.stdout)
-    except ValueError:
-        raise AssertionError(
-            f"the browser scenario printed no result (rc {res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}"
-        ) from None
-    if out.get("error"):
-        raise AssertionError(f"browser scenario failed: {out['error']}\nsteps: {out.get('steps')}\n{out['console']}")
+    settings = {
+        "old_url": old_pack_url,
+        "old_workflow": old_workflow(),
+        "new_workflow": new_workflow,
+        "status_prompt": status_prompt(),
+        "screenshot": os.path.join(shots, "comfyui_train_node.png"),
+    }
+    out = run_scenario(comfy, SCENARIO, folder, settings, job_names=(NAME,))
     out["screenshots"] = shots
-    with open(os.path.join(folder, "observations.json"), "w") as f:
-        json.dump(out, f, indent=1)
     return out
 
 
